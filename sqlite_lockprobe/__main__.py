@@ -1,0 +1,3 @@
+from sqlite_lockprobe.cli import main
+
+main()
