@@ -1,0 +1,68 @@
+"""Findings: the one shape in which every source (run, trace, inspect, check) reports a problem.
+
+A finding names a pattern from docs/patterns.md by its stable id, says how bad and how sure,
+shows the evidence and gives advice. Informational facts never become findings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SEVERITIES = ("error", "warning", "info")
+CONFIDENCES = ("high", "medium", "low")
+
+
+@dataclass(frozen=True)
+class Advice:
+    """One thing to change. `snippets` maps a stack (sqlite3, django, sqlalchemy, aiosqlite,
+    pragma) to ready-to-paste code; `automatic` says whether --compare-fix can apply it."""
+
+    text: str
+    snippets: dict[str, str] = field(default_factory=dict)
+    automatic: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "snippets": dict(self.snippets), "automatic": self.automatic}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found. `facts` is machine-readable evidence (counts, pids, durations in ms);
+    `evidence` is the same evidence as sentences, worst instance first."""
+
+    pattern: str
+    title: str
+    severity: str
+    confidence: str
+    explanation: str
+    evidence: tuple[str, ...]
+    advice: tuple[Advice, ...]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
+        if self.confidence not in CONFIDENCES:
+            raise ValueError(f"confidence must be one of {CONFIDENCES}, not {self.confidence!r}")
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """Sort key: most harmful and most certain first."""
+        return SEVERITIES.index(self.severity), CONFIDENCES.index(self.confidence)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pattern": self.pattern,
+            "title": self.title,
+            "severity": self.severity,
+            "confidence": self.confidence,
+            "explanation": self.explanation,
+            "evidence": {"lines": list(self.evidence), **self.facts},
+            "advice": [a.to_json() for a in self.advice],
+        }
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """Most harmful first; ties keep a stable order by pattern id, so output is deterministic."""
+    return sorted(findings, key=lambda f: (f.rank, f.pattern))

@@ -1,0 +1,1 @@
+"""Renderers: turn plain report data into terminal output, JSON, JUnit XML or timelines."""
