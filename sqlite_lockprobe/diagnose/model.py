@@ -1,0 +1,222 @@
+"""The diagnosis input: what happened, as spans in time (all times are monotonic nanoseconds).
+
+Built from the event log by `timeline.build_timeline`; detectors read only these types, so
+they can be unit-tested on small hand-built timelines.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+# SQLite result codes (https://sqlite.org/rescode.html)
+SQLITE_BUSY = 5
+SQLITE_LOCKED = 6
+SQLITE_BUSY_RECOVERY = 261
+SQLITE_BUSY_SNAPSHOT = 517
+SQLITE_BUSY_TIMEOUT = 773
+SQLITE_LOCKED_SHAREDCACHE = 262
+
+NS_PER_MS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did something: the connection and the process, thread and asyncio task driving it."""
+
+    conn: str
+    worker: str
+    group: str
+    pid: int
+    thread: int
+    task: str | None = None
+    call_site: str | None = None
+
+    def describe(self) -> str:
+        where = f"pid {self.pid} thread {self.thread}"
+        if self.task:
+            where += f" task {self.task}"
+        site = f" at {self.call_site}" if self.call_site else ""
+        return f"{self.worker} ({where}, connection {self.conn}){site}"
+
+    def same_thread_as(self, other: Actor) -> bool:
+        return self.pid == other.pid and self.thread == other.thread
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """How a connection was opened. `isolation` is Python's isolation_level (None = autocommit
+    mode); `timeout_ms` is its busy timeout; `instrumented` is False where the probe's hooks
+    could not be installed (reduced detail)."""
+
+    conn: str
+    group: str
+    pid: int
+    timeout_ms: int
+    isolation: str | None
+    journal_mode: str
+    instrumented: bool = True
+
+
+@dataclass(frozen=True)
+class Call:
+    """One application call into sqlite3: an execute, a commit or a rollback.
+
+    `statements` are the SQL statements SQLite actually ran for it (from the trace hook),
+    including Python's implicit BEGIN. `error` is the primary result code (5 = SQLITE_BUSY,
+    6 = SQLITE_LOCKED), `ext_error` the extended one (517 = SQLITE_BUSY_SNAPSHOT).
+    `busy_calls` counts busy-handler invocations during the call."""
+
+    actor: Actor
+    t0: int
+    t1: int
+    op: str
+    sql: str
+    statements: tuple[str, ...] = ()
+    busy_calls: int = 0
+    error: int | None = None
+    ext_error: int | None = None
+    message: str | None = None
+    in_txn_after: bool = False
+
+    @property
+    def conn(self) -> str:
+        return self.actor.conn
+
+    @property
+    def failed_busy(self) -> bool:
+        return self.error == SQLITE_BUSY
+
+    @property
+    def failed_locked(self) -> bool:
+        return self.error == SQLITE_LOCKED
+
+    @property
+    def duration_ns(self) -> int:
+        return self.t1 - self.t0
+
+
+@dataclass(frozen=True)
+class BusyWait:
+    """A call that met a lock held by someone else: it invoked the busy handler at least once,
+    or failed with SQLITE_BUSY. `had_read` says the waiter's transaction had already read
+    (held SHARED or a WAL snapshot) before this call: the upgrade-deadlock precondition."""
+
+    waiter: Actor
+    call: Call
+    handler_calls: int
+    failed: bool
+    timeout_ms: int
+    had_read: bool
+    phase: str  # "begin" | "read" | "write" | "commit" | "other"
+
+    @property
+    def t0(self) -> int:
+        return self.call.t0
+
+    @property
+    def t1(self) -> int:
+        return self.call.t1
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.call.t1 - self.call.t0) / NS_PER_MS
+
+    @property
+    def code(self) -> int | None:
+        return self.call.ext_error or self.call.error
+
+
+@dataclass(frozen=True)
+class IdleGap:
+    """Time a transaction spent in the application between two of its statements."""
+
+    t0: int
+    t1: int
+    before_sql: str
+    after_sql: str
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.t1 - self.t0) / NS_PER_MS
+
+
+@dataclass(frozen=True)
+class LockHold:
+    """A span during which one connection held a lock on the database.
+
+    kind "write": RESERVED and above in rollback-journal mode, the WAL write lock in WAL mode.
+    kind "read": an open read transaction (SHARED, or a WAL read snapshot).
+    `taken_by` is the statement that took the lock, `released_by` what ended it (COMMIT,
+    ROLLBACK, close, error, end-of-run). `implicit_begin` is True when Python's sqlite3 opened
+    the transaction itself (legacy DEFERRED BEGIN before DML). `in_statements_ns` is time
+    spent inside SQLite calls during the hold; the rest was idle in the application."""
+
+    holder: Actor
+    kind: str
+    t0: int
+    t1: int
+    taken_by: str
+    released_by: str
+    implicit_begin: bool = False
+    in_statements_ns: int = 0
+    longest_idle: IdleGap | None = None
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.t1 - self.t0) / NS_PER_MS
+
+    @property
+    def idle_ns(self) -> int:
+        return max(0, (self.t1 - self.t0) - self.in_statements_ns)
+
+    def overlaps(self, t0: int, t1: int) -> bool:
+        return self.t0 < t1 and t0 < self.t1
+
+
+@dataclass(frozen=True)
+class WalSample:
+    """A reading of the -wal file during the run (size in bytes; frames from the -shm header
+    when it could be read: mx_frame = last valid frame, backfilled = frames checkpointed)."""
+
+    t: int
+    wal_bytes: int
+    mx_frame: int | None = None
+    backfilled: int | None = None
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Everything a detector may look at, sorted by time."""
+
+    connections: dict[str, ConnectionInfo]
+    calls: tuple[Call, ...]
+    waits: tuple[BusyWait, ...]
+    write_holds: tuple[LockHold, ...]
+    read_holds: tuple[LockHold, ...] = ()
+    wal_samples: tuple[WalSample, ...] = ()
+    journal_mode: str = "delete"
+    page_size: int = 4096
+    wal_autocheckpoint: int = 1000
+    reduced_detail: bool = False
+    _hold_starts: list[int] = field(default_factory=list, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._hold_starts.extend(h.t0 for h in self.write_holds)
+
+    @property
+    def is_wal(self) -> bool:
+        return self.journal_mode.lower() == "wal"
+
+    def write_holders_during(self, t0: int, t1: int, exclude_conn: str | None = None) -> list[LockHold]:
+        """The write-lock holds that overlap [t0, t1), other than exclude_conn's own."""
+        # Holds are sorted by start; no hold starting at or after t1 can overlap.
+        end = bisect_left(self._hold_starts, t1)
+        return [
+            h
+            for h in self.write_holds[:end]
+            if h.t1 > t0 and h.holder.conn != exclude_conn
+        ]
+
+    def busy_errors(self) -> list[BusyWait]:
+        return [w for w in self.waits if w.failed]
