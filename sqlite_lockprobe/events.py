@@ -1,0 +1,152 @@
+"""The event model: flat tuples recorded cheaply while the workload runs, written as JSON
+lines (one file per process), loaded and merged by monotonic time afterwards.
+
+Standard library only: the `trace` probe records with it inside users' interpreters.
+`time.monotonic_ns()` is system-wide on Linux, so events from several processes merge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+EVENT_FORMAT = 1
+
+# Field names of each event kind, in tuple order after the kind itself.
+EVENT_FIELDS: dict[str, tuple[str, ...]] = {
+    # The run or traced program: what was run, against which database.
+    "meta": ("t", "pid", "source", "db", "journal_mode", "page_size", "wal_autocheckpoint",
+             "python", "sqlite", "platform"),
+    # A worker (thread, process or asyncio task) started; identity of who does the calls.
+    "worker": ("t", "worker", "group", "kind", "pid", "thread", "task"),
+    # A connection was opened and (maybe) instrumented.
+    "open": ("t", "conn", "worker", "group", "pid", "timeout_ms", "isolation", "journal_mode",
+             "instrumented", "reduced_reason"),
+    "close": ("t", "conn"),
+    # One application call into sqlite3 (execute, commit, rollback), with the statements
+    # SQLite ran for it, busy-handler calls during it, and its error codes if it failed.
+    "call": ("t0", "t1", "conn", "worker", "thread", "task", "op", "sql", "stmts", "busy",
+             "err", "ext", "msg", "in_txn", "site"),
+    # One busy-handler invocation: retry number n, then a sleep of delay_ms (0 = gave up).
+    "busy": ("t", "conn", "n", "delay_ms"),
+    # A reading of the -wal file (bytes) and of the -shm header (frames) during the run.
+    "wal": ("t", "bytes", "mx_frame", "backfilled"),
+    # The application's own time between calls (sleep / await steps), for the timeline.
+    "idle": ("t0", "t1", "worker", "conn", "what"),
+    # A worker ended; `error` names an unexpected failure (a crash, not a SQLite error).
+    "worker_end": ("t", "worker", "ops", "error"),
+}
+
+
+def event_time(event: dict[str, Any]) -> int:
+    """The time an event is ordered by: its start."""
+    t = event.get("t0", event.get("t"))
+    return int(t) if t is not None else 0
+
+
+def to_dict(record: tuple[Any, ...]) -> dict[str, Any]:
+    """A recorded tuple as a JSON-ready dict: {"k": kind, field: value, ...}."""
+    kind = record[0]
+    fields = EVENT_FIELDS[kind]
+    out: dict[str, Any] = {"k": kind}
+    out.update(zip(fields, record[1:]))
+    return out
+
+
+class EventRecorder:
+    """Collects event tuples from any thread and writes them as JSON lines.
+
+    `emit` is `deque.append`: thread-safe and cheap enough for the hot path. Nothing is
+    formatted until `flush`, which can run periodically on a background thread so memory
+    stays bounded on long runs."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._pending: deque[tuple[Any, ...]] = deque()
+        self.emit = self._pending.append
+        self._kept: list[tuple[Any, ...]] = []
+        self._lock = threading.Lock()
+        self._out: IO[str] | None = None
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self.count = 0
+        if self.path is not None:
+            self._out = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def flush(self) -> None:
+        """Write (or keep, without a path) everything emitted so far."""
+        with self._lock:
+            pending = self._pending
+            lines = []
+            while pending:
+                record = pending.popleft()
+                self.count += 1
+                if self._out is None:
+                    self._kept.append(record)
+                else:
+                    lines.append(json.dumps(to_dict(record), separators=(",", ":")))
+            if self._out is not None and lines:
+                self._out.write("\n".join(lines))
+                self._out.write("\n")
+                self._out.flush()
+
+    def start_background_flush(self, interval: float = 0.5) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self.flush()
+
+        self._flusher = threading.Thread(target=loop, name="lockprobe-flush", daemon=True)
+        self._flusher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        self.flush()
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def records(self) -> list[dict[str, Any]]:
+        """Everything recorded, as dicts (in memory only when there is no path)."""
+        self.flush()
+        if self.path is not None:
+            return list(read_events(self.path))
+        return [to_dict(r) for r in self._kept]
+
+
+def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Events from one JSONL file. A torn last line (a process killed mid-write) is skipped."""
+    with open(path, encoding="utf-8") as src:
+        for line in src:
+            if not line.endswith("\n"):
+                break
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict) and event.get("k") in EVENT_FIELDS:
+                yield event
+
+
+def merge_events(streams: Iterable[Iterable[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Events from several processes in one list ordered by monotonic time (stable for ties)."""
+    merged = [event for stream in streams for event in stream]
+    merged.sort(key=event_time)
+    return merged
+
+
+def write_events(path: str | os.PathLike[str], events: Iterable[dict[str, Any]]) -> int:
+    """Write merged events as one JSONL file (the `--events` log); returns the count."""
+    count = 0
+    with open(path, "w", encoding="utf-8") as out:
+        for event in events:
+            out.write(json.dumps(event, separators=(",", ":")))
+            out.write("\n")
+            count += 1
+    return count

@@ -1,0 +1,253 @@
+"""Instrument one stdlib sqlite3 connection with SQLite's own hooks.
+
+- the busy handler (sqlite3_busy_handler, reached through ctypes on the libsqlite3 that
+  `_sqlite3` loaded) records every retry while a lock is busy, and keeps the connection's
+  busy_timeout semantics by sleeping on SQLite's own schedule (main.c,
+  sqliteDefaultBusyCallback);
+- the trace hook (Connection.set_trace_callback, given a C-level `list.append` so it costs
+  nothing measurable per statement) records the statements SQLite ran, Python's implicit
+  BEGIN included.
+
+Standard library only: `lockprobe trace` injects this module into users' interpreters.
+Where ctypes cannot reach the handle (a statically linked build, an unknown object layout),
+the probe still traces statements and says its wait detail is reduced.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+Emit = Callable[[tuple[Any, ...]], None]
+
+# SQLite's default busy handler sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, then 100 ms
+# per retry, and gives up when the next sleep would pass busy_timeout (main.c,
+# sqliteDefaultBusyCallback, the usleep/nanosleep branch used on Linux and macOS).
+_DELAYS_MS = (1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100)
+_TOTALS_MS = (0, 1, 3, 8, 18, 33, 53, 78, 103, 128, 178, 228)
+
+
+def busy_delay_ms(count: int, timeout_ms: int) -> int:
+    """How long SQLite's default busy handler sleeps before retry number `count` (0-based),
+    or 0 when it would give up and return SQLITE_BUSY instead."""
+    if count < len(_DELAYS_MS):
+        delay, prior = _DELAYS_MS[count], _TOTALS_MS[count]
+    else:
+        delay = _DELAYS_MS[-1]
+        prior = _TOTALS_MS[-1] + delay * (count - (len(_DELAYS_MS) - 1))
+    if prior + delay > timeout_ms:
+        delay = timeout_ms - prior
+        if delay <= 0:
+            return 0
+    return delay
+
+
+_BusyCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+
+
+class SqliteCApi:
+    """The few C functions the probe needs, from the libsqlite3 that `_sqlite3` loaded.
+
+    dlsym on the extension module's handle also searches the libraries it links, so a
+    dynamically linked libsqlite3 is found without guessing its path."""
+
+    def __init__(self) -> None:
+        import _sqlite3
+
+        lib = ctypes.CDLL(_sqlite3.__file__)
+        vp, c_int, c_char_p = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
+        self.busy_handler = lib.sqlite3_busy_handler
+        self.busy_handler.argtypes = [vp, _BusyCallback, vp]
+        self.busy_handler.restype = c_int
+        self.txn_state = lib.sqlite3_txn_state
+        self.txn_state.argtypes = [vp, c_char_p]
+        self.txn_state.restype = c_int
+        self.extended_errcode = lib.sqlite3_extended_errcode
+        self.extended_errcode.argtypes = [vp]
+        self.extended_errcode.restype = c_int
+        self.get_autocommit = lib.sqlite3_get_autocommit
+        self.get_autocommit.argtypes = [vp]
+        self.get_autocommit.restype = c_int
+        self.total_changes = lib.sqlite3_total_changes
+        self.total_changes.argtypes = [vp]
+        self.total_changes.restype = c_int
+        self.libversion_number = lib.sqlite3_libversion_number
+        self.libversion_number.restype = c_int
+        # CPython's pysqlite_Connection starts with PyObject_HEAD then `sqlite3 *db`
+        # (Modules/_sqlite/connection.h, 3.10 to 3.13): the handle is right after the header.
+        self._handle_offset = object.__basicsize__
+
+    def handle(self, conn: sqlite3.Connection) -> int:
+        """The `sqlite3 *` of an open connection (0 once closed)."""
+        return ctypes.c_void_p.from_address(id(conn) + self._handle_offset).value or 0
+
+    def self_test(self) -> None:
+        """Check the object layout on a scratch connection before trusting it on real ones:
+        the handle must answer like the Python object does."""
+        major, minor, patch = sqlite3.sqlite_version_info
+        if self.libversion_number() != major * 1_000_000 + minor * 1000 + patch:
+            raise OSError("the libsqlite3 reached through ctypes is not the one sqlite3 uses")
+        conn = sqlite3.connect(":memory:", isolation_level="DEFERRED")
+        try:
+            db = self.handle(conn)
+            if not db or self.get_autocommit(db) != 1:
+                raise OSError("unexpected sqlite3.Connection layout")
+            conn.execute("CREATE TABLE t(x)")
+            conn.execute("INSERT INTO t VALUES (1)")
+            if self.get_autocommit(db) != 0 or self.total_changes(db) != conn.total_changes:
+                raise OSError("unexpected sqlite3.Connection layout")
+            conn.rollback()
+            if self.get_autocommit(db) != 1:
+                raise OSError("unexpected sqlite3.Connection layout")
+        finally:
+            conn.close()
+
+
+_capi_lock = threading.Lock()
+_capi: SqliteCApi | None = None
+_capi_error: str | None = None
+
+
+def load_capi() -> tuple[SqliteCApi | None, str | None]:
+    """The C API if it can be used safely in this interpreter, else (None, why not)."""
+    global _capi, _capi_error
+    with _capi_lock:
+        if _capi is None and _capi_error is None:
+            try:
+                api = SqliteCApi()
+                api.self_test()
+                _capi = api
+            except (OSError, AttributeError, ImportError) as exc:
+                _capi_error = f"SQLite's C hooks are not reachable from Python here ({exc})"
+        return _capi, _capi_error
+
+
+def read_busy_timeout(conn: sqlite3.Connection) -> int:
+    """The connection's busy timeout in ms (PRAGMA busy_timeout reads it without I/O)."""
+    row = conn.execute("PRAGMA busy_timeout").fetchone()
+    return int(row[0]) if row else 0
+
+
+class ConnectionProbe:
+    """The hooks on one connection and their state: one object per connection, as SQLite's
+    callbacks force per-connection state (no globals).
+
+    `emit` receives flat tuples: ("busy", t_ns, conn_id, retry_count, delay_ms)."""
+
+    __slots__ = (
+        "conn_id",
+        "timeout_ms",
+        "busy_calls",
+        "statements",
+        "instrumented",
+        "reduced_reason",
+        "_emit",
+        "_api",
+        "_db",
+        "_callback",
+        "_conn",
+    )
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        conn_id: str,
+        emit: Emit,
+        timeout_ms: int | None = None,
+        trace_statements: bool = True,
+    ) -> None:
+        self.conn_id = conn_id
+        self.timeout_ms = read_busy_timeout(conn) if timeout_ms is None else timeout_ms
+        self.busy_calls = 0
+        self.statements: list[str] = []
+        self._emit = emit
+        self._conn = conn
+        self._callback: Any = None
+        api, why = load_capi()
+        self._api = api
+        self._db = api.handle(conn) if api else 0
+        self.instrumented = bool(self._db)
+        self.reduced_reason = why
+        if self._db:
+            self._install_busy_handler()
+        if trace_statements:
+            conn.set_trace_callback(self.statements.append)
+
+    def _install_busy_handler(self) -> None:
+        self._callback = _BusyCallback(self._on_busy)
+        assert self._api is not None
+        self._api.busy_handler(self._db, self._callback, None)
+
+    def _on_busy(self, _arg: int | None, count: int) -> int:
+        """Called by SQLite (GIL re-acquired by ctypes) before each retry of a busy lock."""
+        delay = busy_delay_ms(count, self.timeout_ms)
+        self.busy_calls += 1
+        self._emit(("busy", time.monotonic_ns(), self.conn_id, count, delay))
+        if delay <= 0:
+            return 0
+        time.sleep(delay / 1000)
+        return 1
+
+    def set_busy_timeout(self, timeout_ms: int) -> None:
+        """Follow a new busy timeout (PRAGMA busy_timeout replaces SQLite's busy handler with
+        its default one, so ours is installed again with the new value)."""
+        self.timeout_ms = timeout_ms
+        if self._db:
+            self._install_busy_handler()
+
+    def take_statements(self) -> tuple[str, ...]:
+        """The statements traced since the last call, and forget them."""
+        if not self.statements:
+            return ()
+        taken = tuple(self.statements)
+        self.statements.clear()
+        for sql in taken:
+            if "busy_timeout" in sql.lower():
+                self._follow_busy_timeout_pragma(sql)
+        return taken
+
+    def _follow_busy_timeout_pragma(self, sql: str) -> None:
+        text = sql.strip().rstrip(";").lower().replace(" ", "")
+        if text.startswith("pragmabusy_timeout=") or text.startswith("pragmamain.busy_timeout="):
+            value = text.split("=", 1)[1].strip("()'\"")
+            if value.lstrip("-").isdigit():
+                self.set_busy_timeout(max(0, int(value)))
+
+    def error_codes(self, exc: sqlite3.Error) -> tuple[int | None, int | None]:
+        """(primary, extended) SQLite result codes of a failed call. Python 3.11+ carries them
+        on the exception; on 3.10 the connection still has them right after the failure."""
+        ext = getattr(exc, "sqlite_errorcode", None)
+        if ext is None and self._db and self._api is not None:
+            ext = self._api.extended_errcode(self._db) or None
+        if ext is None:
+            ext = classify_error_message(str(exc))
+        return (ext & 0xFF if ext is not None else None), ext
+
+    def txn_state(self) -> int | None:
+        """sqlite3_txn_state: 0 none, 1 read, 2 write; None when the hooks are unavailable."""
+        if not self._db or self._api is None:
+            return None
+        return int(self._api.txn_state(self._db, None))
+
+    def detach(self) -> None:
+        """Remove the hooks, restoring SQLite's default busy handler with the same timeout."""
+        try:
+            self._conn.set_trace_callback(None)
+            if self._db:
+                self._conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_ms)}")
+        except sqlite3.ProgrammingError:
+            pass  # already closed: nothing to restore
+        self._db = 0
+
+
+def classify_error_message(message: str) -> int | None:
+    """Best-effort result code from an error message, when no code is available."""
+    if message.startswith("database is locked"):
+        return 5
+    if message.startswith("database table is locked") or message.startswith("database schema is locked"):
+        return 6
+    return None

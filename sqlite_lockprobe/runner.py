@@ -1,0 +1,192 @@
+"""Run a scenario: prepare the database, start every group behind one start gate, wait for
+them (or for Ctrl-C or the time limit), and merge every process's events by time."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlite_lockprobe.errors import LockprobeError
+from sqlite_lockprobe.events import EventRecorder, merge_events, read_events
+from sqlite_lockprobe.preparation import copy_database, prepare_database
+from sqlite_lockprobe.scenario import Scenario, event_names
+from sqlite_lockprobe.walsampler import WalSampler
+from sqlite_lockprobe.workers.coroutines import CoroutineGroups
+from sqlite_lockprobe.workers.processes import SPAWN, ProcessGroup
+from sqlite_lockprobe.workers.program import RunControl
+from sqlite_lockprobe.workers.threads import ThreadGroup
+
+# Time for spawned worker processes to import and report ready before the run is abandoned.
+_PROCESS_READY_SECONDS = 60.0
+# Grace after the scenario's max_seconds before stuck workers are given up on.
+_JOIN_GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    elapsed: float
+    workers_running: int
+    calls: int
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the merged events and how the run went."""
+
+    scenario: Scenario
+    db_path: str
+    db_note: str
+    events: list[dict[str, Any]]
+    wall_seconds: float
+    interrupted: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    process_exit_codes: dict[str, int | None] = field(default_factory=dict)
+
+
+def run_scenario(
+    scenario: Scenario,
+    db: str | os.PathLike[str] | None = None,
+    instrument: bool = True,
+    progress: Callable[[Progress], None] | None = None,
+) -> RunResult:
+    """Run `scenario` on a fresh temporary database, or on `db`: a new file is created there;
+    an existing database is never touched: the run works on a copy made with the backup API."""
+    workdir = Path(tempfile.mkdtemp(prefix="lockprobe-"))
+    try:
+        db_path, note = _choose_database(db, workdir)
+        settings = prepare_database(scenario, db_path)
+        return _execute(scenario, db_path, note, settings, workdir, instrument, progress)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _choose_database(db: str | os.PathLike[str] | None, workdir: Path) -> tuple[Path, str]:
+    if db is None:
+        return workdir / "lockprobe.db", "a fresh temporary database (removed after the run)"
+    path = Path(db)
+    if path.is_dir():
+        raise LockprobeError(f"{path}: is a directory, not a database file")
+    if path.exists() and path.stat().st_size > 0:
+        copy = workdir / path.name
+        copy_database(path, copy)
+        return copy, f"a copy of {path} (the original was not modified)"
+    if not path.parent.exists():
+        raise LockprobeError(f"{path}: directory {path.parent} does not exist")
+    return path, f"{path} (created for this run)"
+
+
+def _execute(
+    scenario: Scenario,
+    db_path: Path,
+    note: str,
+    settings: dict[str, Any],
+    workdir: Path,
+    instrument: bool,
+    progress: Callable[[Progress], None] | None,
+) -> RunResult:
+    recorder = EventRecorder(None)
+    emit = recorder.emit
+    emit(
+        (
+            "meta",
+            time.monotonic_ns(),
+            os.getpid(),
+            f"run {scenario.name}",
+            str(db_path),
+            settings["journal_mode"],
+            settings["page_size"],
+            settings["wal_autocheckpoint"],
+            platform.python_version(),
+            sqlite3.sqlite_version,
+            sys.platform,
+        )
+    )
+    control = RunControl(
+        scenario=scenario,
+        db_path=str(db_path),
+        instrument=instrument,
+        events={name: SPAWN.Event() for name in event_names(scenario)},
+        start_gate=SPAWN.Event(),
+        start_ns=SPAWN.Value("q", 0),
+        stop=SPAWN.Event(),
+        remaining={g.name: SPAWN.Value("i", g.count) for g in scenario.groups},
+    )
+    ready = SPAWN.Semaphore(0)
+    process_groups = [
+        ProcessGroup(control, g, workdir, ready) for g in scenario.groups if g.kind == "process"
+    ]
+    thread_groups = [ThreadGroup(control, g, emit) for g in scenario.groups if g.kind == "thread"]
+    coroutine_groups = [g for g in scenario.groups if g.kind == "coroutine"]
+    loop_groups = [CoroutineGroups(control, coroutine_groups, emit)] if coroutine_groups else []
+    runners: list[Any] = [*process_groups, *thread_groups, *loop_groups]
+    sampler = WalSampler(db_path, emit) if settings["journal_mode"] == "wal" else None
+
+    interrupted = False
+    started = time.monotonic()
+    try:
+        for group in runners:
+            group.start()
+        _wait_for_processes(ready, sum(len(p.processes) for p in process_groups), process_groups)
+        # Everyone is at the gate: start together, a little ahead so all see the same start.
+        control.start_ns.value = time.monotonic_ns() + 20_000_000
+        control.start_gate.set()
+        if sampler:
+            sampler.start()
+        limit = started + scenario.max_seconds + _JOIN_GRACE_SECONDS
+        while any(r.alive() for r in runners):
+            if time.monotonic() > limit:
+                control.stop.set()
+                break
+            for r in runners:
+                r.join(0.1)
+            if progress:
+                alive = sum(r.alive() for r in runners)
+                progress(Progress(time.monotonic() - started, alive, len(recorder._pending)))
+    except KeyboardInterrupt:
+        interrupted = True
+        control.stop.set()
+    finally:
+        control.start_gate.set()
+        control.stop.set() if interrupted else None
+        for r in runners:
+            r.join(_JOIN_GRACE_SECONDS if not interrupted else 2.0)
+        for p in process_groups:
+            p.terminate()
+        if sampler:
+            sampler.stop()
+    wall = time.monotonic() - started
+    own = recorder.records()
+    streams = [own] + [read_events(f) for p in process_groups for f in p.existing_event_files()]
+    events = merge_events(streams)
+    exit_codes = {k: v for p in process_groups for k, v in p.exit_codes().items()}
+    return RunResult(
+        scenario=scenario,
+        db_path=str(db_path),
+        db_note=note,
+        events=events,
+        wall_seconds=wall,
+        interrupted=interrupted,
+        settings=settings,
+        process_exit_codes=exit_codes,
+    )
+
+
+def _wait_for_processes(ready: Any, expected: int, groups: list[ProcessGroup]) -> None:
+    deadline = time.monotonic() + _PROCESS_READY_SECONDS
+    for _ in range(expected):
+        while not ready.acquire(timeout=0.2):
+            if time.monotonic() > deadline or not all(
+                p.is_alive() for g in groups for p in g.processes
+            ):
+                for g in groups:
+                    g.terminate()
+                raise LockprobeError("worker processes failed to start")

@@ -1,0 +1,68 @@
+"""Process groups: one OS process per worker, each writing its own event file.
+
+Processes are started with the "spawn" method: forking a process that already runs threads
+(the event flusher, thread groups) can copy held locks into the child."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlite_lockprobe.events import EventRecorder
+from sqlite_lockprobe.scenario import Group
+from sqlite_lockprobe.workers.program import RunControl, run_worker_sync, worker_name
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _process_main(control: RunControl, group: Group, index: int, events_path: str, ready: Any) -> None:
+    recorder = EventRecorder(events_path)
+    recorder.start_background_flush()
+    try:
+        ready.release()
+        run_worker_sync(control, group, index, recorder.emit, None, "process")
+    finally:
+        recorder.close()
+
+
+class ProcessGroup:
+    """Starts a group's processes, each with its own event file in `event_dir`."""
+
+    def __init__(self, control: RunControl, group: Group, event_dir: Path, ready: Any) -> None:
+        self.group = group
+        self.event_files = [event_dir / f"{group.name}-{i}.jsonl" for i in range(group.count)]
+        self.processes = [
+            SPAWN.Process(
+                target=_process_main,
+                args=(control, group, i, str(path), ready),
+                name=worker_name(group, i),
+                daemon=True,
+            )
+            for i, path in enumerate(self.event_files)
+        ]
+
+    def start(self) -> None:
+        for process in self.processes:
+            process.start()
+
+    def alive(self) -> int:
+        return sum(p.is_alive() for p in self.processes)
+
+    def join(self, timeout: float | None = None) -> None:
+        for process in self.processes:
+            process.join(timeout)
+
+    def terminate(self) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+        for process in self.processes:
+            process.join(5)
+
+    def exit_codes(self) -> dict[str, int | None]:
+        return {p.name: p.exitcode for p in self.processes}
+
+    def existing_event_files(self) -> list[Path]:
+        return [p for p in self.event_files if p.exists() and os.path.getsize(p) > 0]

@@ -1,0 +1,239 @@
+"""What one worker does, written once for all worker kinds.
+
+`worker_program` is a generator that yields the actions it needs performed (open a
+connection, a sqlite call, a sleep, a wait) and receives their results. The thread and
+process drivers perform them synchronously; the coroutine driver awaits them, on the event
+loop or on a thread per connection. So the step logic has one implementation.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlite_lockprobe.probe import Emit
+from sqlite_lockprobe.scenario import Group, Scenario
+from sqlite_lockprobe.workers.session import ConnectionSpec, Session
+
+
+@dataclass
+class RunControl:
+    """What every worker of a run shares, across threads and processes: the signal events
+    (multiprocessing events, so they work everywhere), the start gate and start time, the
+    stop flag (Ctrl-C, time limit) and the per-group count of workers still running."""
+
+    scenario: Scenario
+    db_path: str
+    instrument: bool
+    events: dict[str, Any]
+    start_gate: Any
+    start_ns: Any
+    stop: Any
+    remaining: dict[str, Any]
+
+    def deadline_ns(self) -> int:
+        return int(self.start_ns.value + self.scenario.max_seconds * 1e9)
+
+    def spec(self, group: Group) -> ConnectionSpec:
+        return ConnectionSpec(
+            db_path=self.db_path,
+            group=group.name,
+            timeout_ms=self.scenario.group_timeout_ms(group),
+            transaction_mode=self.scenario.group_transaction_mode(group),
+            journal_mode=self.scenario.database.journal_mode,
+            synchronous=self.scenario.database.synchronous,
+            wal_autocheckpoint=self.scenario.database.wal_autocheckpoint,
+            instrument=self.instrument,
+        )
+
+    def worker_finished(self, group: str) -> None:
+        counter = self.remaining[group]
+        with counter.get_lock():
+            counter.value -= 1
+            last = counter.value == 0
+        if last:
+            self.events[f"done:{group}"].set()
+
+
+# ---- actions a program yields
+
+
+@dataclass(frozen=True)
+class Open:
+    pass
+
+
+@dataclass(frozen=True)
+class Call:
+    session: Session
+    op: str
+    sql: str
+    params: Any
+
+
+@dataclass(frozen=True)
+class Close:
+    session: Session
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Wait:
+    event: Any
+    until_ns: int
+
+
+Action = Open | Call | Close | Sleep | Wait
+
+
+@dataclass
+class WorkerStats:
+    ops: int = 0
+    iterations: int = 0
+
+
+def worker_name(group: Group, index: int) -> str:
+    return f"{group.name}#{index}"
+
+
+def worker_program(
+    control: RunControl,
+    group: Group,
+    index: int,
+    emit: Emit,
+    shared: Session | None,
+    stats: WorkerStats,
+) -> Generator[Action, Any, None]:
+    """The steps of one worker, iteration after iteration, as actions to perform. Sessions it
+    opens it closes at its end; a driver that stops early closes what is left open."""
+    name = worker_name(group, index)
+    begin_at = control.start_ns.value + int((group.start_after + group.stagger * index) * 1e9)
+    delay = (begin_at - time.monotonic_ns()) / 1e9
+    if delay > 0:
+        yield Sleep(delay)
+    deadline = control.deadline_ns()
+    run_until = deadline
+    if group.duration is not None:
+        run_until = min(deadline, time.monotonic_ns() + int(group.duration * 1e9))
+    session = shared
+    params = {"worker": index, "group": group.name, "pid": os.getpid(), "iteration": 0}
+    while not control.stop.is_set() and time.monotonic_ns() < run_until:
+        if group.repeat is not None and stats.iterations >= group.repeat:
+            break
+        params["iteration"] = stats.iterations
+        if session is None:
+            session = yield Open()
+        stop_worker = yield from _one_pass(control, group, name, session, params, deadline, emit, stats)
+        stats.iterations += 1
+        if group.connection == "per-iteration" and session is not shared:
+            yield Close(session)
+            session = None
+        if stop_worker:
+            break
+    if session is not None and session is not shared:
+        yield Close(session)
+
+
+def _one_pass(
+    control: RunControl,
+    group: Group,
+    name: str,
+    session: Session,
+    params: dict[str, Any],
+    deadline: int,
+    emit: Emit,
+    stats: WorkerStats,
+) -> Generator[Action, Any, bool]:
+    """One pass over the group's steps. Returns True when the worker should stop."""
+    for step in group.steps:
+        if control.stop.is_set():
+            return True
+        action = step.action
+        if action == "sleep":
+            t0 = time.monotonic_ns()
+            yield Sleep(step.seconds or 0.0)
+            emit(("idle", t0, time.monotonic_ns(), name, session.conn_id, step.describe()))
+            continue
+        if action == "signal":
+            control.events[step.event].set()
+            continue
+        if action == "wait":
+            t0 = time.monotonic_ns()
+            arrived = yield Wait(control.events[step.event], deadline)
+            emit(("idle", t0, time.monotonic_ns(), name, session.conn_id, step.describe()))
+            if not arrived:
+                return True
+            continue
+        if action == "begin":
+            op, sql = "begin", f"BEGIN {step.mode.upper()}" if step.mode else "BEGIN"
+        elif action in ("commit", "rollback"):
+            op, sql = action, action.upper()
+        else:
+            op, sql = action, step.sql or ""
+        ok = yield Call(session, op, sql, params if action in ("read", "write") else ())
+        stats.ops += 1
+        if ok:
+            continue
+        if group.on_error == "continue":
+            continue
+        if group.on_error == "rollback":
+            if session.in_transaction:
+                yield Call(session, "rollback", "ROLLBACK", ())
+                stats.ops += 1
+            return False
+        return True  # on_error = "stop"
+    return False
+
+
+# ---- the synchronous driver (threads and processes)
+
+
+def run_worker_sync(
+    control: RunControl, group: Group, index: int, emit: Emit, shared: Session | None, kind: str
+) -> None:
+    """Run one worker to its end on the current thread, recording its start and end."""
+    name = worker_name(group, index)
+    stats = WorkerStats()
+    error = None
+    opened: list[Session] = []
+    thread = threading.get_native_id()
+    emit(("worker", time.monotonic_ns(), name, group.name, kind, os.getpid(), thread, None))
+    try:
+        control.start_gate.wait()
+        program = worker_program(control, group, index, emit, shared, stats)
+        result: Any = None
+        while True:
+            try:
+                action = program.send(result)
+            except StopIteration:
+                break
+            if isinstance(action, Call):
+                result = action.session.call(name, None, action.op, action.sql, action.params)
+            elif isinstance(action, Sleep):
+                control.stop.wait(action.seconds)
+                result = None
+            elif isinstance(action, Wait):
+                timeout = max(0.0, (action.until_ns - time.monotonic_ns()) / 1e9)
+                result = action.event.wait(timeout)
+            elif isinstance(action, Open):
+                result = Session(control.spec(group), emit, name)
+                opened.append(result)
+            elif isinstance(action, Close):
+                opened.remove(action.session)
+                action.session.close()
+                result = None
+    except Exception as exc:  # a worker's crash is reported, the run goes on
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        for session in opened:
+            session.close()
+        emit(("worker_end", time.monotonic_ns(), name, stats.ops, error))
+        control.worker_finished(group.name)

@@ -1,0 +1,151 @@
+"""One connection as a worker uses it: open, instrument, run calls, record each call."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlite_lockprobe.probe import ConnectionProbe, Emit
+
+_ISOLATION = {"deferred": "DEFERRED", "immediate": "IMMEDIATE", "exclusive": "EXCLUSIVE"}
+_conn_numbers = itertools.count(1)
+
+
+def isolation_level(transaction_mode: str) -> str | None:
+    """Python's isolation_level for a transaction mode (autocommit = None: no implicit BEGIN)."""
+    return _ISOLATION.get(transaction_mode)
+
+
+@dataclass(frozen=True)
+class ConnectionSpec:
+    """How to open a connection: everything a worker process needs, picklable."""
+
+    db_path: str
+    group: str
+    timeout_ms: int
+    transaction_mode: str
+    journal_mode: str
+    synchronous: str | None = None
+    wal_autocheckpoint: int | None = None
+    instrument: bool = True
+
+    def connection_pragmas(self) -> list[str]:
+        """Per-connection settings (synchronous and wal_autocheckpoint are not persistent)."""
+        pragmas = []
+        if self.synchronous:
+            pragmas.append(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        if self.wal_autocheckpoint is not None:
+            pragmas.append(f"PRAGMA wal_autocheckpoint = {int(self.wal_autocheckpoint)}")
+        return pragmas
+
+
+class Session:
+    """An open connection, its probe, and the recording of every call made through it.
+
+    A `shared` session is used by several workers: calls are serialised by a lock so the
+    statements and busy-handler calls of each call are attributed to the right worker."""
+
+    def __init__(self, spec: ConnectionSpec, emit: Emit, worker: str, shared: bool = False) -> None:
+        self.spec = spec
+        self.emit = emit
+        self.conn_id = f"c{os.getpid()}.{next(_conn_numbers)}"
+        self._lock = threading.RLock() if shared else None
+        self.conn = sqlite3.connect(
+            spec.db_path,
+            timeout=spec.timeout_ms / 1000,
+            isolation_level=isolation_level(spec.transaction_mode),
+            check_same_thread=False,
+        )
+        for pragma in spec.connection_pragmas():
+            self.conn.execute(pragma)
+        self.probe: ConnectionProbe | None = None
+        reduced_reason = None
+        if spec.instrument:
+            self.probe = ConnectionProbe(self.conn, self.conn_id, emit, timeout_ms=spec.timeout_ms)
+            reduced_reason = self.probe.reduced_reason if not self.probe.instrumented else None
+        emit(
+            (
+                "open",
+                time.monotonic_ns(),
+                self.conn_id,
+                worker,
+                spec.group,
+                os.getpid(),
+                spec.timeout_ms,
+                isolation_level(spec.transaction_mode),
+                spec.journal_mode,
+                bool(self.probe and self.probe.instrumented),
+                reduced_reason,
+            )
+        )
+
+    def call(self, worker: str, task: str | None, op: str, sql: str, params: Any = ()) -> bool:
+        """Run one call (execute/commit/rollback) and record it. Returns False when SQLite
+        refused it; any other exception is a bug in the scenario or here, and propagates."""
+        if self._lock is None:
+            return self._call(worker, task, op, sql, params)
+        with self._lock:
+            return self._call(worker, task, op, sql, params)
+
+    def _call(self, worker: str, task: str | None, op: str, sql: str, params: Any) -> bool:
+        probe = self.probe
+        busy_before = probe.busy_calls if probe else 0
+        err = ext = msg = None
+        t0 = time.monotonic_ns()
+        try:
+            if op == "commit":
+                self.conn.commit()
+            elif op == "rollback":
+                self.conn.rollback()
+            else:
+                cursor = self.conn.execute(sql, params)
+                if op == "read":
+                    cursor.fetchall()
+                cursor.close()
+        except sqlite3.Error as exc:
+            t1 = time.monotonic_ns()
+            msg = str(exc)
+            if probe is not None:
+                err, ext = probe.error_codes(exc)
+            else:
+                ext = getattr(exc, "sqlite_errorcode", None)
+                err = ext & 0xFF if ext is not None else None
+        else:
+            t1 = time.monotonic_ns()
+        stmts = probe.take_statements() if probe else ()
+        self.emit(
+            (
+                "call",
+                t0,
+                t1,
+                self.conn_id,
+                worker,
+                threading.get_native_id(),
+                task,
+                op,
+                sql,
+                list(stmts),
+                (probe.busy_calls - busy_before) if probe else None,
+                err,
+                ext,
+                msg,
+                self.conn.in_transaction,
+                None,
+            )
+        )
+        return msg is None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        finally:
+            self.emit(("close", time.monotonic_ns(), self.conn_id))
