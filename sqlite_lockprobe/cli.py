@@ -5,12 +5,24 @@ No SQLite, analysis or formatting lives here; each command is a few lines over t
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.table import Table
 
 from sqlite_lockprobe import __version__
+from sqlite_lockprobe.analysis import Analysis, analyze
 from sqlite_lockprobe.errors import LockprobeError
+from sqlite_lockprobe.events import load_event_log, write_events
+from sqlite_lockprobe.report import runreport
+from sqlite_lockprobe.report.jsonreport import write_json_atomically
+from sqlite_lockprobe.report.progress import live_progress
+from sqlite_lockprobe.report.runreport import ReportHeader
+from sqlite_lockprobe.runner import run_scenario
+from sqlite_lockprobe.scenario import builtin_names, load_scenario
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,3 +46,99 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+
+
+# ----------------------------------------------------------------- run, scenarios, report
+
+DEFAULT_SCENARIO = "upgrade-deadlock"
+
+
+def _emit_report(
+    command: str,
+    header: ReportHeader,
+    analysis: Analysis,
+    json_path: str | None,
+    quiet: bool,
+) -> None:
+    if json_path:
+        document = runreport.document(command, header, analysis)
+        if json_path == "-":
+            click.echo(json.dumps(document, indent=2))
+        else:
+            write_json_atomically(json_path, document)
+    if json_path != "-" and not quiet:
+        runreport.render(Console(), header, analysis)
+
+
+def _check_expect(expected: tuple[str, ...], analysis: Analysis) -> None:
+    if not expected:
+        return
+    want = sorted({e for e in expected if e not in ("healthy", "none")})
+    got = analysis.pattern_ids
+    if want != got:
+        click.echo(
+            f"lockprobe: expected patterns {want or ['healthy']}, found {got or ['healthy']}",
+            err=True,
+        )
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("scenario", required=False, default=DEFAULT_SCENARIO)
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
+              help="Database file to run against: created if missing; an existing one is copied "
+                   "first and never modified.")
+@click.option("--events", "events_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keep the full event log (JSON lines) in this file.")
+@click.option("--json", "json_path", metavar="FILE|-", help="Write the JSON report (- for stdout).")
+@click.option("--expect", multiple=True, metavar="PATTERN",
+              help="Exit 1 unless the findings are exactly these pattern ids ('healthy' for none).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display and no terminal report.")
+@click.option("--no-probe", is_flag=True, hidden=True, help="Run without SQLite hooks (benchmarks).")
+def run(
+    scenario: str,
+    db: Path | None,
+    events_path: Path | None,
+    json_path: str | None,
+    expect: tuple[str, ...],
+    quiet: bool,
+    no_probe: bool,
+) -> None:
+    """Run SCENARIO (a built-in name or a .toml file; default: upgrade-deadlock) and report
+    every busy wait, what caused it, and what to change."""
+    loaded = load_scenario(scenario)
+    with live_progress(not quiet and json_path != "-", f"running {loaded.name}") as progress:
+        result = run_scenario(loaded, db=db, instrument=not no_probe, progress=progress)
+    if events_path:
+        write_events(events_path, result.events)
+    analysis = analyze(result.events)
+    _emit_report("run", runreport.run_header(result), analysis, json_path, quiet)
+    if result.interrupted:
+        sys.exit(130)
+    _check_expect(expect, analysis)
+
+
+@cli.command()
+def scenarios() -> None:
+    """List the built-in scenarios."""
+    table = Table(box=None, pad_edge=False)
+    table.add_column("name", style="bold")
+    table.add_column("expected findings")
+    table.add_column("description")
+    for name in builtin_names():
+        s = load_scenario(name)
+        table.add_row(name, ", ".join(s.expect or ()) or "none (healthy)", s.description)
+    Console().print(table)
+
+
+@cli.command()
+@click.argument("events_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "json_path", metavar="FILE|-", help="Write the JSON report (- for stdout).")
+@click.option("--expect", multiple=True, metavar="PATTERN",
+              help="Exit 1 unless the findings are exactly these pattern ids ('healthy' for none).")
+def report(events_file: Path, json_path: str | None, expect: tuple[str, ...]) -> None:
+    """Diagnose a saved event log (from run --events or trace --events)."""
+    events = load_event_log(events_file)
+    analysis = analyze(events)
+    _emit_report("report", runreport.log_header(str(events_file), events), analysis, json_path, False)
+    _check_expect(expect, analysis)

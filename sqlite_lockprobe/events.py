@@ -150,3 +150,21 @@ def write_events(path: str | os.PathLike[str], events: Iterable[dict[str, Any]])
             out.write("\n")
             count += 1
     return count
+
+
+def load_event_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """A saved event log, merged in time order; bad input is one clear error."""
+    from sqlite_lockprobe.errors import LockprobeError  # not needed by the injected probe
+
+    p = Path(path)
+    if p.is_dir():
+        raise LockprobeError(f"{p}: is a directory, not an event log")
+    try:
+        events = merge_events([read_events(p)])
+    except FileNotFoundError:
+        raise LockprobeError(f"{p}: no such event log") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LockprobeError(f"{p}: cannot read event log ({exc})") from None
+    if not events:
+        raise LockprobeError(f"{p}: not a lockprobe event log (no events found)")
+    return events

@@ -1,0 +1,244 @@
+"""From the event log to the Timeline the detectors read: calls with their actors, busy
+waits, and the lock holds of every connection (when it took the write lock, with which
+statement, until which COMMIT/ROLLBACK, and how that time was spent)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlite_lockprobe.diagnose.model import (
+    SQLITE_BUSY,
+    Actor,
+    BusyWait,
+    Call,
+    ConnectionInfo,
+    IdleGap,
+    LockHold,
+    Timeline,
+    WalSample,
+)
+from sqlite_lockprobe.diagnose.statements import statement_kind
+
+
+@dataclass
+class _OpenHold:
+    actor: Actor
+    kind: str
+    t0: int
+    taken_by: str
+    implicit_begin: bool
+    in_statements_ns: int = 0
+    last_end: int = 0
+    last_sql: str = ""
+    longest_idle: IdleGap | None = None
+
+    def add_call(self, call: Call) -> None:
+        start = max(call.t0, self.t0)
+        if self.last_end and call.t0 > self.last_end:
+            gap = IdleGap(self.last_end, call.t0, self.last_sql, call.sql)
+            if self.longest_idle is None or gap.t1 - gap.t0 > self.longest_idle.t1 - self.longest_idle.t0:
+                self.longest_idle = gap
+        self.in_statements_ns += max(0, call.t1 - start)
+        self.last_end = call.t1
+        self.last_sql = call.sql
+
+    def close(self, t1: int, released_by: str) -> LockHold:
+        return LockHold(
+            holder=self.actor,
+            kind=self.kind,
+            t0=self.t0,
+            t1=max(t1, self.t0),
+            taken_by=self.taken_by,
+            released_by=released_by,
+            implicit_begin=self.implicit_begin,
+            in_statements_ns=self.in_statements_ns,
+            longest_idle=self.longest_idle,
+        )
+
+
+@dataclass
+class _ConnState:
+    info: ConnectionInfo
+    had_read: bool = False
+    write: _OpenHold | None = None
+    read: _OpenHold | None = None
+    implicit_txn: bool = False
+    closed_holds: list[LockHold] = field(default_factory=list)
+
+
+def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
+    """Build the timeline from events already merged in time order."""
+    meta: dict[str, Any] = {}
+    workers: dict[str, dict[str, Any]] = {}
+    conns: dict[str, _ConnState] = {}
+    calls: list[Call] = []
+    waits: list[BusyWait] = []
+    wal: list[WalSample] = []
+    last_t = 0
+    for event in events:
+        kind = event["k"]
+        last_t = max(last_t, int(event.get("t1") or event.get("t") or 0))
+        if kind == "call":
+            state = conns.get(event["conn"])
+            if state is None:
+                continue  # a call on a connection opened before recording began
+            call = _call(event, state.info, workers)
+            calls.append(call)
+            wait = _busy_wait(call, state)
+            if wait is not None:
+                waits.append(wait)
+            _advance(state, call)
+        elif kind == "open":
+            info = ConnectionInfo(
+                conn=event["conn"],
+                group=event.get("group") or "",
+                pid=int(event.get("pid") or 0),
+                timeout_ms=int(event.get("timeout_ms") or 0),
+                isolation=event.get("isolation"),
+                journal_mode=(event.get("journal_mode") or "").lower(),
+                instrumented=bool(event.get("instrumented")),
+            )
+            conns[info.conn] = _ConnState(info)
+        elif kind == "close":
+            state = conns.get(event["conn"])
+            if state is not None:
+                _end_txn(state, int(event["t"]), "close")
+        elif kind == "worker":
+            workers[event["worker"]] = event
+        elif kind == "wal":
+            wal.append(WalSample(int(event["t"]), int(event.get("bytes") or 0),
+                                 event.get("mx_frame"), event.get("backfilled")))
+        elif kind == "meta":
+            meta = event
+    for state in conns.values():
+        _end_txn(state, last_t, "end-of-run")
+    holds = [h for s in conns.values() for h in s.closed_holds]
+    holds.sort(key=lambda h: (h.t0, h.t1, h.holder.conn))
+    infos = {c: s.info for c, s in conns.items()}
+    journal = (meta.get("journal_mode") or _most_common_journal(infos) or "delete").lower()
+    return Timeline(
+        connections=infos,
+        calls=tuple(calls),
+        waits=tuple(waits),
+        write_holds=tuple(h for h in holds if h.kind == "write"),
+        read_holds=tuple(h for h in holds if h.kind == "read"),
+        wal_samples=tuple(wal),
+        journal_mode=journal,
+        page_size=int(meta.get("page_size") or 4096),
+        wal_autocheckpoint=int(meta.get("wal_autocheckpoint") or 1000),
+        reduced_detail=any(not i.instrumented for i in infos.values()),
+    )
+
+
+def _most_common_journal(infos: dict[str, ConnectionInfo]) -> str | None:
+    modes = sorted(i.journal_mode for i in infos.values() if i.journal_mode)
+    return max(modes, key=modes.count) if modes else None
+
+
+def _call(event: dict[str, Any], info: ConnectionInfo, workers: dict[str, dict[str, Any]]) -> Call:
+    worker = event.get("worker") or info.conn
+    actor = Actor(
+        conn=info.conn,
+        worker=worker,
+        group=info.group or (workers.get(worker) or {}).get("group", ""),
+        pid=info.pid,
+        thread=int(event.get("thread") or 0),
+        task=event.get("task"),
+        call_site=event.get("site"),
+    )
+    stmts = event.get("stmts")
+    return Call(
+        actor=actor,
+        t0=int(event["t0"]),
+        t1=int(event["t1"]),
+        op=event.get("op") or "execute",
+        sql=event.get("sql") or "",
+        statements=tuple(stmts) if stmts else (),
+        busy_calls=int(event.get("busy") or 0),
+        error=event.get("err"),
+        ext_error=event.get("ext"),
+        message=event.get("msg"),
+        in_txn_after=bool(event.get("in_txn")),
+    )
+
+
+def _phase(call: Call) -> str:
+    if call.op in ("begin", "commit", "rollback"):
+        return call.op
+    kind = statement_kind(call.sql)
+    if kind in ("begin", "begin-write"):
+        return "begin"
+    return {"write": "write", "read": "read", "commit": "commit"}.get(kind, "other")
+
+
+def _busy_wait(call: Call, state: _ConnState) -> BusyWait | None:
+    if call.busy_calls <= 0 and call.error != SQLITE_BUSY:
+        return None
+    return BusyWait(
+        waiter=call.actor,
+        call=call,
+        handler_calls=call.busy_calls,
+        failed=call.error == SQLITE_BUSY,
+        timeout_ms=state.info.timeout_ms,
+        had_read=state.had_read,
+        phase=_phase(call),
+    )
+
+
+def _advance(state: _ConnState, call: Call) -> None:
+    """Move one connection's lock state past one call."""
+    statements = call.statements or _inferred_statements(call)
+    kinds = [statement_kind(s) for s in statements]
+    ok = call.error is None
+    acquired_at = call.t1 if call.busy_calls else call.t0
+    if state.write is not None:
+        state.write.add_call(call)
+    if state.read is not None and state.read is not state.write:
+        state.read.add_call(call)
+    if ok:
+        app_kind = statement_kind(call.sql)
+        if any(k == "begin" for k in kinds) and app_kind not in ("begin", "begin-write"):
+            state.implicit_txn = True  # Python's sqlite3 issued BEGIN before this DML
+        for sql, kind in zip(statements, kinds):
+            if kind == "begin-write" and state.write is None:
+                state.write = _OpenHold(call.actor, "write", acquired_at, sql, False)
+                state.write.add_call(call)
+            elif kind == "write" and state.write is None:
+                state.write = _OpenHold(call.actor, "write", acquired_at, call.sql, state.implicit_txn)
+                state.write.add_call(call)
+            elif kind in ("read", "write") and state.read is None:
+                state.read = _OpenHold(call.actor, "read", call.t0, call.sql, state.implicit_txn)
+                state.read.add_call(call)
+        if any(k in ("read", "write") for k in kinds):
+            state.had_read = True
+    if not call.in_txn_after:
+        if ok and "commit" in kinds:
+            released = "COMMIT"
+        elif ok and "rollback" in kinds:
+            released = "ROLLBACK"
+        elif ok:
+            released = "autocommit"
+        else:
+            released = "error"
+        _end_txn(state, call.t1, released)
+
+
+def _inferred_statements(call: Call) -> tuple[str, ...]:
+    """Without the trace hook, the statements are the call's own SQL."""
+    if call.op == "commit":
+        return ("COMMIT",)
+    if call.op == "rollback":
+        return ("ROLLBACK",)
+    return (call.sql,)
+
+
+def _end_txn(state: _ConnState, t: int, released_by: str) -> None:
+    if state.write is not None:
+        state.closed_holds.append(state.write.close(t, released_by))
+    if state.read is not None:
+        state.closed_holds.append(state.read.close(t, released_by))
+    state.write = state.read = None
+    state.had_read = False
+    state.implicit_txn = False
