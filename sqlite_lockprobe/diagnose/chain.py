@@ -69,6 +69,7 @@ def wait_for_chain(
                 "    the holder is driven by the waiter's own OS thread: it cannot run its "
                 "COMMIT until this wait gives up"
             )
+            return lines
         if any(a.conn == hold.holder.conn for a in path):
             cycle = " -> ".join(a.worker for a in [*path, hold.holder])
             lines.append(f"*** CYCLE: {cycle}: a deadlock; no busy_timeout can resolve it")

@@ -12,6 +12,7 @@ from sqlite_lockprobe.diagnose import advice
 from sqlite_lockprobe.diagnose.causes import (
     claimed_before_long_write,
     dominant_holder,
+    is_harmful,
     upgrade_second_halves,
 )
 from sqlite_lockprobe.diagnose.evidence import (
@@ -54,10 +55,16 @@ def detect(timeline: Timeline) -> list[Finding]:
     origin = timeline.origin_ns
     timed_out.sort(key=lambda case: (-len(case[1]), *wait_order(case[0])))
 
-    durations = sorted(w.duration_ms for w in timeline.waits if w.handler_calls > 0 or w.failed)
-    near = sum(
-        1 for w in timeline.waits if w.duration_ms >= NEAR_TIMEOUT_FRACTION * w.timeout_ms > 0
-    )
+    # The distribution covers the convoy's own waits: none that another pattern explains.
+    queued = [
+        w
+        for w in timeline.waits
+        if (w.handler_calls > 0 or w.failed)
+        and not claimed_before_long_write(w, timeline, halves)
+        and (not is_harmful(w) or dominant_holder(w, timeline) is None)
+    ]
+    durations = sorted(w.duration_ms for w in queued)
+    near = sum(1 for w in queued if w.duration_ms >= NEAR_TIMEOUT_FRACTION * w.timeout_ms > 0)
     holder_counts = sorted(len(holders) for _, holders in timed_out)
     median_holders = holder_counts[(len(holder_counts) - 1) // 2]
     distinct = sorted({conn for _, holders in timed_out for conn in holders})
