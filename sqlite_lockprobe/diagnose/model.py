@@ -265,11 +265,14 @@ class _SpanIndex:
         limit = bisect_left(self.starts, t1)
         if limit == 0:
             return []
+        # Holds starting inside [t0, t1) overlap unless empty at t0: a plain slice. Only the
+        # ones that started earlier need the tree, to find those still open at t0.
+        first = bisect_left(self.starts, t0, 0, limit)
         found: list[LockHold] = []
         stack = [(1, 0, self.size)]
         while stack:
             node, lo, hi = stack.pop()
-            if lo >= limit or self.max_end[node] <= t0:
+            if lo >= first or self.max_end[node] <= t0:
                 continue
             if node >= self.size:
                 h = self.holds[lo]
@@ -279,4 +282,7 @@ class _SpanIndex:
             mid = (lo + hi) // 2
             stack.append((2 * node + 1, mid, hi))
             stack.append((2 * node, lo, mid))
+        found.extend(
+            h for h in self.holds[first:limit] if h.t1 > t0 and h.holder.conn != exclude_conn
+        )
         return found
