@@ -15,7 +15,7 @@ from sqlite_lockprobe.diagnose.model import LockHold, Timeline, WalSample
 from sqlite_lockprobe.findings import Finding
 
 PATTERN = "checkpoint-starvation"
-# Autocheckpoint runs after a commit once the WAL holds wal_autocheckpoint frames (wal.c,
+# Autocheckpoint runs after a commit once the WAL holds wal_autocheckpoint frames (main.c,
 # sqlite3WalDefaultHook), and a complete checkpoint lets the next writer restart the WAL. A
 # healthy WAL so stays near that size plus one transaction; four times it means several
 # checkpoint rounds in a row could not finish (a single transaction bigger than that, e.g. a
