@@ -58,9 +58,10 @@ def detect(timeline: Timeline) -> list[Finding]:
     judged = [
         w for w in losers if w.code != SQLITE_BUSY_SNAPSHOT and is_reduced(timeline, w.waiter.conn)
     ]
-    codes: dict[str, int] = {}
+    counted: dict[str, int] = {}
     for w in losers:
-        codes[code_name(w.code)] = codes.get(code_name(w.code), 0) + 1
+        counted[code_name(w.code)] = counted.get(code_name(w.code), 0) + 1
+    codes = dict(sorted(counted.items()))
     victim_waits = sorted(
         (commit for _, commit in halves.values()), key=lambda w: (w.t0, w.waiter.conn)
     )

@@ -87,8 +87,8 @@ def detect(timeline: Timeline) -> list[Finding]:
     longest_first = sorted(worst_holds, key=lambda h: (-(h.t1 - h.t0), h.t0, h.holder.conn))
     for hold in longest_first[:HOLDERS_SHOWN]:
         evidence.append("  holder: " + hold_story(hold, timeline, origin))
-    for wait, holders in timed_out[1:WORST_SHOWN]:
-        evidence.append(f"also ({len(holders)} holders): " + wait_line(wait, origin))
+    for wait, conns in timed_out[1:WORST_SHOWN]:
+        evidence.append(f"also ({len(conns)} holders): " + wait_line(wait, origin))
     confidence = "high" if median_holders >= 2 else "medium"
     if confidence == "medium":
         evidence.append(
