@@ -14,6 +14,7 @@ from sqlite_lockprobe.diagnose.causes import (
     is_tiny_timeout_failure,
     is_upgrade_refusal,
     same_thread_blocker,
+    upgrade_second_halves,
 )
 from sqlite_lockprobe.diagnose.evidence import hold_story, wait_facts, wait_line, wait_order
 from sqlite_lockprobe.diagnose.model import Timeline
@@ -25,11 +26,13 @@ WORST_SHOWN = 3
 
 def detect(timeline: Timeline) -> list[Finding]:
     """One finding for BUSY failures on connections whose busy_timeout is under 50 ms."""
+    halves = upgrade_second_halves(timeline)
     failures = [
         w
         for w in timeline.waits
         if is_tiny_timeout_failure(w)
         and not is_upgrade_refusal(w, timeline)
+        and id(w) not in halves
         and same_thread_blocker(w, timeline) is None
     ]
     if not failures:

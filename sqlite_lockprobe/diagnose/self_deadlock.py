@@ -9,7 +9,11 @@ run after the wait gives up: the wait always lasts the full busy_timeout, then f
 from __future__ import annotations
 
 from sqlite_lockprobe.diagnose import advice
-from sqlite_lockprobe.diagnose.causes import is_upgrade_refusal, same_thread_blocker
+from sqlite_lockprobe.diagnose.causes import (
+    is_upgrade_refusal,
+    same_thread_blocker,
+    upgrade_second_halves,
+)
 from sqlite_lockprobe.diagnose.chain import wait_for_chain
 from sqlite_lockprobe.diagnose.evidence import (
     hold_facts,
@@ -28,9 +32,10 @@ WORST_SHOWN = 3
 
 def detect(timeline: Timeline) -> list[Finding]:
     """One finding for every wait whose lock holder runs on the waiter's own thread."""
+    halves = upgrade_second_halves(timeline)
     cases: list[tuple[BusyWait, LockHold]] = []
     for wait in timeline.waits:
-        if is_upgrade_refusal(wait, timeline):
+        if is_upgrade_refusal(wait, timeline) or id(wait) in halves:
             continue
         hold = same_thread_blocker(wait, timeline)
         if hold is not None:

@@ -157,3 +157,14 @@ def test_write_holders_during_matches_a_linear_scan():
             h for h in timeline.write_holds if h.t0 < t1 and h.t1 > t0 and h.holder.conn != exclude
         ]
         assert timeline.write_holders_during(t0, t1, exclude) == expected
+
+
+def test_upgrade_deadlock_between_two_connections_of_one_thread_is_reported_once():
+    tl = TimelineBuilder()
+    a = tl.conn("a", thread=7)
+    b = tl.conn("b", thread=7)
+    tl.read_hold(b, 0, 9000, released_by="end-of-run")
+    tl.write_hold(a, 5, 5200)
+    tl.wait(b, 10, 10.2, failed=True, handler_calls=0, had_read=True)
+    tl.wait(a, 20, 5020, failed=True, handler_calls=40, phase="commit")
+    assert [f.pattern for f in diagnose(tl.build())] == ["upgrade-deadlock"]
