@@ -200,23 +200,89 @@ class Timeline:
     wal_autocheckpoint: int = 1000
     reduced_detail: bool = False
     _hold_starts: list[int] = field(default_factory=list, repr=False, compare=False)
+    _write_index: _SpanIndex = field(init=False, repr=False, compare=False)
+    _read_index: _SpanIndex = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._hold_starts.extend(h.t0 for h in self.write_holds)
+        # Frozen dataclass: derived indexes are set once, here, and never change. Fresh objects,
+        # so dataclasses.replace() (which passes _hold_starts along) cannot double them.
+        object.__setattr__(self, "_hold_starts", [h.t0 for h in self.write_holds])
+        object.__setattr__(self, "_write_index", _SpanIndex(self.write_holds))
+        object.__setattr__(self, "_read_index", _SpanIndex(self.read_holds))
 
     @property
     def is_wal(self) -> bool:
         return self.journal_mode.lower() == "wal"
 
-    def write_holders_during(self, t0: int, t1: int, exclude_conn: str | None = None) -> list[LockHold]:
-        """The write-lock holds that overlap [t0, t1), other than exclude_conn's own."""
-        # Holds are sorted by start; no hold starting at or after t1 can overlap.
-        end = bisect_left(self._hold_starts, t1)
-        return [
-            h
-            for h in self.write_holds[:end]
-            if h.t1 > t0 and h.holder.conn != exclude_conn
+    @property
+    def origin_ns(self) -> int:
+        """The earliest recorded moment: evidence gives times relative to it ("+12.5 ms")."""
+        firsts = [
+            spans[0].t0
+            for spans in (self.calls, self.waits, self.write_holds, self.read_holds)
+            if spans
         ]
+        return min(firsts) if firsts else 0
+
+    def write_holders_during(
+        self, t0: int, t1: int, exclude_conn: str | None = None
+    ) -> list[LockHold]:
+        """The write-lock holds that overlap [t0, t1), other than exclude_conn's own."""
+        return self._write_index.overlapping(t0, t1, exclude_conn)
+
+    def read_holders_during(
+        self, t0: int, t1: int, exclude_conn: str | None = None
+    ) -> list[LockHold]:
+        """The read transactions (SHARED locks or WAL snapshots) that overlap [t0, t1)."""
+        return self._read_index.overlapping(t0, t1, exclude_conn)
 
     def busy_errors(self) -> list[BusyWait]:
         return [w for w in self.waits if w.failed]
+
+
+class _SpanIndex:
+    """Overlap queries on holds sorted by start, in O((k + 1) log n) for k results.
+
+    A max-segment tree over the holds' ends: a subtree whose latest end is at or before t0
+    cannot overlap and is skipped whole, so long holds never force a linear scan."""
+
+    def __init__(self, holds: tuple[LockHold, ...]) -> None:
+        self.holds = holds
+        self.starts = [h.t0 for h in holds]
+        size = 1
+        while size < len(holds):
+            size *= 2
+        self.size = size
+        never = -(2**63)
+        self.max_end = [never] * (2 * size)
+        for i, h in enumerate(holds):
+            self.max_end[size + i] = h.t1
+        for node in range(size - 1, 0, -1):
+            self.max_end[node] = max(self.max_end[2 * node], self.max_end[2 * node + 1])
+
+    def overlapping(self, t0: int, t1: int, exclude_conn: str | None = None) -> list[LockHold]:
+        """Holds with start < t1 and end > t0, in their original (start) order."""
+        limit = bisect_left(self.starts, t1)
+        if limit == 0:
+            return []
+        # Holds starting inside [t0, t1) overlap unless empty at t0: a plain slice. Only the
+        # ones that started earlier need the tree, to find those still open at t0.
+        first = bisect_left(self.starts, t0, 0, limit)
+        found: list[LockHold] = []
+        stack = [(1, 0, self.size)]
+        while stack:
+            node, lo, hi = stack.pop()
+            if lo >= first or self.max_end[node] <= t0:
+                continue
+            if node >= self.size:
+                h = self.holds[lo]
+                if h.holder.conn != exclude_conn:
+                    found.append(h)
+                continue
+            mid = (lo + hi) // 2
+            stack.append((2 * node + 1, mid, hi))
+            stack.append((2 * node, lo, mid))
+        found.extend(
+            h for h in self.holds[first:limit] if h.t1 > t0 and h.holder.conn != exclude_conn
+        )
+        return found

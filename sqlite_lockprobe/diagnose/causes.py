@@ -1,0 +1,189 @@
+"""Which pattern owns a wait: the thresholds and the precedence rules shared by all detectors.
+
+Each harmful wait is reported once, under its true cause. A detector claims a wait only when no
+pattern earlier in PRECEDENCE does, so every detector stays correct when run alone:
+
+1. upgrade-deadlock: SQLite refused to wait (no busy-handler call) for a transaction that had
+   already read; also the winner's COMMIT that then waits on the loser's SHARED lock.
+2. self-deadlock: the holder is driven by the waiter's own OS thread; no timeout can help.
+3. no-busy-timeout: the waiter had (almost) no busy_timeout, so it failed at first contention.
+4. reader-blocks-writer: rollback-journal COMMIT waiting for other connections' SHARED locks.
+5. long-write-transaction: one holder held the write lock for most of the wait.
+6. write-convoy: failed waits behind many short holders.
+checkpoint-starvation is about the -wal file, not waits, and overlaps with nothing.
+"""
+
+from __future__ import annotations
+
+from sqlite_lockprobe.diagnose.evidence import ConnWaits, is_reduced
+from sqlite_lockprobe.diagnose.model import (
+    NS_PER_MS,
+    SQLITE_BUSY_SNAPSHOT,
+    BusyWait,
+    LockHold,
+    Timeline,
+)
+
+PRECEDENCE = (
+    "upgrade-deadlock",
+    "self-deadlock",
+    "no-busy-timeout",
+    "reader-blocks-writer",
+    "long-write-transaction",
+    "write-convoy",
+    "checkpoint-starvation",
+)
+
+# A wait that succeeded is only a problem when it used a good part of its busy_timeout (half),
+# and never when shorter than 100 ms: a momentary wait is SQLite working as designed.
+LONG_WAIT_FRACTION = 0.5
+LONG_WAIT_FLOOR_MS = 100.0
+# Below this busy_timeout, ordinary contention (one commit takes a few ms with fsync) fails.
+TINY_TIMEOUT_MS = 50
+# A self-deadlocked wait always runs to its full timeout; 80% leaves room for clock jitter.
+SELF_DEADLOCK_FRACTION = 0.8
+# Without busy-handler counts (reduced detail), a refusal shows as a failure that arrived in
+# under a tenth of the timeout: the default busy handler keeps sleeping until the timeout.
+REDUCED_REFUSAL_FRACTION = 0.1
+# Phases in which a read transaction upgrades to a write one (DML, DDL).
+UPGRADE_PHASES = ("write", "other")
+
+
+def is_long_wait(wait: BusyWait) -> bool:
+    """Used at least half its busy_timeout (and 100 ms): slow enough for users to notice."""
+    limit = max(LONG_WAIT_FLOOR_MS, LONG_WAIT_FRACTION * wait.timeout_ms)
+    return wait.duration_ms >= limit
+
+
+def is_harmful(wait: BusyWait) -> bool:
+    return wait.failed or is_long_wait(wait)
+
+
+def is_refusal(wait: BusyWait, timeline: Timeline) -> bool:
+    """A BUSY failure for which SQLite never called the busy handler although it had a timeout.
+
+    btree.c (sqlite3BtreeBeginTrans) retries through the busy handler only while the connection
+    has no transaction open (`pBt->inTransaction==TRANS_NONE`); pager.c (pager_wait_on_lock)
+    invokes it for NO_LOCK->SHARED and RESERVED->EXCLUSIVE, never SHARED->RESERVED."""
+    if not wait.failed:
+        return False
+    if wait.code == SQLITE_BUSY_SNAPSHOT:
+        return True  # wal.c sqlite3WalBeginWriteTransaction: the snapshot is stale, never waits
+    if wait.timeout_ms <= 0:
+        return False  # with no timeout every failure looks like this: no-busy-timeout's case
+    if is_reduced(timeline, wait.waiter.conn):
+        return wait.duration_ms <= REDUCED_REFUSAL_FRACTION * wait.timeout_ms
+    return wait.handler_calls == 0
+
+
+def is_upgrade_refusal(wait: BusyWait, timeline: Timeline) -> bool:
+    """The loser's half of an upgrade deadlock: a read transaction refused its first write."""
+    if not is_refusal(wait, timeline):
+        return False
+    if wait.code == SQLITE_BUSY_SNAPSHOT:
+        return True
+    return wait.had_read and wait.phase in UPGRADE_PHASES
+
+
+def read_hold_at(timeline: Timeline, conn: str, t: int) -> LockHold | None:
+    """conn's read transaction open at moment t (its SHARED lock or WAL snapshot)."""
+    for hold in timeline.read_holders_during(t, t + 1):
+        if hold.holder.conn == conn:
+            return hold
+    return None
+
+
+def upgrade_second_halves(
+    timeline: Timeline, conn_waits: ConnWaits | None = None
+) -> dict[int, tuple[BusyWait, BusyWait]]:
+    """Rollback mode: the winners' COMMIT waits blocked by a refused loser's SHARED lock.
+
+    Keyed by id() of the winner's commit wait: (loser's refused wait, winner's commit wait).
+    The loser keeps SHARED until it rolls back (lockingv3.html: a failed RESERVED attempt does
+    not drop SHARED), and the winner's COMMIT needs EXCLUSIVE, which waits for every SHARED."""
+    if timeline.is_wal:
+        return {}
+    refusals = [w for w in timeline.waits if is_upgrade_refusal(w, timeline)]
+    if not refusals:
+        return {}
+    index = conn_waits or ConnWaits(timeline.waits)
+    halves: dict[int, tuple[BusyWait, BusyWait]] = {}
+    for loser in refusals:
+        shared = read_hold_at(timeline, loser.waiter.conn, loser.t0)
+        if shared is None:
+            continue
+        winners = timeline.write_holders_during(
+            loser.t0, max(loser.t1, loser.t0 + 1), loser.waiter.conn
+        )
+        for winner_hold in winners:
+            start = max(shared.t0, winner_hold.t0)
+            end = min(shared.t1, winner_hold.t1)
+            for commit in index.during(winner_hold.holder.conn, start, end):
+                if commit.phase == "commit" and is_harmful(commit):
+                    halves.setdefault(id(commit), (loser, commit))
+    return halves
+
+
+def same_thread_blocker(wait: BusyWait, timeline: Timeline) -> LockHold | None:
+    """The lock hold, if any, that the waiter's own OS thread must release: a self-deadlock.
+
+    Only a hold still open when the wait ended counts (the thread could not have released it
+    while blocked in sqlite3_step). For a rollback-mode COMMIT, a SHARED lock counts too."""
+    if not (wait.failed or wait.duration_ms >= SELF_DEADLOCK_FRACTION * wait.timeout_ms):
+        return None
+    t1 = max(wait.t1, wait.t0 + 1)
+    holds = timeline.write_holders_during(wait.t0, t1, wait.waiter.conn)
+    if wait.phase == "commit" and not timeline.is_wal:
+        holds = holds + timeline.read_holders_during(wait.t0, t1, wait.waiter.conn)
+    mine = [h for h in holds if h.holder.same_thread_as(wait.waiter) and h.t1 >= wait.t1]
+    if not mine:
+        return None
+    return min(mine, key=lambda h: (0 if h.kind == "write" else 1, h.t0, h.holder.conn))
+
+
+def is_tiny_timeout_failure(wait: BusyWait) -> bool:
+    return wait.failed and wait.timeout_ms < TINY_TIMEOUT_MS
+
+
+def blocking_readers(wait: BusyWait, timeline: Timeline) -> list[LockHold]:
+    """Other connections' SHARED locks open during a rollback-mode COMMIT wait."""
+    if timeline.is_wal or wait.phase != "commit":
+        return []
+    return timeline.read_holders_during(wait.t0, max(wait.t1, wait.t0 + 1), wait.waiter.conn)
+
+
+def overlap_ns(hold: LockHold, t0: int, t1: int) -> int:
+    return max(0, min(hold.t1, t1) - max(hold.t0, t0))
+
+
+# A hold is the one long holder behind a wait when it covered at least half of the wait and
+# itself lasted at least half the waiter's busy_timeout (and 100 ms).
+DOMINANT_OVERLAP_FRACTION = 0.5
+LONG_HOLD_FRACTION = 0.5
+
+
+def dominant_holder(wait: BusyWait, timeline: Timeline) -> LockHold | None:
+    """The single write hold that explains most of this wait, if there is one."""
+    t1 = max(wait.t1, wait.t0 + 1)
+    holds = timeline.write_holders_during(wait.t0, t1, wait.waiter.conn)
+    if not holds:
+        return None
+    best = min(holds, key=lambda h: (-overlap_ns(h, wait.t0, t1), h.t0, h.holder.conn))
+    long_enough = max(LONG_WAIT_FLOOR_MS, LONG_HOLD_FRACTION * wait.timeout_ms) * NS_PER_MS
+    covers = overlap_ns(best, wait.t0, t1) >= DOMINANT_OVERLAP_FRACTION * (t1 - wait.t0)
+    if covers and best.t1 - best.t0 >= long_enough:
+        return best
+    return None
+
+
+def claimed_before_long_write(
+    wait: BusyWait, timeline: Timeline, second_halves: dict[int, tuple[BusyWait, BusyWait]]
+) -> bool:
+    """True when patterns 1-4 of PRECEDENCE already own this wait."""
+    if is_upgrade_refusal(wait, timeline) or id(wait) in second_halves:
+        return True
+    if same_thread_blocker(wait, timeline) is not None:
+        return True
+    if is_tiny_timeout_failure(wait):
+        return True
+    return bool(blocking_readers(wait, timeline)) and is_harmful(wait)

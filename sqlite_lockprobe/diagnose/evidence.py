@@ -1,0 +1,216 @@
+"""Shared wording and arithmetic for evidence lines, so every finding names things the same way.
+
+Every function here is pure and deterministic: the same spans always give the same text.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Sequence
+
+from sqlite_lockprobe.diagnose.model import (
+    NS_PER_MS,
+    SQLITE_BUSY,
+    SQLITE_BUSY_RECOVERY,
+    SQLITE_BUSY_SNAPSHOT,
+    SQLITE_BUSY_TIMEOUT,
+    SQLITE_LOCKED,
+    SQLITE_LOCKED_SHAREDCACHE,
+    BusyWait,
+    LockHold,
+    Timeline,
+)
+
+# Names from https://sqlite.org/rescode.html
+CODE_NAMES = {
+    SQLITE_BUSY: "SQLITE_BUSY",
+    SQLITE_LOCKED: "SQLITE_LOCKED",
+    SQLITE_BUSY_RECOVERY: "SQLITE_BUSY_RECOVERY",
+    SQLITE_BUSY_SNAPSHOT: "SQLITE_BUSY_SNAPSHOT",
+    SQLITE_BUSY_TIMEOUT: "SQLITE_BUSY_TIMEOUT",
+    SQLITE_LOCKED_SHAREDCACHE: "SQLITE_LOCKED_SHAREDCACHE",
+}
+
+SQL_WIDTH = 80
+
+
+def code_name(code: int | None) -> str:
+    """'SQLITE_BUSY_SNAPSHOT (517)': the name users search for, and the number they see."""
+    if code is None:
+        return "no error"
+    return f"{CODE_NAMES.get(code, 'SQLite error')} ({code})"
+
+
+def ms(ns: int) -> float:
+    """Nanoseconds to milliseconds, rounded to 0.1 ms so facts stay stable and readable."""
+    return round(ns / NS_PER_MS, 1)
+
+
+def fmt_ms(value_ms: float) -> str:
+    return f"{value_ms:.1f} ms"
+
+
+def at(t: int, origin: int) -> str:
+    """A moment relative to the start of the recording: '+1234.5 ms'."""
+    return f"+{ms(t - origin):.1f} ms"
+
+
+def short_sql(sql: str, width: int = SQL_WIDTH) -> str:
+    """One line of SQL, cut to width, so evidence stays one line per fact."""
+    flat = " ".join(sql.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of an ascending sequence (0 for an empty one)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def is_reduced(timeline: Timeline, conn: str) -> bool:
+    """True when busy-handler calls were not recorded for conn (the probe's hooks were missing)."""
+    if timeline.reduced_detail:
+        return True
+    info = timeline.connections.get(conn)
+    return info is not None and not info.instrumented
+
+
+def lock_name(hold: LockHold, timeline: Timeline) -> str:
+    """SQLite's own name for what a hold is (https://sqlite.org/lockingv3.html, wal.html)."""
+    if hold.kind == "write":
+        return "the WAL write lock" if timeline.is_wal else "the RESERVED lock"
+    return "a WAL read snapshot" if timeline.is_wal else "a SHARED lock"
+
+
+def wait_outcome(wait: BusyWait) -> str:
+    """How a wait ended: how long, with which code, after how many busy-handler calls."""
+    calls = f"{wait.handler_calls} busy-handler call{'s' if wait.handler_calls != 1 else ''}"
+    if wait.failed:
+        return (
+            f"failed with {code_name(wait.code)} after {fmt_ms(wait.duration_ms)} and {calls} "
+            f"(busy_timeout {wait.timeout_ms} ms)"
+        )
+    return (
+        f"waited {fmt_ms(wait.duration_ms)} and succeeded after {calls} "
+        f"(busy_timeout {wait.timeout_ms} ms)"
+    )
+
+
+def wait_line(wait: BusyWait, origin: int) -> str:
+    """Who waited, when, on which statement, and how it ended."""
+    sql = short_sql(wait.call.sql or wait.call.op)
+    return (
+        f"{wait.waiter.describe()} at {at(wait.t0, origin)} running `{sql}` "
+        f"({wait.phase}): {wait_outcome(wait)}"
+    )
+
+
+def hold_story(hold: LockHold, timeline: Timeline, origin: int) -> str:
+    """The holder's story (PATTERNS.md): who, taken by what and when, how long, and how the
+    time was spent: inside SQLite statements or idle in the application between them."""
+    held_ms = ms(hold.t1 - hold.t0)
+    inside_ms = ms(hold.in_statements_ns)
+    idle_ms = ms(hold.idle_ns)
+    parts = [
+        f"{lock_name(hold, timeline)} held by {hold.holder.describe()} for {fmt_ms(held_ms)} "
+        f"from {at(hold.t0, origin)}, taken by `{short_sql(hold.taken_by)}`, "
+        f"released by {hold.released_by}",
+        f"{fmt_ms(inside_ms)} inside SQLite statements, {fmt_ms(idle_ms)} idle in the application",
+    ]
+    gap = hold.longest_idle
+    if gap is not None and gap.duration_ms > 0:
+        parts.append(
+            f"longest idle gap {fmt_ms(round(gap.duration_ms, 1))} between "
+            f"`{short_sql(gap.before_sql, 40)}` and `{short_sql(gap.after_sql, 40)}`"
+        )
+    if hold.implicit_begin:
+        parts.append(
+            "transaction opened implicitly by Python's sqlite3 (a DEFERRED BEGIN before the "
+            "first DML)"
+        )
+    if hold.released_by in ("error", "end-of-run", "close"):
+        parts.append(_left_open(hold.released_by))
+    return "; ".join(parts)
+
+
+def _left_open(released_by: str) -> str:
+    if released_by == "error":
+        return "the transaction was left open after an error until the connection failed"
+    if released_by == "close":
+        return "the transaction was never committed: closing the connection ended it"
+    return "the transaction was still open when the run ended"
+
+
+def hold_facts(hold: LockHold, origin: int) -> dict[str, object]:
+    """The machine-readable twin of hold_story."""
+    gap = hold.longest_idle
+    return {
+        "holder_conn": hold.holder.conn,
+        "holder_worker": hold.holder.worker,
+        "holder_pid": hold.holder.pid,
+        "holder_thread": hold.holder.thread,
+        "holder_task": hold.holder.task,
+        "kind": hold.kind,
+        "start_ms": ms(hold.t0 - origin),
+        "held_ms": ms(hold.t1 - hold.t0),
+        "in_statements_ms": ms(hold.in_statements_ns),
+        "idle_ms": ms(hold.idle_ns),
+        "longest_idle_ms": ms(gap.t1 - gap.t0) if gap else 0.0,
+        "taken_by": hold.taken_by,
+        "released_by": hold.released_by,
+        "implicit_begin": hold.implicit_begin,
+    }
+
+
+def wait_facts(wait: BusyWait, origin: int) -> dict[str, object]:
+    return {
+        "waiter_conn": wait.waiter.conn,
+        "waiter_worker": wait.waiter.worker,
+        "waiter_pid": wait.waiter.pid,
+        "waiter_thread": wait.waiter.thread,
+        "waiter_task": wait.waiter.task,
+        "start_ms": ms(wait.t0 - origin),
+        "waited_ms": ms(wait.t1 - wait.t0),
+        "failed": wait.failed,
+        "code": wait.code,
+        "handler_calls": wait.handler_calls,
+        "timeout_ms": wait.timeout_ms,
+        "phase": wait.phase,
+        "sql": wait.call.sql,
+    }
+
+
+def wait_order(wait: BusyWait) -> tuple[int, int, int, str, int]:
+    """Worst first: failed before succeeded, longer before shorter, then a stable tie-break."""
+    return (0 if wait.failed else 1, -(wait.t1 - wait.t0), wait.t0, wait.waiter.conn, wait.t1)
+
+
+class ConnWaits:
+    """Each connection's waits in time order, for 'what is this holder itself waiting on'.
+
+    A connection runs one call at a time, so its waits never overlap each other."""
+
+    def __init__(self, waits: Sequence[BusyWait]) -> None:
+        self._waits: dict[str, list[BusyWait]] = {}
+        for w in waits:
+            self._waits.setdefault(w.waiter.conn, []).append(w)
+        self._starts: dict[str, list[int]] = {}
+        for conn, conn_waits in self._waits.items():
+            conn_waits.sort(key=lambda w: (w.t0, w.t1))
+            self._starts[conn] = [w.t0 for w in conn_waits]
+
+    def during(self, conn: str, t0: int, t1: int) -> list[BusyWait]:
+        """conn's waits that overlap [t0, t1] (a zero-length wait at t0 counts)."""
+        conn_waits = self._waits.get(conn)
+        if not conn_waits:
+            return []
+        i = bisect_left(self._starts[conn], t1 + 1) - 1
+        found: list[BusyWait] = []
+        while i >= 0 and conn_waits[i].t1 >= t0:
+            found.append(conn_waits[i])
+            i -= 1
+        found.reverse()
+        return found

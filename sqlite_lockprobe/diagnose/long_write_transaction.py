@@ -1,0 +1,143 @@
+"""long-write-transaction: one connection kept the write lock while other writers timed out.
+
+SQLite has one write lock per database (RESERVED and up in rollback mode, the WAL write lock in
+WAL mode: lockingv3.html, wal.html); whoever holds it from its first write to COMMIT makes every
+other writer sleep in the busy handler, and fail once busy_timeout runs out.
+"""
+
+from __future__ import annotations
+
+from sqlite_lockprobe.diagnose import advice
+from sqlite_lockprobe.diagnose.causes import (
+    claimed_before_long_write,
+    dominant_holder,
+    is_harmful,
+    upgrade_second_halves,
+)
+from sqlite_lockprobe.diagnose.evidence import (
+    fmt_ms,
+    hold_facts,
+    hold_story,
+    is_reduced,
+    ms,
+    wait_facts,
+    wait_line,
+    wait_order,
+)
+from sqlite_lockprobe.diagnose.model import BusyWait, LockHold, Timeline
+from sqlite_lockprobe.findings import Finding
+
+PATTERN = "long-write-transaction"
+WORST_SHOWN = 3
+
+
+def detect(timeline: Timeline) -> list[Finding]:
+    """One finding naming the long write holds behind failed or long waits, longest first."""
+    halves = upgrade_second_halves(timeline)
+    victims: dict[int, list[BusyWait]] = {}
+    holds: dict[int, LockHold] = {}
+    for wait in timeline.waits:
+        if not is_harmful(wait) or claimed_before_long_write(wait, timeline, halves):
+            continue
+        hold = dominant_holder(wait, timeline)
+        if hold is None:
+            continue
+        holds[id(hold)] = hold
+        victims.setdefault(id(hold), []).append(wait)
+    if not holds:
+        return []
+    origin = timeline.origin_ns
+    for waits in victims.values():
+        waits.sort(key=wait_order)
+    ranked = sorted(
+        holds.values(),
+        key=lambda h: (
+            -sum(w.failed for w in victims[id(h)]),
+            -(h.t1 - h.t0),
+            h.t0,
+            h.holder.conn,
+        ),
+    )
+    all_victims = [w for h in ranked for w in victims[id(h)]]
+    failed = [w for w in all_victims if w.failed]
+    longest = max(ranked, key=lambda h: (h.t1 - h.t0, -h.t0))
+
+    evidence = [
+        f"{len(ranked)} long write transaction{'s' if len(ranked) != 1 else ''} blocked "
+        f"{len(all_victims)} wait{'s' if len(all_victims) != 1 else ''} "
+        f"({len(failed)} failed); the longest held the lock for "
+        f"{fmt_ms(ms(longest.t1 - longest.t0))}",
+    ]
+    for hold in ranked[:WORST_SHOWN]:
+        hold_victims = victims[id(hold)]
+        evidence.append("holder: " + hold_story(hold, timeline, origin))
+        evidence.append(f"  {_split(hold)}")
+        evidence.append(
+            f"  blocked {len(hold_victims)} wait{'s' if len(hold_victims) != 1 else ''} "
+            f"({sum(w.failed for w in hold_victims)} failed); worst: "
+            + wait_line(hold_victims[0], origin)
+        )
+    reduced = any(is_reduced(timeline, w.waiter.conn) for w in all_victims)
+    if reduced:
+        evidence.append(
+            "statement timing inside the holds was not fully recorded (reduced detail): the "
+            "split between statements and idle time may be off"
+        )
+
+    return [
+        Finding(
+            pattern=PATTERN,
+            title="A write transaction held the lock for too long",
+            severity="error" if failed else "warning",
+            confidence="medium" if reduced else "high",
+            explanation=(
+                "SQLite lets one connection at a time hold the write lock, from its first write "
+                "until COMMIT or ROLLBACK. Here a connection kept it for a long time, compared "
+                "with the other writers' busy_timeout, while it ran slow statements or did "
+                "other work between them (network calls, sleeps, awaits, big batches). Every "
+                "other writer waited meanwhile, and those that ran out of busy_timeout failed "
+                'with "database is locked". The failing statement is the victim; the holder '
+                "below is the cause."
+            ),
+            evidence=tuple(evidence),
+            advice=(
+                advice.short_transactions(),
+                advice.raise_busy_timeout_stopgap(_stopgap_ms(longest)),
+            ),
+            facts={
+                "long_holds": len(ranked),
+                "blocked_waits": len(all_victims),
+                "failed_waits": len(failed),
+                "longest_hold_ms": ms(longest.t1 - longest.t0),
+                "holds": [
+                    {
+                        **hold_facts(h, origin),
+                        "blocked_waits": len(victims[id(h)]),
+                        "failed_waits": sum(w.failed for w in victims[id(h)]),
+                    }
+                    for h in ranked[:WORST_SHOWN]
+                ],
+                "worst": wait_facts(victims[id(ranked[0])][0], origin),
+            },
+        )
+    ]
+
+
+def _split(hold: LockHold) -> str:
+    """Say where the time went, since the fix differs: a slow statement or idle app time."""
+    total = max(1, hold.t1 - hold.t0)
+    if hold.idle_ns * 2 >= total:
+        return (
+            f"mostly idle in the application ({round(100 * hold.idle_ns / total)}% of the "
+            "hold): move slow work out of the transaction, commit earlier"
+        )
+    return (
+        f"mostly inside SQLite statements ({round(100 * hold.in_statements_ns / total)}% of "
+        "the hold): a slow statement or big batch; add an index or split the batch"
+    )
+
+
+def _stopgap_ms(hold: LockHold) -> int:
+    """A busy_timeout that would have outlasted the longest hold, rounded up to seconds."""
+    needed = (hold.t1 - hold.t0) / 1_000_000 * 1.5
+    return max(5000, int(-(-needed // 1000) * 1000))
