@@ -171,7 +171,10 @@ def dominant_holder(wait: BusyWait, timeline: Timeline) -> LockHold | None:
     best = min(holds, key=lambda h: (-overlap_ns(h, wait.t0, t1), h.t0, h.holder.conn))
     long_enough = max(LONG_WAIT_FLOOR_MS, LONG_HOLD_FRACTION * wait.timeout_ms) * NS_PER_MS
     covers = overlap_ns(best, wait.t0, t1) >= DOMINANT_OVERLAP_FRACTION * (t1 - wait.t0)
-    if covers and best.t1 - best.t0 >= long_enough:
+    # Only time the holder itself spent counts: a hold stretched by scheduling delay (its
+    # worker waiting for the GIL or a busy event loop) is a symptom of overload, not a long
+    # transaction in the application's code.
+    if covers and best.explained_ns >= long_enough:
         return best
     return None
 

@@ -120,6 +120,16 @@ def hold_story(hold: LockHold, timeline: Timeline, origin: int) -> str:
         f"released by {hold.released_by}",
         f"{fmt_ms(inside_ms)} inside SQLite statements, {fmt_ms(idle_ms)} idle in the application",
     ]
+    if hold.own_wait_ns:
+        parts.append(
+            f"of the time inside statements, {fmt_ms(ms(hold.own_wait_ns))} the holder itself "
+            "waited for a lock (its COMMIT waiting for other connections to let go)"
+        )
+    if hold.scheduling_delay_ns:
+        parts.append(
+            f"of which {fmt_ms(ms(hold.scheduling_delay_ns))} in no step of the workload (the "
+            "holder was waiting to be scheduled)"
+        )
     gap = hold.longest_idle
     if gap is not None and gap.duration_ms > 0:
         parts.append(

@@ -161,6 +161,8 @@ class LockHold:
     implicit_begin: bool = False
     in_statements_ns: int = 0
     longest_idle: IdleGap | None = None
+    app_idle_ns: int | None = None
+    own_wait_ns: int = 0
 
     @property
     def duration_ms(self) -> float:
@@ -169,6 +171,23 @@ class LockHold:
     @property
     def idle_ns(self) -> int:
         return max(0, (self.t1 - self.t0) - self.in_statements_ns)
+
+    @property
+    def scheduling_delay_ns(self) -> int:
+        """Idle time that no step of the application explains: the holder was ready to go on
+        but waited to be scheduled (a busy event loop, the GIL shared with many threads).
+        Known only where the application's own sleeps and awaits are recorded (`run`:
+        `app_idle_ns` is set); 0 when unknown."""
+        if self.app_idle_ns is None:
+            return 0
+        return max(0, self.idle_ns - self.app_idle_ns)
+
+    @property
+    def explained_ns(self) -> int:
+        """What the holder itself spent: the hold's length less its scheduling delay and
+        less `own_wait_ns`, the time the holder was itself blocked in the busy handler (a
+        rollback-mode COMMIT waiting for other connections' SHARED locks to clear)."""
+        return max(0, (self.t1 - self.t0) - self.scheduling_delay_ns - self.own_wait_ns)
 
     def overlaps(self, t0: int, t1: int) -> bool:
         return self.t0 < t1 and t0 < self.t1

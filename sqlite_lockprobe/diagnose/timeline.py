@@ -30,6 +30,8 @@ class _OpenHold:
     taken_by: str
     implicit_begin: bool
     in_statements_ns: int = 0
+    app_idle_ns: int | None = None
+    own_wait_ns: int = 0
     last_end: int = 0
     last_sql: str = ""
     longest_idle: IdleGap | None = None
@@ -41,6 +43,8 @@ class _OpenHold:
             if self.longest_idle is None or gap.t1 - gap.t0 > self.longest_idle.t1 - self.longest_idle.t0:
                 self.longest_idle = gap
         self.in_statements_ns += max(0, call.t1 - start)
+        if call.busy_calls and call.t0 >= self.t0:
+            self.own_wait_ns += call.t1 - call.t0
         self.last_end = call.t1
         self.last_sql = call.sql
 
@@ -55,12 +59,20 @@ class _OpenHold:
             implicit_begin=self.implicit_begin,
             in_statements_ns=self.in_statements_ns,
             longest_idle=self.longest_idle,
+            app_idle_ns=self.app_idle_ns,
+            own_wait_ns=self.own_wait_ns,
         )
+
+    def add_app_idle(self, t0: int, t1: int) -> None:
+        """Time the application itself spent in a recorded step (sleep, await, wait)."""
+        overlap = max(0, t1 - max(t0, self.t0))
+        self.app_idle_ns = (self.app_idle_ns or 0) + overlap
 
 
 @dataclass
 class _ConnState:
     info: ConnectionInfo
+    track_app_idle: bool = False
     had_read: bool = False
     write: _OpenHold | None = None
     read: _OpenHold | None = None
@@ -100,13 +112,21 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
                 journal_mode=(event.get("journal_mode") or "").lower(),
                 instrumented=bool(event.get("instrumented")),
             )
-            conns[info.conn] = _ConnState(info)
+            # `run` records every sleep/await/wait step: idle time in a hold that no step
+            # explains is then known to be scheduling delay.
+            conns[info.conn] = _ConnState(info, str(meta.get("source", "")).startswith("run "))
         elif kind == "close":
             state = conns.get(event["conn"])
             if state is not None:
                 _end_txn(state, int(event["t"]), "close")
         elif kind == "worker":
             workers[event["worker"]] = event
+        elif kind == "idle":
+            state = conns.get(event.get("conn") or "")
+            if state is not None:
+                for hold in (state.write, state.read):
+                    if hold is not None:
+                        hold.add_app_idle(int(event["t0"]), int(event["t1"]))
         elif kind == "wal":
             wal.append(WalSample(int(event["t"]), int(event.get("bytes") or 0),
                                  event.get("mx_frame"), event.get("backfilled")))
@@ -203,14 +223,13 @@ def _advance(state: _ConnState, call: Call) -> None:
             state.implicit_txn = True  # Python's sqlite3 issued BEGIN before this DML
         for sql, kind in zip(statements, kinds):
             if kind == "begin-write" and state.write is None:
-                state.write = _OpenHold(call.actor, "write", acquired_at, sql, False)
-                state.write.add_call(call)
+                state.write = _new_hold(state, call, "write", acquired_at, sql, False)
             elif kind == "write" and state.write is None:
-                state.write = _OpenHold(call.actor, "write", acquired_at, call.sql, state.implicit_txn)
-                state.write.add_call(call)
+                state.write = _new_hold(
+                    state, call, "write", acquired_at, call.sql, state.implicit_txn
+                )
             elif kind in ("read", "write") and state.read is None:
-                state.read = _OpenHold(call.actor, "read", call.t0, call.sql, state.implicit_txn)
-                state.read.add_call(call)
+                state.read = _new_hold(state, call, "read", call.t0, call.sql, state.implicit_txn)
         if any(k in ("read", "write") for k in kinds):
             state.had_read = True
     if not call.in_txn_after:
@@ -223,6 +242,16 @@ def _advance(state: _ConnState, call: Call) -> None:
         else:
             released = "error"
         _end_txn(state, call.t1, released)
+
+
+def _new_hold(
+    state: _ConnState, call: Call, kind: str, t0: int, taken_by: str, implicit: bool
+) -> _OpenHold:
+    hold = _OpenHold(call.actor, kind, t0, taken_by, implicit)
+    if state.track_app_idle:
+        hold.app_idle_ns = 0
+    hold.add_call(call)
+    return hold
 
 
 def _inferred_statements(call: Call) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from sqlite_lockprobe.diagnose.evidence import (
     wait_line,
     wait_order,
 )
-from sqlite_lockprobe.diagnose.model import BusyWait, Timeline
+from sqlite_lockprobe.diagnose.model import BusyWait, LockHold, Timeline
 from sqlite_lockprobe.findings import Finding
 
 PATTERN = "write-convoy"
@@ -89,6 +89,15 @@ def detect(timeline: Timeline) -> list[Finding]:
         evidence.append("  holder: " + hold_story(hold, timeline, origin))
     for wait, conns in timed_out[1:WORST_SHOWN]:
         evidence.append(f"also ({len(conns)} holders): " + wait_line(wait, origin))
+    starved = _starved_holds(timeline, distinct)
+    if starved:
+        worst_delay = max(h.scheduling_delay_ns for h in starved)
+        evidence.append(
+            f"{len(starved)} lock holder{'s' if len(starved) != 1 else ''} were themselves "
+            f"kept waiting to run (up to {fmt_ms(worst_delay / 1_000_000)} between statements "
+            "with no step of the workload in between): too many threads or tasks share one "
+            "process, so even the connection holding the lock cannot get the CPU to commit"
+        )
     confidence = "high" if median_holders >= 2 else "medium"
     if confidence == "medium":
         evidence.append(
@@ -127,9 +136,20 @@ def detect(timeline: Timeline) -> list[Finding]:
                 "wait_ms": {"p50": p50, "p95": p95, "p99": p99, "max": worst_max},
                 "waits": len(durations),
                 "near_timeout": near,
+                "starved_holders": len(starved),
                 "worst": wait_facts(worst_wait, origin),
             },
         )
+    ]
+
+
+def _starved_holds(timeline: Timeline, conns: list[str]) -> list[LockHold]:
+    """Holds of these connections stretched mostly by scheduling delay."""
+    wanted = set(conns)
+    return [
+        h
+        for h in timeline.write_holds
+        if h.holder.conn in wanted and h.scheduling_delay_ns * 2 > (h.t1 - h.t0)
     ]
 
 
