@@ -284,7 +284,8 @@ class WalIndexHeader:
 def _parse_wal_index_copy(data: bytes) -> WalIndexHeader:
     fields = _WAL_INDEX_HEADER.unpack_from(data)
     version, _unused, change, is_init, big_end, raw_page_size, max_frame, page_count = fields[:8]
-    salt = (fields[10], fields[11])
+    # wal.c copies the salt bytes verbatim from the (big-endian) -wal header: read them so.
+    salt = struct.unpack_from(">2I", data, 32)
     stored = (fields[12], fields[13])
     # walIndexWriteHdr checksums the first 40 bytes in native byte order.
     checksum_ok = wal_checksum(data[:40], big_endian=sys.byteorder == "big") == stored

@@ -249,7 +249,11 @@ class LockTable:
 
 
 def read_lock_table(
-    db_path: str, db_stat: os.stat_result, shm_path: str | None, shm_stat: os.stat_result | None
+    db_path: str,
+    db_stat: os.stat_result,
+    shm_path: str | None,
+    shm_stat: os.stat_result | None,
+    proc_locks: str = "/proc/locks",
 ) -> LockTable:
     """All locks on the database and -shm: /proc/locks when it names any, else F_GETLK probes.
 
@@ -261,7 +265,7 @@ def read_lock_table(
         targets["shm"] = shm_stat
     notes: list[str] = []
     try:
-        with open("/proc/locks", encoding="ascii", errors="replace") as proc:
+        with open(proc_locks, encoding="ascii", errors="replace") as proc:
             text = proc.read()
     except OSError:
         text = None
