@@ -31,7 +31,7 @@ class UserError(click.ClickException):
 
     def __init__(self, error: LockprobeError) -> None:
         super().__init__(str(error))
-        self.exit_code = error.exit_code
+        self.exit_code = error.exit_code  # type: ignore[misc]  # click declares it per class
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"lockprobe: {self.format_message()}", err=True)
@@ -57,7 +57,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("db", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("db", type=click.Path(readable=False, path_type=str))
 @click.option(
     "--json", "json_out", metavar="FILE|-", help="Write the JSON report to FILE, or - for stdout."
 )

@@ -220,7 +220,7 @@ def inspect_database(path: str | os.PathLike[str]) -> Inspection:
         )
     holders = _holders(table, openers, database.journal_mode, shm)
     reserved_held = any(h.holds(n) for h in holders for n in ("RESERVED", "PENDING", "EXCLUSIVE"))
-    journal = _journal_facts(companions["journal"], reserved_held, database.page_count, notes)
+    journal = _journal_facts(companions["journal"], real, reserved_held, database.page_count, notes)
     return Inspection(
         database=database,
         wal=wal,
@@ -287,16 +287,33 @@ def _shm_facts(path: str, notes: list[str]) -> ShmFacts | None:
 
 
 def _journal_facts(
-    path: str, reserved_held: bool, pages: int, notes: list[str]
+    path: str, db_path: str, reserved_held: bool, pages: int, notes: list[str]
 ) -> JournalFacts | None:
     found = _companion(path, dbfile.JOURNAL_HEADER_SIZE, notes)
     if found is None:
         return None
     data, st = found
     header = dbfile.parse_journal_header(data)
-    return JournalFacts(
-        path, st.st_size, header, dbfile.journal_is_hot(header, reserved_held, pages)
-    )
+    hot = dbfile.journal_is_hot(header, reserved_held, pages)
+    if hot:
+        hot = _still_hot(path, data, db_path)
+    return JournalFacts(path, st.st_size, header, hot)
+
+
+def _still_hot(path: str, first_read: bytes, db_path: str) -> bool:
+    """Confirm a hot journal against a writer that started after the lock table was read.
+
+    A live journal is deleted, truncated or zeroed before its writer drops RESERVED (pager.c
+    pager_end_transaction), so the same journal header seen before and after a moment with no
+    RESERVED holder cannot belong to a live transaction.
+    """
+    try:
+        if oslocks.reserved_lock_held(db_path):
+            return False
+    except OSError:
+        return True  # cannot ask: keep the answer from the lock table
+    again = _companion(path, dbfile.JOURNAL_HEADER_SIZE, [])
+    return again is not None and again[0] == first_read
 
 
 def _holders(
@@ -305,7 +322,7 @@ def _holders(
     journal_mode: str,
     shm: ShmFacts | None,
 ) -> tuple[Holder, ...]:
-    pids: list[int | None] = sorted({lock.pid for lock in table.locks if lock.pid is not None})
+    pids: list[int | None] = list(sorted({lk.pid for lk in table.locks if lk.pid is not None}))
     pids += sorted(pid for pid in openers.by_pid if pid not in pids)
     if any(lock.pid is None for lock in table.locks):
         pids.append(None)

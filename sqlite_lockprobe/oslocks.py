@@ -239,6 +239,12 @@ def _probe_file(path: str, file: str, ranges: Iterable[tuple[int, int]]) -> list
         os.close(fd)
 
 
+def reserved_lock_held(db_path: str) -> bool:
+    """Whether another process holds RESERVED or more, asked the way os_unix.c
+    unixCheckReservedLock asks: F_GETLK for a write lock on RESERVED_BYTE."""
+    return bool(_probe_file(db_path, "db", [(RESERVED_BYTE, 1)]))
+
+
 @dataclass(frozen=True)
 class LockTable:
     """The raw locks on the database and -shm files, and where they were read from."""
@@ -399,9 +405,9 @@ def _find_openers_proc(files: dict[str, str]) -> OpenFiles:
                 st = os.stat(f"{fd_dir}/{fd}")
             except OSError:
                 continue
-            role = identities.get((st.st_dev, st.st_ino))
-            if role is not None:
-                by_pid.setdefault(pid, set()).add(role)
+            found = identities.get((st.st_dev, st.st_ino))
+            if found is not None:
+                by_pid.setdefault(pid, set()).add(found)
     return OpenFiles({pid: _ordered(roles) for pid, roles in by_pid.items()}, unreadable)
 
 

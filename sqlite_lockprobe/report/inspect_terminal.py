@@ -130,7 +130,7 @@ def filesystem_rows(ins: Inspection) -> list[tuple[str, str]]:
 
 def holder_rows(ins: Inspection) -> list[tuple[str, ...]]:
     """One row per process: pid, process, user, age, files open, locks, meaning."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for h in ins.holders:
         p = h.process
         name = (p.name if p and p.name else "?") if h.pid is not None else "(OFD lock)"
