@@ -106,18 +106,21 @@ class ShmFacts:
 
 @dataclass(frozen=True)
 class JournalFacts:
-    """The rollback journal; `hot` by pager.c hasHotJournal's rule (see dbfile.journal_is_hot)."""
+    """The rollback journal; `hot` by pager.c hasHotJournal's rule (see dbfile.journal_is_hot);
+    `in_use` when a process holds RESERVED or more, so the journal is its live transaction's."""
 
     path: str
     size_bytes: int
     header: JournalHeader
     hot: bool
+    in_use: bool
 
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "size_bytes": self.size_bytes,
             "hot": self.hot,
+            "in_use": self.in_use,
             "header": self.header.to_json(),
         }
 
@@ -297,7 +300,7 @@ def _journal_facts(
     hot = dbfile.journal_is_hot(header, reserved_held, pages)
     if hot:
         hot = _still_hot(path, data, db_path)
-    return JournalFacts(path, st.st_size, header, hot)
+    return JournalFacts(path, st.st_size, header, hot, in_use=reserved_held)
 
 
 def _still_hot(path: str, first_read: bytes, db_path: str) -> bool:
@@ -665,7 +668,7 @@ def _rollback_journal_contention(ins: Inspection) -> Finding | None:
     stalled = bool(blocking) or bool(writing and readers)
     return Finding(
         pattern="rollback-journal-contention",
-        title="Rollback-journal database shared by processes: readers and writers block each other",
+        title="Readers and writers in several processes block each other (rollback journal)",
         severity="warning" if stalled else "info",
         confidence="medium",
         explanation=(

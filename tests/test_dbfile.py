@@ -109,10 +109,11 @@ def test_killed_writer_leaves_a_hot_journal_that_sqlite_rolls_back(tmp_path, hol
     conn.close()
     writer = holder(rollback_db, "crash")
     live = inspect_database(rollback_db)
-    assert live.journal is not None and not live.journal.hot  # RESERVED is held: live journal
+    assert live.journal is not None and live.journal.in_use and not live.journal.hot
     writer.stop()  # it dies with os._exit in the middle of the transaction
     ins = inspect_database(rollback_db)
     assert ins.journal is not None and ins.journal.hot and ins.journal.header.magic_ok
+    assert not ins.journal.in_use
     assert [f.pattern for f in inspection_findings(ins)] == ["hot-journal"]
     conn = sqlite3.connect(rollback_db)  # SQLite agrees: it rolls the journal back
     assert conn.execute("SELECT x FROM t ORDER BY id").fetchall() == before

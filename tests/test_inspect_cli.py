@@ -17,8 +17,10 @@ from click.testing import CliRunner
 from conftest import make_db, snapshot
 
 from sqlite_lockprobe.cli import cli
+from sqlite_lockprobe.inspect_watch import lock_changes
 from sqlite_lockprobe.inspection import inspect_database, inspection_findings
 from sqlite_lockprobe.oslocks import Filesystem, network_filesystem_reason
+from sqlite_lockprobe.report.inspect_terminal import journal_rows
 
 
 def run(*args: str):
@@ -35,11 +37,13 @@ def lockprobe(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_terminal_report_names_the_holder_and_its_lock(rollback_db, holder):
-    writer = holder(rollback_db, "reserved")
+    writer = holder(rollback_db, "exclusive")
     result = run(str(rollback_db))
     assert result.exit_code == 0, result.output
     assert str(writer.pid) in result.stdout
-    assert "RESERVED" in result.stdout
+    assert "EXCLUSIVE" in result.stdout
+    [(_, journal)] = journal_rows(inspect_database(rollback_db))
+    assert "in use by the transaction that holds RESERVED or more" in journal
     assert "4096 bytes" in result.stdout
     assert "Cannot be seen from outside" in result.stdout
 
@@ -258,6 +262,18 @@ def test_database_on_a_network_filesystem_is_reported(rollback_db):
 
 
 # ---- --watch ----------------------------------------------------------------------------------
+
+
+def test_lock_changes_between_two_inspections(rollback_db, holder):
+    idle = inspect_database(rollback_db)
+    writer = holder(rollback_db, "reserved")
+    busy = inspect_database(rollback_db)
+    [gained] = lock_changes(idle, busy)
+    assert (gained.pid, gained.lock, gained.change) == (writer.pid, "RESERVED", "gained")
+    [released] = lock_changes(busy, idle)
+    assert (released.pid, released.lock, released.change) == (writer.pid, "RESERVED", "released")
+    assert lock_changes(busy, busy) == []
+    assert [c.change for c in lock_changes(None, busy)] == ["gained"]
 
 
 def test_watch_logs_lock_changes_and_exits_0_on_ctrl_c(rollback_db, holder):

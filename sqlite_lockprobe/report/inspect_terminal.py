@@ -6,6 +6,7 @@ Each section is first built as plain rows (`*_rows` functions, easy to test), th
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -111,12 +112,13 @@ def journal_rows(ins: Inspection) -> list[tuple[str, str]]:
     j = ins.journal
     if j is None:
         return [("-journal", "none")]
-    if j.hot:
+    if j.in_use:
+        meaning = "in use by the transaction that holds RESERVED or more"
+    elif j.hot:
         meaning = "HOT: left by a writer that died; the next reader rolls it back"
-    elif j.header.zeroed:
-        meaning = "not hot: empty or zeroed header (PERSIST/TRUNCATE leftover)"
     else:
-        meaning = "in use: a write transaction holds RESERVED"
+        meaning = "not hot: header zeroed or empty (kept by PERSIST/TRUNCATE mode, or its writer "
+        meaning += "died before changing the database)"
     return [("-journal", f"{human_bytes(j.size_bytes)}: {meaning}")]
 
 
@@ -136,13 +138,13 @@ def holder_rows(ins: Inspection) -> list[tuple[str, ...]]:
         name = (p.name if p and p.name else "?") if h.pid is not None else "(OFD lock)"
         if p is not None and not p.alive:
             name += " (exited)"
-        cmd = " ".join(p.cmdline) if p and p.cmdline else ""
+        cmd = command_line(p.cmdline) if p and p.cmdline else ""
         age = human_age(p.age_seconds(ins.taken_at)) if p else "?"
         locks = ", ".join(f"{lk.name} ({lk.file})" for lk in h.locks) or "-"
         rows.append(
             (
                 "?" if h.pid is None else str(h.pid),
-                f"{name} {_shorten(cmd, 40)}".strip(),
+                f"{name}: {_shorten(cmd, 60)}" if cmd else name,
                 (p.user if p and p.user else "?"),
                 age,
                 ",".join(h.open_files) or "-",
@@ -151,6 +153,11 @@ def holder_rows(ins: Inspection) -> list[tuple[str, ...]]:
             )
         )
     return rows
+
+
+def command_line(argv: tuple[str, ...]) -> str:
+    """argv with the program's directory dropped: the name is what tells processes apart."""
+    return " ".join((os.path.basename(argv[0]), *argv[1:]))
 
 
 def _shorten(text: str, width: int) -> str:
@@ -192,7 +199,8 @@ def findings_renderable(findings: list[Finding]) -> RenderableType:
         for advice in f.advice:
             body.append(f"  → {advice.text}\n", style="green")
             for stack, snippet in advice.snippets.items():
-                body.append(f"    [{stack}] {snippet}\n", style="dim")
+                code = snippet.replace("\n", "\n      ")
+                body.append(f"    {stack}:\n      {code}\n", style="dim")
         title = f"[{_SEVERITY_STYLE[f.severity]}]{f.severity}[/] {f.pattern}: {f.title}"
         parts.append(
             Panel(body, title=title, title_align="left", subtitle=f"confidence {f.confidence}")
@@ -213,7 +221,9 @@ def inspection_renderable(ins: Inspection, findings: list[Finding]) -> Renderabl
     facts = Table.grid(padding=(0, 4))
     facts.add_row(
         _facts_table("Database", database_rows(ins)),
-        _facts_table("WAL", wal_rows(ins) + journal_rows(ins) + filesystem_rows(ins)),
+        _facts_table(
+            "WAL, journal, filesystem", wal_rows(ins) + journal_rows(ins) + filesystem_rows(ins)
+        ),
     )
     return Group(
         facts, Text(), lock_table(ins), Text(), findings_renderable(findings), notes_renderable(ins)
