@@ -144,7 +144,7 @@ def holder_rows(ins: Inspection) -> list[tuple[str, ...]]:
         rows.append(
             (
                 "?" if h.pid is None else str(h.pid),
-                f"{name}: {_shorten(cmd, 60)}" if cmd else name,
+                _shorten(cmd, 60) if cmd else name,
                 (p.user if p and p.user else "?"),
                 age,
                 ",".join(h.open_files) or "-",
