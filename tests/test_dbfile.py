@@ -135,6 +135,16 @@ def test_persist_journal_with_zeroed_header_is_not_hot(tmp_path):
     assert inspection_findings(ins) == []
 
 
+def test_hot_journal_rule_of_pager_c():
+    written = parse_journal_header(dbfile.JOURNAL_MAGIC + bytes(20))
+    zeroed = parse_journal_header(bytes(28))
+    assert dbfile.journal_is_hot(written, reserved_lock_held=False, database_pages=2)
+    assert not dbfile.journal_is_hot(written, reserved_lock_held=True, database_pages=2)
+    assert not dbfile.journal_is_hot(written, reserved_lock_held=False, database_pages=0)
+    assert not dbfile.journal_is_hot(zeroed, reserved_lock_held=False, database_pages=2)
+    assert not dbfile.journal_is_hot(parse_journal_header(b""), False, 2)
+
+
 @pytest.mark.parametrize(
     ("data", "code"),
     [

@@ -253,6 +253,37 @@ def test_readers_pinning_a_growing_wal_is_large_wal(wal_db, holder):
     assert finding.facts["frames_not_checkpointed"] > 4000
 
 
+def test_a_wal_file_left_large_after_checkpointing_is_only_info(wal_db, holder):
+    holder(wal_db, "wal-idle")  # keeps the WAL file from being deleted at the last close
+    reader = holder(wal_db, "wal-reader")
+    conn = sqlite3.connect(wal_db)
+    for _ in range(5):
+        conn.executemany("INSERT INTO t(x) VALUES (randomblob(3000))", [()] * 1000)
+        conn.commit()
+    reader.stop()
+    busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    conn.close()
+    assert busy == 0 and log == done > 4000
+    ins = inspect_database(wal_db)
+    assert ins.shm and ins.shm.header and ins.shm.header.frames_not_checkpointed == 0
+    [finding] = inspection_findings(ins)
+    assert finding.pattern == "large-wal"
+    assert (finding.severity, finding.confidence) == ("info", "low")
+
+
+def test_symlinked_path_finds_the_files_beside_the_real_database(rollback_db, holder, tmp_path):
+    link_dir = tmp_path / "links"
+    link_dir.mkdir()
+    link = link_dir / "current.db"
+    link.symlink_to(rollback_db)
+    writer = holder(rollback_db, "exclusive")
+    ins = inspect_database(link)
+    assert ins.database.path == str(link)
+    assert ins.journal is not None and ins.journal.in_use
+    h = ins.holder(writer.pid)
+    assert h is not None and h.lock_names == ("EXCLUSIVE",) and "journal" in h.open_files
+
+
 def test_database_on_a_network_filesystem_is_reported(rollback_db):
     ins = inspect_database(rollback_db)
     nfs = Filesystem("nfs4", "/mnt/nfs", "server:/export", network_filesystem_reason("nfs4"))
