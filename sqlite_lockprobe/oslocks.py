@@ -293,10 +293,6 @@ def read_lock_table(
     return LockTable((), "/proc/locks")
 
 
-def locks_held_by(table: LockTable, pid: int) -> list[RangeLock]:
-    return [lock for lock in table.locks if lock.pid == pid]
-
-
 # ---- processes --------------------------------------------------------------------------------
 
 
