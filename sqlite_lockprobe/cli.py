@@ -5,9 +5,13 @@ No SQLite, analysis or formatting lives here; each command is a few lines over t
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -23,12 +27,75 @@ from sqlite_lockprobe.report.progress import live_progress
 from sqlite_lockprobe.report.runreport import ReportHeader
 from sqlite_lockprobe.runner import run_scenario
 from sqlite_lockprobe.scenario import builtin_names, load_scenario
+from sqlite_lockprobe.inspect_watch import watch_inspections
+from sqlite_lockprobe.inspection import inspect_database, inspection_findings
+from sqlite_lockprobe.report.inspect_json import inspection_document
+from sqlite_lockprobe.report.inspect_terminal import render_inspection, render_watch
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(click.ClickException):
+    """A LockprobeError inside a click command: one line `lockprobe: ...`, its own exit code."""
+
+    def __init__(self, error: LockprobeError) -> None:
+        super().__init__(str(error))
+        self.exit_code = error.exit_code  # type: ignore[misc]  # click declares it per class
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"lockprobe: {self.format_message()}", err=True)
+
+
+def user_errors(command: F) -> F:
+    """Turn LockprobeError into UserError, so CliRunner and `main` both print one line."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except LockprobeError as exc:
+            raise UserError(exc) from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lockprobe")
 def cli() -> None:
     """Find out why your application gets "database is locked", and what to change."""
+
+
+@cli.command()
+@click.argument("db", type=click.Path(readable=False, path_type=str))
+@click.option(
+    "--json", "json_out", metavar="FILE|-", help="Write the JSON report to FILE, or - for stdout."
+)
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.05),
+    is_flag=False,
+    flag_value=1.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Refresh every SECONDS (default 1) and log lock changes until Ctrl-C.",
+)
+@user_errors
+def inspect(db: str, json_out: str | None, watch: float | None) -> None:
+    """Show who holds which lock on DB right now, read-only and without waiting."""
+    if watch is not None:
+        if json_out is not None:
+            raise click.UsageError("--watch and --json cannot be combined")
+        with contextlib.suppress(KeyboardInterrupt):
+            render_watch(watch_inspections(db, watch), Console())
+        return
+    inspection = inspect_database(db)
+    findings = inspection_findings(inspection)
+    if json_out == "-":
+        click.echo(json.dumps(inspection_document(inspection, findings), indent=2))
+        return
+    if json_out is not None:
+        write_json_atomically(json_out, inspection_document(inspection, findings))
+    render_inspection(inspection, findings, Console())
 
 
 def main() -> None:
@@ -95,6 +162,7 @@ def _check_expect(expected: tuple[str, ...], analysis: Analysis) -> None:
               help="Exit 1 unless the findings are exactly these pattern ids ('healthy' for none).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display and no terminal report.")
 @click.option("--no-probe", is_flag=True, hidden=True, help="Run without SQLite hooks (benchmarks).")
+@user_errors
 def run(
     scenario: str,
     db: Path | None,
@@ -119,6 +187,7 @@ def run(
 
 
 @cli.command()
+@user_errors
 def scenarios() -> None:
     """List the built-in scenarios."""
     table = Table(box=None, pad_edge=False)
@@ -136,6 +205,7 @@ def scenarios() -> None:
 @click.option("--json", "json_path", metavar="FILE|-", help="Write the JSON report (- for stdout).")
 @click.option("--expect", multiple=True, metavar="PATTERN",
               help="Exit 1 unless the findings are exactly these pattern ids ('healthy' for none).")
+@user_errors
 def report(events_file: Path, json_path: str | None, expect: tuple[str, ...]) -> None:
     """Diagnose a saved event log (from run --events or trace --events)."""
     events = load_event_log(events_file)
