@@ -21,16 +21,16 @@ from sqlite_lockprobe import __version__
 from sqlite_lockprobe.analysis import Analysis, analyze
 from sqlite_lockprobe.errors import LockprobeError
 from sqlite_lockprobe.events import load_event_log, write_events
+from sqlite_lockprobe.inspect_watch import watch_inspections
+from sqlite_lockprobe.inspection import inspect_database, inspection_findings
 from sqlite_lockprobe.report import runreport
+from sqlite_lockprobe.report.inspect_json import inspection_document
+from sqlite_lockprobe.report.inspect_terminal import render_inspection, render_watch
 from sqlite_lockprobe.report.jsonreport import write_json_atomically
 from sqlite_lockprobe.report.progress import live_progress
 from sqlite_lockprobe.report.runreport import ReportHeader
 from sqlite_lockprobe.runner import run_scenario
 from sqlite_lockprobe.scenario import builtin_names, load_scenario
-from sqlite_lockprobe.inspect_watch import watch_inspections
-from sqlite_lockprobe.inspection import inspect_database, inspection_findings
-from sqlite_lockprobe.report.inspect_json import inspection_document
-from sqlite_lockprobe.report.inspect_terminal import render_inspection, render_watch
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -152,16 +152,29 @@ def _check_expect(expected: tuple[str, ...], analysis: Analysis) -> None:
 
 @cli.command()
 @click.argument("scenario", required=False, default=DEFAULT_SCENARIO)
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
-              help="Database file to run against: created if missing; an existing one is copied "
-                   "first and never modified.")
-@click.option("--events", "events_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Keep the full event log (JSON lines) in this file.")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Database file to run against: created if missing; an existing one is copied "
+    "first and never modified.",
+)
+@click.option(
+    "--events",
+    "events_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keep the full event log (JSON lines) in this file.",
+)
 @click.option("--json", "json_path", metavar="FILE|-", help="Write the JSON report (- for stdout).")
-@click.option("--expect", multiple=True, metavar="PATTERN",
-              help="Exit 1 unless the findings are exactly these pattern ids ('healthy' for none).")
+@click.option(
+    "--expect",
+    multiple=True,
+    metavar="PATTERN",
+    help="Exit 1 unless the findings are exactly these pattern ids ('healthy' for none).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress display and no terminal report.")
-@click.option("--no-probe", is_flag=True, hidden=True, help="Run without SQLite hooks (benchmarks).")
+@click.option(
+    "--no-probe", is_flag=True, hidden=True, help="Run without SQLite hooks (benchmarks)."
+)
 @user_errors
 def run(
     scenario: str,
@@ -203,12 +216,18 @@ def scenarios() -> None:
 @cli.command()
 @click.argument("events_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "json_path", metavar="FILE|-", help="Write the JSON report (- for stdout).")
-@click.option("--expect", multiple=True, metavar="PATTERN",
-              help="Exit 1 unless the findings are exactly these pattern ids ('healthy' for none).")
+@click.option(
+    "--expect",
+    multiple=True,
+    metavar="PATTERN",
+    help="Exit 1 unless the findings are exactly these pattern ids ('healthy' for none).",
+)
 @user_errors
 def report(events_file: Path, json_path: str | None, expect: tuple[str, ...]) -> None:
     """Diagnose a saved event log (from run --events or trace --events)."""
     events = load_event_log(events_file)
     analysis = analyze(events)
-    _emit_report("report", runreport.log_header(str(events_file), events), analysis, json_path, False)
+    _emit_report(
+        "report", runreport.log_header(str(events_file), events), analysis, json_path, False
+    )
     _check_expect(expect, analysis)

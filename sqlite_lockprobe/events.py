@@ -20,18 +20,53 @@ EVENT_FORMAT = 1
 # Field names of each event kind, in tuple order after the kind itself.
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     # The run or traced program: what was run, against which database.
-    "meta": ("t", "pid", "source", "db", "journal_mode", "page_size", "wal_autocheckpoint",
-             "python", "sqlite", "platform"),
+    "meta": (
+        "t",
+        "pid",
+        "source",
+        "db",
+        "journal_mode",
+        "page_size",
+        "wal_autocheckpoint",
+        "python",
+        "sqlite",
+        "platform",
+    ),
     # A worker (thread, process or asyncio task) started; identity of who does the calls.
     "worker": ("t", "worker", "group", "kind", "pid", "thread", "task"),
     # A connection was opened and (maybe) instrumented.
-    "open": ("t", "conn", "worker", "group", "pid", "timeout_ms", "isolation", "journal_mode",
-             "instrumented", "reduced_reason"),
+    "open": (
+        "t",
+        "conn",
+        "worker",
+        "group",
+        "pid",
+        "timeout_ms",
+        "isolation",
+        "journal_mode",
+        "instrumented",
+        "reduced_reason",
+    ),
     "close": ("t", "conn"),
     # One application call into sqlite3 (execute, commit, rollback), with the statements
     # SQLite ran for it, busy-handler calls during it, and its error codes if it failed.
-    "call": ("t0", "t1", "conn", "worker", "thread", "task", "op", "sql", "stmts", "busy",
-             "err", "ext", "msg", "in_txn", "site"),
+    "call": (
+        "t0",
+        "t1",
+        "conn",
+        "worker",
+        "thread",
+        "task",
+        "op",
+        "sql",
+        "stmts",
+        "busy",
+        "err",
+        "ext",
+        "msg",
+        "in_txn",
+        "site",
+    ),
     # One busy-handler invocation: retry number n, then a sleep of delay_ms (0 = gave up).
     "busy": ("t", "conn", "n", "delay_ms"),
     # A reading of the -wal file (bytes) and of the -shm header (frames) during the run.
@@ -54,7 +89,7 @@ def to_dict(record: tuple[Any, ...]) -> dict[str, Any]:
     kind = record[0]
     fields = EVENT_FIELDS[kind]
     out: dict[str, Any] = {"k": kind}
-    out.update(zip(fields, record[1:]))
+    out.update(zip(fields, record[1:], strict=False))
     return out
 
 

@@ -42,7 +42,11 @@ def prepare_database(scenario: Scenario, path: Path) -> dict[str, int | str]:
         autocheckpoint = settings.wal_autocheckpoint
         if autocheckpoint is None:
             autocheckpoint = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-        return {"journal_mode": mode.lower(), "page_size": page_size, "wal_autocheckpoint": autocheckpoint}
+        return {
+            "journal_mode": mode.lower(),
+            "page_size": page_size,
+            "wal_autocheckpoint": autocheckpoint,
+        }
     except sqlite3.Error as exc:
         raise LockprobeError(f"{path}: cannot prepare database ({exc})") from None
     finally:

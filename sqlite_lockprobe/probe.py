@@ -248,6 +248,8 @@ def classify_error_message(message: str) -> int | None:
     """Best-effort result code from an error message, when no code is available."""
     if message.startswith("database is locked"):
         return 5
-    if message.startswith("database table is locked") or message.startswith("database schema is locked"):
+    if message.startswith("database table is locked") or message.startswith(
+        "database schema is locked"
+    ):
         return 6
     return None

@@ -22,7 +22,7 @@ NAMES = {
 
 
 def code_name(code: int | None) -> str:
-    """"SQLITE_BUSY_SNAPSHOT (517)" style; extended codes fall back to their primary name."""
+    """ "SQLITE_BUSY_SNAPSHOT (517)" style; extended codes fall back to their primary name."""
     if code is None:
         return "unknown error"
     name = NAMES.get(code) or NAMES.get(code & 0xFF) or "SQLITE error"

@@ -110,7 +110,11 @@ class Scenario:
     check: Mapping[str, Any] = field(default_factory=dict)
 
     def group_timeout_ms(self, group: Group) -> int:
-        return self.database.busy_timeout_ms if group.busy_timeout_ms is None else group.busy_timeout_ms
+        return (
+            self.database.busy_timeout_ms
+            if group.busy_timeout_ms is None
+            else group.busy_timeout_ms
+        )
 
     def group_transaction_mode(self, group: Group) -> str:
         return group.transaction_mode or self.database.transaction_mode
@@ -268,7 +272,9 @@ class _Validator:
         )
         self.no_unknown(t, "database", allowed)
         return DatabaseSettings(
-            journal_mode=self.choice(t.get("journal_mode", "delete"), "database.journal_mode", JOURNAL_MODES),
+            journal_mode=self.choice(
+                t.get("journal_mode", "delete"), "database.journal_mode", JOURNAL_MODES
+            ),
             synchronous=(
                 self.choice(t["synchronous"], "database.synchronous", SYNCHRONOUS)
                 if "synchronous" in t
@@ -278,7 +284,9 @@ class _Validator:
                 t.get("busy_timeout_ms", 5000), "database.busy_timeout_ms", 0, 3_600_000
             ),
             transaction_mode=self.choice(
-                t.get("transaction_mode", "deferred"), "database.transaction_mode", TRANSACTION_MODES
+                t.get("transaction_mode", "deferred"),
+                "database.transaction_mode",
+                TRANSACTION_MODES,
             ),
             wal_autocheckpoint=(
                 self.integer(t["wal_autocheckpoint"], "database.wal_autocheckpoint", 0, 10_000_000)
@@ -325,10 +333,10 @@ class _Validator:
             t.get("connection", "per-worker"), f"{key}.connection", CONNECTION_POLICIES
         )
         if kind == "process" and connection == "shared":
-            raise self.fail(
-                f"{key}.connection", "a connection cannot be shared between processes"
-            )
-        repeat = self.integer(t["repeat"], f"{key}.repeat", 1, MAX_REPEAT) if "repeat" in t else None
+            raise self.fail(f"{key}.connection", "a connection cannot be shared between processes")
+        repeat = (
+            self.integer(t["repeat"], f"{key}.repeat", 1, MAX_REPEAT) if "repeat" in t else None
+        )
         duration = (
             self.number(t["duration"], f"{key}.duration", 0.001, MAX_SECONDS)
             if "duration" in t
@@ -349,7 +357,9 @@ class _Validator:
             connection=connection,
             repeat=repeat,
             duration=duration,
-            start_after=self.number(t.get("start_after", 0.0), f"{key}.start_after", 0.0, MAX_SECONDS),
+            start_after=self.number(
+                t.get("start_after", 0.0), f"{key}.start_after", 0.0, MAX_SECONDS
+            ),
             stagger=self.number(t.get("stagger", 0.0), f"{key}.stagger", 0.0, MAX_SECONDS),
             blocking=blocking,
             busy_timeout_ms=(

@@ -94,10 +94,7 @@ def summarize(timeline: Timeline, events: list[dict[str, Any]]) -> RunSummary:
             group = str(e["worker"]).split("#")[0]
             crashes.setdefault(group, []).append(f"{e['worker']}: {e['error']}")
     calls = timeline.calls
-    if calls:
-        active_ns = max(c.t1 for c in calls) - min(c.t0 for c in calls)
-    else:
-        active_ns = 0
+    active_ns = max(c.t1 for c in calls) - min(c.t0 for c in calls) if calls else 0
     seconds = active_ns / 1e9
     groups = sorted({c.actor.group for c in calls} | set(kinds))
 
@@ -107,7 +104,8 @@ def summarize(timeline: Timeline, events: list[dict[str, Any]]) -> RunSummary:
         commits = sum(
             1
             for h in timeline.write_holds
-            if h.released_by in ("COMMIT", "autocommit") and (name is None or h.holder.group == name)
+            if h.released_by in ("COMMIT", "autocommit")
+            and (name is None or h.holder.group == name)
         )
         rollbacks = sum(
             1
@@ -128,7 +126,9 @@ def summarize(timeline: Timeline, events: list[dict[str, Any]]) -> RunSummary:
             handler_calls=sum(c.busy_calls for c in mine),
             waits=WaitStats.of(waits),
             commits_per_second=commits / seconds if seconds > 0 else 0.0,
-            crashes=tuple(crashes.get(name, [])) if name else tuple(x for v in crashes.values() for x in v),
+            crashes=tuple(crashes.get(name, []))
+            if name
+            else tuple(x for v in crashes.values() for x in v),
         )
 
     notes = []
@@ -143,4 +143,3 @@ def summarize(timeline: Timeline, events: list[dict[str, Any]]) -> RunSummary:
         active_seconds=seconds,
         notes=tuple(notes),
     )
-

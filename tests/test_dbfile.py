@@ -7,7 +7,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from tests.conftest import make_db
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +21,7 @@ from sqlite_lockprobe.dbfile import (
 )
 from sqlite_lockprobe.errors import LockprobeError
 from sqlite_lockprobe.inspection import inspect_database, inspection_findings
+from tests.conftest import make_db
 
 
 def header_of(path: Path) -> dbfile.DatabaseHeader:

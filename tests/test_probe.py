@@ -116,7 +116,9 @@ def test_waiter_gets_the_lock_when_the_holder_commits_during_the_wait(db: Path) 
         conn.close()
 
 
-def _deferred_reader_then_writer(path: Path, wal: bool) -> tuple[sqlite3.Connection, ConnectionProbe, Events]:
+def _deferred_reader_then_writer(
+    path: Path, wal: bool
+) -> tuple[sqlite3.Connection, ConnectionProbe, Events]:
     setup = sqlite3.connect(path)
     if wal:
         setup.execute("PRAGMA journal_mode=WAL")

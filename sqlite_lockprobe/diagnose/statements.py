@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import re
 
-_WRITE_WORDS = {"INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "REINDEX",
-                "VACUUM", "ANALYZE"}
+_WRITE_WORDS = {
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "REPLACE",
+    "CREATE",
+    "DROP",
+    "ALTER",
+    "REINDEX",
+    "VACUUM",
+    "ANALYZE",
+}
 _CTE_WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
 
 

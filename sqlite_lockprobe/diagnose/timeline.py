@@ -40,7 +40,10 @@ class _OpenHold:
         start = max(call.t0, self.t0)
         if self.last_end and call.t0 > self.last_end:
             gap = IdleGap(self.last_end, call.t0, self.last_sql, call.sql)
-            if self.longest_idle is None or gap.t1 - gap.t0 > self.longest_idle.t1 - self.longest_idle.t0:
+            if (
+                self.longest_idle is None
+                or gap.t1 - gap.t0 > self.longest_idle.t1 - self.longest_idle.t0
+            ):
                 self.longest_idle = gap
         self.in_statements_ns += max(0, call.t1 - start)
         if call.busy_calls and call.t0 >= self.t0:
@@ -128,8 +131,14 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
                     if hold is not None:
                         hold.add_app_idle(int(event["t0"]), int(event["t1"]))
         elif kind == "wal":
-            wal.append(WalSample(int(event["t"]), int(event.get("bytes") or 0),
-                                 event.get("mx_frame"), event.get("backfilled")))
+            wal.append(
+                WalSample(
+                    int(event["t"]),
+                    int(event.get("bytes") or 0),
+                    event.get("mx_frame"),
+                    event.get("backfilled"),
+                )
+            )
         elif kind == "meta":
             meta = event
     for state in conns.values():
@@ -221,7 +230,7 @@ def _advance(state: _ConnState, call: Call) -> None:
         app_kind = statement_kind(call.sql)
         if any(k == "begin" for k in kinds) and app_kind not in ("begin", "begin-write"):
             state.implicit_txn = True  # Python's sqlite3 issued BEGIN before this DML
-        for sql, kind in zip(statements, kinds):
+        for sql, kind in zip(statements, kinds, strict=True):
             if kind == "begin-write" and state.write is None:
                 state.write = _new_hold(state, call, "write", acquired_at, sql, False)
             elif kind == "write" and state.write is None:

@@ -21,12 +21,16 @@ def live_progress(enabled: bool, title: str) -> Iterator[Callable[[Progress], No
     if not console.is_terminal:
         yield None
         return
-    with Live(Text(f"{title}: starting"), console=console, transient=True, refresh_per_second=8) as live:
+    with Live(
+        Text(f"{title}: starting"), console=console, transient=True, refresh_per_second=8
+    ) as live:
 
         def update(p: Progress) -> None:
             live.update(
-                Text(f"{title}: {p.elapsed:5.1f}s  workers running {p.workers_running}  "
-                     f"events pending {p.calls}")
+                Text(
+                    f"{title}: {p.elapsed:5.1f}s  workers running {p.workers_running}  "
+                    f"events pending {p.calls}"
+                )
             )
 
         yield update

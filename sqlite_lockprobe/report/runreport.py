@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from sqlite_lockprobe.analysis import Analysis
-from sqlite_lockprobe.runner import RunResult
 from sqlite_lockprobe.report.jsonreport import report_document
 from sqlite_lockprobe.report.terminal import diagnosis, groups_table, print_lines, worst_waits
+from sqlite_lockprobe.runner import RunResult
 
 HEALTHY = (
     "No busy timeouts, no upgrade deadlocks, no long lock holds: the workload's locking is "
@@ -69,7 +69,10 @@ def run_header(result: RunResult) -> ReportHeader:
         ("busy timeout", ", ".join(f"{t} ms" for t in timeouts)),
         ("transactions", ", ".join(modes)),
         ("groups", groups),
-        ("wall time", f"{result.wall_seconds:.2f} s" + ("  (interrupted)" if result.interrupted else "")),
+        (
+            "wall time",
+            f"{result.wall_seconds:.2f} s" + ("  (interrupted)" if result.interrupted else ""),
+        ),
     ]
     if s.seed:
         facts.append(("reproduces", s.seed))
@@ -94,5 +97,8 @@ def log_header(path: str, events: list[dict[str, Any]]) -> ReportHeader:
     meta = next((e for e in events if e.get("k") == "meta"), {})
     facts = [("event log", path), ("events", str(len(events)))]
     if meta:
-        facts += [("source", str(meta.get("source"))), ("journal mode", str(meta.get("journal_mode")))]
+        facts += [
+            ("source", str(meta.get("source"))),
+            ("journal mode", str(meta.get("journal_mode"))),
+        ]
     return ReportHeader(f"report {path}", tuple(facts), {"events_file": path, "meta": meta})

@@ -31,7 +31,7 @@ def _shorten(sql: str, width: int = 60) -> str:
 
 
 def _short_code(name: str) -> str:
-    """"SQLITE_BUSY_SNAPSHOT (517)" -> "BUSY_SNAPSHOT", for narrow tables."""
+    """ "SQLITE_BUSY_SNAPSHOT (517)" -> "BUSY_SNAPSHOT", for narrow tables."""
     return name.split(" ")[0].removeprefix("SQLITE_")
 
 
@@ -46,7 +46,9 @@ def groups_table(summary: RunSummary) -> Table:
     table.add_column("group (workers)", no_wrap=True)
     for name in ("commits", "rb", "errors", "waits", "p50", "p99", "max", "tx/s"):
         left = name == "errors"
-        table.add_column(name, justify="left" if left else "right", no_wrap=True, min_width=len(name))
+        table.add_column(
+            name, justify="left" if left else "right", no_wrap=True, min_width=len(name)
+        )
     rows: list[GroupStats] = list(summary.groups)
     if len(rows) > 1:
         rows.append(summary.total)
@@ -128,10 +130,16 @@ def finding_panel(finding: Finding) -> Panel:
 def diagnosis(findings: Iterable[Finding], healthy_note: str) -> RenderableType:
     ordered = sort_findings(list(findings))
     if not ordered:
-        return Panel(Text(healthy_note, style="green"), title="Diagnosis: no lock problems found",
-                     title_align="left", border_style="green")
-    return Group(Text(f"Diagnosis: {len(ordered)} finding(s), most harmful first", style="bold"),
-                 *[finding_panel(f) for f in ordered])
+        return Panel(
+            Text(healthy_note, style="green"),
+            title="Diagnosis: no lock problems found",
+            title_align="left",
+            border_style="green",
+        )
+    return Group(
+        Text(f"Diagnosis: {len(ordered)} finding(s), most harmful first", style="bold"),
+        *[finding_panel(f) for f in ordered],
+    )
 
 
 def print_lines(console: Console, lines: Iterable[str], style: str = "") -> None:

@@ -75,8 +75,18 @@ async def _run_worker(
     connections = _Connections(group.blocking)
     opened: list[Session] = []
     error = None
-    emit(("worker", time.monotonic_ns(), name, group.name, "coroutine", os.getpid(),
-          threading.get_native_id(), name))
+    emit(
+        (
+            "worker",
+            time.monotonic_ns(),
+            name,
+            group.name,
+            "coroutine",
+            os.getpid(),
+            threading.get_native_id(),
+            name,
+        )
+    )
     try:
         program = worker_program(control, group, index, emit, shared, stats)
         result: Any = None
@@ -87,7 +97,9 @@ async def _run_worker(
                 break
             if isinstance(action, Call):
                 s = action.session
-                result = await connections.run(s, s.call, name, name, action.op, action.sql, action.params)
+                result = await connections.run(
+                    s, s.call, name, name, action.op, action.sql, action.params
+                )
             elif isinstance(action, Sleep):
                 await asyncio.sleep(action.seconds)
                 result = None

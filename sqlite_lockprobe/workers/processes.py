@@ -17,7 +17,9 @@ from sqlite_lockprobe.workers.program import RunControl, run_worker_sync, worker
 SPAWN = multiprocessing.get_context("spawn")
 
 
-def _process_main(control: RunControl, group: Group, index: int, events_path: str, ready: Any) -> None:
+def _process_main(
+    control: RunControl, group: Group, index: int, events_path: str, ready: Any
+) -> None:
     recorder = EventRecorder(events_path)
     recorder.start_background_flush()
     try:

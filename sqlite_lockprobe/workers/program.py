@@ -131,7 +131,9 @@ def worker_program(
         params["iteration"] = stats.iterations
         if session is None:
             session = yield Open()
-        stop_worker = yield from _one_pass(control, group, name, session, params, deadline, emit, stats)
+        stop_worker = yield from _one_pass(
+            control, group, name, session, params, deadline, emit, stats
+        )
         stats.iterations += 1
         if group.connection == "per-iteration" and session is not shared:
             yield Close(session)
