@@ -206,7 +206,8 @@ class ConnectionProbe:
         taken = tuple(self.statements)
         self.statements.clear()
         for sql in taken:
-            if "busy_timeout" in sql.lower():
+            # Plain substring tests first: this runs for every call, lower() would allocate.
+            if "busy_timeout" in sql or "BUSY_TIMEOUT" in sql or "Busy_Timeout" in sql:
                 self._follow_busy_timeout_pragma(sql)
         return taken
 

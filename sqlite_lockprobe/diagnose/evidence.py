@@ -120,12 +120,12 @@ def hold_story(hold: LockHold, timeline: Timeline, origin: int) -> str:
         f"released by {hold.released_by}",
         f"{fmt_ms(inside_ms)} inside SQLite statements, {fmt_ms(idle_ms)} idle in the application",
     ]
-    if hold.own_wait_ns:
+    if _notable_part(hold.own_wait_ns, hold):
         parts.append(
             f"of the time inside statements, {fmt_ms(ms(hold.own_wait_ns))} the holder itself "
             "waited for a lock (its COMMIT waiting for other connections to let go)"
         )
-    if hold.scheduling_delay_ns:
+    if _notable_part(hold.scheduling_delay_ns, hold):
         parts.append(
             f"of which {fmt_ms(ms(hold.scheduling_delay_ns))} in no step of the workload (the "
             "holder was waiting to be scheduled)"
@@ -224,3 +224,8 @@ class ConnWaits:
             i -= 1
         found.reverse()
         return found
+
+
+def _notable_part(part_ns: int, hold: LockHold) -> bool:
+    """Worth a sentence: at least a fifth of the hold and at least 5 ms."""
+    return part_ns >= 5 * NS_PER_MS and part_ns * 5 >= hold.t1 - hold.t0

@@ -43,12 +43,11 @@ def groups_table(summary: RunSummary) -> Table:
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
     )
-    table.add_column("group (workers)", no_wrap=True)
+    table.add_column("group (workers)", overflow="fold", max_width=22)
     for name in ("commits", "rb", "errors", "waits", "p50", "p99", "max", "tx/s"):
         left = name == "errors"
-        table.add_column(
-            name, justify="left" if left else "right", no_wrap=True, min_width=len(name)
-        )
+        width = 5 if name in ("waits", "p50", "p99", "max", "tx/s") else len(name)
+        table.add_column(name, justify="left" if left else "right", no_wrap=True, min_width=width)
     rows: list[GroupStats] = list(summary.groups)
     if len(rows) > 1:
         rows.append(summary.total)

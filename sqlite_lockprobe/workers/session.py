@@ -129,7 +129,7 @@ class Session:
                 task,
                 op,
                 sql,
-                list(stmts),
+                stmts,
                 (probe.busy_calls - busy_before) if probe else None,
                 err,
                 ext,

@@ -1,0 +1,66 @@
+"""Probe overhead: the same uncontended single-writer workload through the run engine, with
+and without the probe's hooks, interleaved in one process; prints the throughput ratio.
+
+    python benchmarks/bench_probe_overhead.py [--commits 20000] [--rounds 5]
+
+Target (issue 2): probed / bare commits per second >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from sqlite_lockprobe.analysis import analyze
+from sqlite_lockprobe.runner import run_scenario
+from sqlite_lockprobe.scenario import parse_scenario
+
+WORKLOAD = """
+name = "single-writer"
+[database]
+journal_mode = "wal"
+synchronous = "normal"
+transaction_mode = "autocommit"
+schema = ["CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)", "INSERT INTO t (v) VALUES (0)"]
+
+[[group]]
+name = "writer"
+repeat = {commits}
+steps = [
+  {{ begin = "immediate" }},
+  {{ write = "INSERT INTO t (v) VALUES (:iteration)" }},
+  {{ write = "UPDATE t SET v = v + 1 WHERE id = 1" }},
+  "commit",
+]
+"""
+
+
+def commits_per_second(commits: int, instrument: bool) -> float:
+    result = run_scenario(parse_scenario(WORKLOAD.format(commits=commits)), instrument=instrument)
+    summary = analyze(result.events).summary
+    assert summary.total.commits == commits, summary.total
+    return summary.total.commits_per_second
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--commits", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    bare, probed = [], []
+    commits_per_second(1000, True)  # warm up imports and the file system
+    for _ in range(args.rounds):
+        bare.append(commits_per_second(args.commits, False))
+        probed.append(commits_per_second(args.commits, True))
+    b, p = statistics.median(bare), statistics.median(probed)
+    print(f"bare:   median {b:,.0f} commits/s  ({', '.join(f'{x:,.0f}' for x in bare)})")
+    print(f"probed: median {p:,.0f} commits/s  ({', '.join(f'{x:,.0f}' for x in probed)})")
+    ratios = [pp / bb for bb, pp in zip(bare, probed, strict=True)]
+    print(
+        f"ratio probed/bare: median {statistics.median(ratios):.3f} (rounds: "
+        f"{', '.join(f'{r:.3f}' for r in ratios)}); target >= 0.95"
+    )
+
+
+if __name__ == "__main__":
+    main()
