@@ -224,9 +224,7 @@ class ConnectionProbe:
         ext = getattr(exc, "sqlite_errorcode", None)
         if ext is None and self._db and self._api is not None:
             ext = self._api.extended_errcode(self._db) or None
-        if ext is None:
-            ext = classify_error_message(str(exc))
-        return (ext & 0xFF if ext is not None else None), ext
+        return error_codes(exc, ext)
 
     def txn_state(self) -> int | None:
         """sqlite3_txn_state: 0 none, 1 read, 2 write; None when the hooks are unavailable."""
@@ -243,6 +241,16 @@ class ConnectionProbe:
         except sqlite3.ProgrammingError:
             pass  # already closed: nothing to restore
         self._db = 0
+
+
+def error_codes(exc: sqlite3.Error, ext: int | None = None) -> tuple[int | None, int | None]:
+    """(primary, extended) result codes without a probe: Python 3.11+ puts the extended code
+    on the exception; on 3.10 only the message is left to tell BUSY from LOCKED."""
+    if ext is None:
+        ext = getattr(exc, "sqlite_errorcode", None)
+    if ext is None:
+        ext = classify_error_message(str(exc))
+    return (ext & 0xFF if ext is not None else None), ext
 
 
 def classify_error_message(message: str) -> int | None:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlite_lockprobe.probe import ConnectionProbe, Emit
+from sqlite_lockprobe.probe import ConnectionProbe, Emit, error_codes
 
 _ISOLATION = {"deferred": "DEFERRED", "immediate": "IMMEDIATE", "exclusive": "EXCLUSIVE"}
 _conn_numbers = itertools.count(1)
@@ -110,11 +110,7 @@ class Session:
         except sqlite3.Error as exc:
             t1 = time.monotonic_ns()
             msg = str(exc)
-            if probe is not None:
-                err, ext = probe.error_codes(exc)
-            else:
-                ext = getattr(exc, "sqlite_errorcode", None)
-                err = ext & 0xFF if ext is not None else None
+            err, ext = probe.error_codes(exc) if probe is not None else error_codes(exc)
         else:
             t1 = time.monotonic_ns()
         stmts = probe.take_statements() if probe else ()
