@@ -10,6 +10,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -120,34 +121,58 @@ def main() -> None:
 DEFAULT_SCENARIO = "upgrade-deadlock"
 
 
-def _emit_report(
-    command: str,
-    header: ReportHeader,
-    analysis: Analysis,
-    json_path: str | None,
-    quiet: bool,
+@dataclass(frozen=True)
+class ReportOutputs:
+    """Where a diagnosis goes, for every command that produces one (run, report, trace)."""
+
+    json_path: str | None
+    quiet: bool
+    expect: tuple[str, ...]
+
+
+def report_outputs(command: F) -> F:
+    """The output options shared by run, report and trace; passes `outputs: ReportOutputs`."""
+
+    @click.option(
+        "--json", "json_path", metavar="FILE|-", help="Write the JSON report (- for stdout)."
+    )
+    @click.option(
+        "--expect",
+        multiple=True,
+        metavar="PATTERN",
+        help="Exit 1 unless the findings are exactly these pattern ids ('healthy' for none).",
+    )
+    @click.option("--quiet", "-q", is_flag=True, help="No progress display and no terminal report.")
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any, json_path: str | None, expect: tuple[str, ...], quiet: bool, **kwargs: Any
+    ) -> Any:
+        return command(*args, outputs=ReportOutputs(json_path, quiet, expect), **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_report(
+    command: str, header: ReportHeader, analysis: Analysis, outputs: ReportOutputs
 ) -> None:
-    if json_path:
+    """Write the JSON and print the terminal report as asked; exit 1 when --expect differs."""
+    if outputs.json_path:
         document = runreport.document(command, header, analysis)
-        if json_path == "-":
+        if outputs.json_path == "-":
             click.echo(json.dumps(document, indent=2))
         else:
-            write_json_atomically(json_path, document)
-    if json_path != "-" and not quiet:
+            write_json_atomically(outputs.json_path, document)
+    if outputs.json_path != "-" and not outputs.quiet:
         runreport.render(Console(), header, analysis)
-
-
-def _check_expect(expected: tuple[str, ...], analysis: Analysis) -> None:
-    if not expected:
-        return
-    want = sorted({e for e in expected if e not in ("healthy", "none")})
-    got = analysis.pattern_ids
-    if want != got:
-        click.echo(
-            f"lockprobe: expected patterns {want or ['healthy']}, found {got or ['healthy']}",
-            err=True,
-        )
-        sys.exit(1)
+    if outputs.expect:
+        want = sorted({e for e in outputs.expect if e not in ("healthy", "none")})
+        got = analysis.pattern_ids
+        if want != got:
+            click.echo(
+                f"lockprobe: expected patterns {want or ['healthy']}, found {got or ['healthy']}",
+                err=True,
+            )
+            sys.exit(1)
 
 
 @cli.command()
@@ -164,14 +189,7 @@ def _check_expect(expected: tuple[str, ...], analysis: Analysis) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Keep the full event log (JSON lines) in this file.",
 )
-@click.option("--json", "json_path", metavar="FILE|-", help="Write the JSON report (- for stdout).")
-@click.option(
-    "--expect",
-    multiple=True,
-    metavar="PATTERN",
-    help="Exit 1 unless the findings are exactly these pattern ids ('healthy' for none).",
-)
-@click.option("--quiet", "-q", is_flag=True, help="No progress display and no terminal report.")
+@report_outputs
 @click.option(
     "--no-probe", is_flag=True, hidden=True, help="Run without SQLite hooks (benchmarks)."
 )
@@ -180,23 +198,21 @@ def run(
     scenario: str,
     db: Path | None,
     events_path: Path | None,
-    json_path: str | None,
-    expect: tuple[str, ...],
-    quiet: bool,
+    outputs: ReportOutputs,
     no_probe: bool,
 ) -> None:
     """Run SCENARIO (a built-in name or a .toml file; default: upgrade-deadlock) and report
     every busy wait, what caused it, and what to change."""
     loaded = load_scenario(scenario)
-    with live_progress(not quiet and json_path != "-", f"running {loaded.name}") as progress:
+    show_progress = not outputs.quiet and outputs.json_path != "-"
+    with live_progress(show_progress, f"running {loaded.name}") as progress:
         result = run_scenario(loaded, db=db, instrument=not no_probe, progress=progress)
     if events_path:
         write_events(events_path, result.events)
     analysis = analyze(result.events)
-    _emit_report("run", runreport.run_header(result), analysis, json_path, quiet)
+    emit_report("run", runreport.run_header(result), analysis, outputs)
     if result.interrupted:
         sys.exit(130)
-    _check_expect(expect, analysis)
 
 
 @cli.command()
@@ -215,19 +231,10 @@ def scenarios() -> None:
 
 @cli.command()
 @click.argument("events_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--json", "json_path", metavar="FILE|-", help="Write the JSON report (- for stdout).")
-@click.option(
-    "--expect",
-    multiple=True,
-    metavar="PATTERN",
-    help="Exit 1 unless the findings are exactly these pattern ids ('healthy' for none).",
-)
+@report_outputs
 @user_errors
-def report(events_file: Path, json_path: str | None, expect: tuple[str, ...]) -> None:
+def report(events_file: Path, outputs: ReportOutputs) -> None:
     """Diagnose a saved event log (from run --events or trace --events)."""
     events = load_event_log(events_file)
     analysis = analyze(events)
-    _emit_report(
-        "report", runreport.log_header(str(events_file), events), analysis, json_path, False
-    )
-    _check_expect(expect, analysis)
+    emit_report("report", runreport.log_header(str(events_file), events), analysis, outputs)
