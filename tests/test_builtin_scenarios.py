@@ -29,6 +29,7 @@ def test_builtin_scenario_names_exactly_its_expected_patterns(name: str, invoke,
     assert found == sorted(expect), report["findings"]
     assert result.exit_code == 0, result.output
     assert report["schema_version"] == 1 and report["command"] == "run"
+    assert report["summary"]["total"]["crashes"] == []
     for finding in report["findings"]:
         assert set(finding) >= REQUIRED_FINDING_KEYS
         assert finding["evidence"]["lines"] and finding["advice"]

@@ -14,6 +14,7 @@ from sqlite_lockprobe.probe import ConnectionProbe, Emit, error_codes
 
 _ISOLATION = {"deferred": "DEFERRED", "immediate": "IMMEDIATE", "exclusive": "EXCLUSIVE"}
 _conn_numbers = itertools.count(1)
+_SETUP_TIMEOUT_MS = 5000
 
 
 def isolation_level(transaction_mode: str) -> str | None:
@@ -55,14 +56,21 @@ class Session:
         self.emit = emit
         self.conn_id = f"c{os.getpid()}.{next(_conn_numbers)}"
         self._lock = threading.RLock() if shared else None
+        pragmas = spec.connection_pragmas()
+        # Setting up the connection is the harness's job, not the workload's: some pragmas
+        # read the schema, which takes a read lock, so they wait politely (5 s) even when
+        # the scenario's own busy timeout is 0; the scenario's timeout is applied after.
+        setup_ms = max(spec.timeout_ms, _SETUP_TIMEOUT_MS) if pragmas else spec.timeout_ms
         self.conn = sqlite3.connect(
             spec.db_path,
-            timeout=spec.timeout_ms / 1000,
+            timeout=setup_ms / 1000,
             isolation_level=isolation_level(spec.transaction_mode),
             check_same_thread=False,
         )
-        for pragma in spec.connection_pragmas():
+        for pragma in pragmas:
             self.conn.execute(pragma)
+        if setup_ms != spec.timeout_ms:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(spec.timeout_ms)}")
         self.probe: ConnectionProbe | None = None
         reduced_reason = None
         if spec.instrument:
