@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import click
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from sqlite_lockprobe import __version__
 from sqlite_lockprobe.analysis import Analysis, analyze
+from sqlite_lockprobe.comparefix import compare_fix as run_with_fixes
 from sqlite_lockprobe.errors import LockprobeError
 from sqlite_lockprobe.events import load_event_log, write_events
 from sqlite_lockprobe.inspect_watch import watch_inspections
@@ -153,9 +154,14 @@ def report_outputs(command: F) -> F:
 
 
 def emit_report(
-    command: str, header: ReportHeader, analysis: Analysis, outputs: ReportOutputs
+    command: str,
+    header: ReportHeader,
+    analysis: Analysis,
+    outputs: ReportOutputs,
+    appendix: tuple[RenderableType, ...] = (),
 ) -> None:
-    """Write the JSON and print the terminal report as asked; exit 1 when --expect differs."""
+    """Write the JSON and print the terminal report (then `appendix`) as asked; exit 1 when
+    --expect differs."""
     if outputs.json_path:
         document = runreport.document(command, header, analysis)
         if outputs.json_path == "-":
@@ -163,7 +169,10 @@ def emit_report(
         else:
             write_json_atomically(outputs.json_path, document)
     if outputs.json_path != "-" and not outputs.quiet:
-        runreport.render(Console(), header, analysis)
+        console = Console()
+        runreport.render(console, header, analysis)
+        for renderable in appendix:
+            console.print(renderable)
     if outputs.expect:
         want = sorted({e for e in outputs.expect if e not in ("healthy", "none")})
         got = analysis.pattern_ids
@@ -189,6 +198,12 @@ def emit_report(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Keep the full event log (JSON lines) in this file.",
 )
+@click.option(
+    "--compare-fix",
+    is_flag=True,
+    help="Re-run with the advice applied (BEGIN IMMEDIATE, busy_timeout, WAL, synchronous) "
+    "and show before and after.",
+)
 @report_outputs
 @click.option(
     "--no-probe", is_flag=True, hidden=True, help="Run without SQLite hooks (benchmarks)."
@@ -198,6 +213,7 @@ def run(
     scenario: str,
     db: Path | None,
     events_path: Path | None,
+    compare_fix: bool,
     outputs: ReportOutputs,
     no_probe: bool,
 ) -> None:
@@ -210,7 +226,14 @@ def run(
     if events_path:
         write_events(events_path, result.events)
     analysis = analyze(result.events)
-    emit_report("run", runreport.run_header(result), analysis, outputs)
+    header = runreport.run_header(result)
+    appendix: tuple[RenderableType, ...] = ()
+    if compare_fix and not result.interrupted:
+        with live_progress(show_progress, f"re-running {loaded.name} with the fixes"):
+            comparison = run_with_fixes(loaded, analysis, db=db, instrument=not no_probe)
+        header.data["compare_fix"] = comparison.to_json()
+        appendix = (runreport.comparison_renderable(comparison),)
+    emit_report("run", header, analysis, outputs, appendix)
     if result.interrupted:
         sys.exit(130)
 

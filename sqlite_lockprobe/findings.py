@@ -16,14 +16,22 @@ CONFIDENCES = ("high", "medium", "low")
 @dataclass(frozen=True)
 class Advice:
     """One thing to change. `snippets` maps a stack (sqlite3, django, sqlalchemy, aiosqlite,
-    pragma) to ready-to-paste code; `automatic` says whether --compare-fix can apply it."""
+    pragma) to ready-to-paste code. `fix` is the same change as scenario settings
+    (`transaction`, `busy_timeout_ms`, `journal_mode`, `synchronous`), which --compare-fix
+    applies in a re-run; `automatic` says there is one."""
 
     text: str
     snippets: dict[str, str] = field(default_factory=dict)
     automatic: bool = False
+    fix: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"text": self.text, "snippets": dict(self.snippets), "automatic": self.automatic}
+        return {
+            "text": self.text,
+            "snippets": dict(self.snippets),
+            "automatic": self.automatic,
+            "fix": dict(self.fix),
+        }
 
 
 @dataclass(frozen=True)

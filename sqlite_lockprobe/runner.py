@@ -57,14 +57,18 @@ def run_scenario(
     db: str | os.PathLike[str] | None = None,
     instrument: bool = True,
     progress: Callable[[Progress], None] | None = None,
+    wait_limit_s: float | None = None,
 ) -> RunResult:
     """Run `scenario` on a fresh temporary database, or on `db`: a new file is created there;
-    an existing database is never touched: the run works on a copy made with the backup API."""
+    an existing database is never touched: the run works on a copy made with the backup API.
+    `wait_limit_s` bounds every `wait` step (it then goes on instead of stopping)."""
     workdir = Path(tempfile.mkdtemp(prefix="lockprobe-"))
     try:
         db_path, note = _choose_database(db, workdir)
         settings = prepare_database(scenario, db_path)
-        return _execute(scenario, db_path, note, settings, workdir, instrument, progress)
+        return _execute(
+            scenario, db_path, note, settings, workdir, instrument, progress, wait_limit_s
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -92,6 +96,7 @@ def _execute(
     workdir: Path,
     instrument: bool,
     progress: Callable[[Progress], None] | None,
+    wait_limit_s: float | None,
 ) -> RunResult:
     recorder = EventRecorder(None)
     emit = recorder.emit
@@ -119,6 +124,7 @@ def _execute(
         start_ns=SPAWN.Value("q", 0),
         stop=SPAWN.Event(),
         remaining={g.name: SPAWN.Value("i", g.count) for g in scenario.groups},
+        wait_limit_s=wait_limit_s,
     )
     ready = SPAWN.Semaphore(0)
     process_groups = [

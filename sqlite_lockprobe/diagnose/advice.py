@@ -54,6 +54,7 @@ def begin_immediate() -> Advice:
             "pragma": "BEGIN IMMEDIATE;\n-- reads and writes\nCOMMIT;",
         },
         automatic=True,
+        fix={"transaction": "immediate"},
     )
 
 
@@ -74,6 +75,7 @@ def busy_timeout(ms: int = 5000) -> Advice:
             "pragma": f"PRAGMA busy_timeout = {ms};",
         },
         automatic=True,
+        fix={"busy_timeout_ms": ms},
     )
 
 
@@ -86,6 +88,7 @@ def raise_busy_timeout_stopgap(ms: int) -> Advice:
         ),
         snippets=base.snippets,
         automatic=True,
+        fix={"busy_timeout_ms": ms},
     )
 
 
@@ -120,6 +123,7 @@ def wal_mode(synchronous_normal: bool = True) -> Advice:
             "pragma": pragma,
         },
         automatic=True,
+        fix={"journal_mode": "wal", **({"synchronous": "normal"} if synchronous_normal else {})},
     )
 
 
@@ -144,6 +148,7 @@ def synchronous_normal() -> Advice:
             "pragma": "PRAGMA synchronous = NORMAL;",
         },
         automatic=True,
+        fix={"synchronous": "normal"},
     )
 
 

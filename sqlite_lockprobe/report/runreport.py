@@ -6,10 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from sqlite_lockprobe.analysis import Analysis
+from sqlite_lockprobe.comparefix import HANDSHAKE_LIMIT_S, FixComparison, describe_fix
 from sqlite_lockprobe.report.jsonreport import report_document
 from sqlite_lockprobe.report.terminal import diagnosis, groups_table, print_lines, worst_waits
 from sqlite_lockprobe.runner import RunResult
@@ -108,3 +112,30 @@ def log_header(path: str, events: list[dict[str, Any]]) -> ReportHeader:
             ("journal mode", str(meta.get("journal_mode"))),
         ]
     return ReportHeader(f"report {path}", tuple(facts), {"events_file": path, "meta": meta})
+
+
+def comparison_renderable(comparison: FixComparison) -> RenderableType:
+    """Before/after of --compare-fix, with what was applied and what needs a code change."""
+    if comparison.after is None:
+        body: list[RenderableType] = [
+            Text("No advice here can be applied by changing settings alone; nothing re-run.")
+        ]
+    else:
+        table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
+        table.add_column("measure")
+        table.add_column("before", justify="right")
+        table.add_column("after the fix", justify="right")
+        for measure, before, after in comparison.rows():
+            table.add_row(measure, before, after)
+        applied = "; ".join(describe_fix(k, v) for k, v in comparison.fixes.items())
+        note = (
+            f"(the scenario's wait steps were bounded to {HANDSHAKE_LIMIT_S:g} s: the fix can "
+            "change who waits for whom)"
+        )
+        body = [Text(f"Re-ran with: {applied}"), Text(note, style="dim"), table]
+    if comparison.manual:
+        lines = Text("Needs a code change (not verified by a re-run):\n", style="bold")
+        for pattern, advice in comparison.manual:
+            lines.append(f"  {pattern}: {advice.text}\n")
+        body.append(lines)
+    return Panel(Group(*body), title="--compare-fix: the advice applied", title_align="left")

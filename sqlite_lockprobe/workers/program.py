@@ -34,6 +34,7 @@ class RunControl:
     start_ns: Any
     stop: Any
     remaining: dict[str, Any]
+    wait_limit_s: float | None = None
 
     def deadline_ns(self) -> int:
         return int(self.start_ns.value + self.scenario.max_seconds * 1e9)
@@ -169,10 +170,17 @@ def _one_pass(
             continue
         if action == "wait":
             t0 = time.monotonic_ns()
-            arrived = yield Wait(control.events[step.event], deadline)
+            until = deadline
+            if control.wait_limit_s is not None:
+                until = min(deadline, t0 + int(control.wait_limit_s * 1e9))
+            arrived = yield Wait(control.events[step.event], until)
             emit(("idle", t0, time.monotonic_ns(), name, session.conn_id, step.describe()))
+            if not arrived and control.wait_limit_s is None:
+                return True  # the run's time limit ended the wait
             if not arrived:
-                return True
+                # A bounded wait gave up: this handshake cannot happen under these settings.
+                # Set the event so no other worker waits for it again.
+                control.events[step.event].set()
             continue
         if action == "begin":
             op, sql = "begin", f"BEGIN {step.mode.upper()}" if step.mode else "BEGIN"
