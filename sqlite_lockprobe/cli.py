@@ -8,8 +8,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -110,6 +111,12 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("lockprobe: interrupted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        # One line, not click's usage block: a bad option is a user's mistake like any other.
+        command = exc.ctx.command_path if exc.ctx is not None else "lockprobe"
+        command = "lockprobe" + command[command.find(" ") :] if " " in command else "lockprobe"
+        click.echo(f"lockprobe: {exc.format_message()} (see '{command} --help')", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -120,6 +127,23 @@ def main() -> None:
 # ----------------------------------------------------------------- run, scenarios, report
 
 DEFAULT_SCENARIO = "upgrade-deadlock"
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[list[int]]:
+    """Treat SIGTERM like Ctrl-C while a workload runs, so it stops cleanly and reports what it
+    recorded; the list says whether SIGTERM came (exit 143 rather than 130)."""
+    received: list[int] = []
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)
@@ -221,7 +245,10 @@ def run(
     every busy wait, what caused it, and what to change."""
     loaded = load_scenario(scenario)
     show_progress = not outputs.quiet and outputs.json_path != "-"
-    with live_progress(show_progress, f"running {loaded.name}") as progress:
+    with (
+        sigterm_interrupts() as terminated,
+        live_progress(show_progress, f"running {loaded.name}") as progress,
+    ):
         result = run_scenario(loaded, db=db, instrument=not no_probe, progress=progress)
     if events_path:
         write_events(events_path, result.events)
@@ -235,7 +262,7 @@ def run(
         appendix = (runreport.comparison_renderable(comparison),)
     emit_report("run", header, analysis, outputs, appendix)
     if result.interrupted:
-        sys.exit(130)
+        sys.exit(143 if terminated else 130)
 
 
 @cli.command()

@@ -177,13 +177,23 @@ def merge_events(streams: Iterable[Iterable[dict[str, Any]]]) -> list[dict[str, 
 
 
 def write_events(path: str | os.PathLike[str], events: Iterable[dict[str, Any]]) -> int:
-    """Write merged events as one JSONL file (the `--events` log); returns the count."""
+    """Write merged events as one JSONL file (the `--events` log); returns the count. Written
+    to a temporary file renamed into place: a full disk never leaves a half log behind."""
+    from sqlite_lockprobe.errors import LockprobeError  # not needed by the injected probe
+
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     count = 0
-    with open(path, "w", encoding="utf-8") as out:
-        for event in events:
-            out.write(json.dumps(event, separators=(",", ":")))
-            out.write("\n")
-            count += 1
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            for event in events:
+                out.write(json.dumps(event, separators=(",", ":")))
+                out.write("\n")
+                count += 1
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise LockprobeError(f"cannot write event log {target}: {exc.strerror}") from None
     return count
 
 

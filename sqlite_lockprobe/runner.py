@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.events import EventRecorder, merge_events, read_events
+from sqlite_lockprobe.events import EventRecorder, event_time, merge_events, read_events
 from sqlite_lockprobe.preparation import copy_database, prepare_database
 from sqlite_lockprobe.scenario import Scenario, event_names
 from sqlite_lockprobe.walsampler import WalSampler
@@ -79,12 +79,23 @@ def _choose_database(db: str | os.PathLike[str] | None, workdir: Path) -> tuple[
     path = Path(db)
     if path.is_dir():
         raise LockprobeError(f"{path}: is a directory, not a database file")
-    if path.exists() and path.stat().st_size > 0:
+    if path.exists():
+        if not path.is_file():
+            raise LockprobeError(f"{path}: not a regular file")
         copy = workdir / path.name
         copy_database(path, copy)
         return copy, f"a copy of {path} (the original was not modified)"
     if not path.parent.exists():
         raise LockprobeError(f"{path}: directory {path.parent} does not exist")
+    for suffix in ("-wal", "-journal"):
+        leftover = Path(f"{path}{suffix}")
+        if leftover.exists():
+            # SQLite would take a leftover journal or WAL as the new database's own and
+            # replay or roll it back into it.
+            raise LockprobeError(
+                f"{path}: no database there, but {leftover.name} is: it belongs to a database "
+                "that was moved or deleted; refusing to create a new one beside it"
+            )
     return path, f"{path} (created for this run)"
 
 
@@ -162,7 +173,6 @@ def _execute(
         control.stop.set()
     finally:
         control.start_gate.set()
-        control.stop.set() if interrupted else None
         for r in runners:
             r.join(_JOIN_GRACE_SECONDS if not interrupted else 2.0)
         for p in process_groups:
@@ -173,6 +183,9 @@ def _execute(
     own = recorder.records()
     streams = [own] + [read_events(f) for p in process_groups for f in p.existing_event_files()]
     events = merge_events(streams)
+    killed = [k for p in process_groups for k in p.killed()]
+    if killed:
+        events = merge_events([events, _deaths(events, killed)])
     exit_codes = {k: v for p in process_groups for k, v in p.exit_codes().items()}
     return RunResult(
         scenario=scenario,
@@ -184,6 +197,27 @@ def _execute(
         settings=settings,
         process_exit_codes=exit_codes,
     )
+
+
+def _deaths(
+    events: list[dict[str, Any]], killed: list[tuple[str, int | None, str]]
+) -> list[dict[str, Any]]:
+    """A worker_end event for each worker process a signal ended (it could not write its
+    own), at the time of the last event it recorded."""
+    conns_of: dict[str, set[str]] = {}
+    for e in events:
+        if e["k"] == "open":
+            conns_of.setdefault(e["worker"], set()).add(e["conn"])
+    deaths = []
+    for worker, pid, signame in killed:
+        mine = conns_of.get(worker, set())
+        last = max(
+            (event_time(e) for e in events if e.get("worker") == worker or e.get("conn") in mine),
+            default=0,
+        )
+        error = f"killed by {signame} (pid {pid})"
+        deaths.append({"k": "worker_end", "t": last, "worker": worker, "ops": None, "error": error})
+    return deaths
 
 
 def _wait_for_processes(ready: Any, expected: int, groups: list[ProcessGroup]) -> None:

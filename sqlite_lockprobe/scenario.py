@@ -27,7 +27,7 @@ BEGIN_MODES = ("deferred", "immediate", "exclusive")
 KINDS = ("thread", "process", "coroutine")
 CONNECTION_POLICIES = ("per-worker", "shared", "per-iteration")
 ON_ERROR = ("rollback", "continue", "stop")
-STEP_ACTIONS = ("begin", "read", "write", "sleep", "commit", "rollback", "signal", "wait")
+STEP_ACTIONS = ("begin", "read", "write", "sleep", "commit", "rollback", "signal", "wait", "crash")
 
 # Refuse sizes that would only exhaust the machine; a real reproduction never needs more.
 MAX_WORKERS_PER_GROUP = 5000
@@ -329,6 +329,12 @@ class _Validator:
         if not isinstance(raw_steps, list) or not raw_steps:
             raise self.fail(f"{key}.steps", "expected a non-empty list of steps")
         steps = tuple(self.step(s, f"{key}.steps[{i}]") for i, s in enumerate(raw_steps))
+        for i, s in enumerate(steps):
+            if s.action == "crash" and kind != "process":
+                raise self.fail(
+                    f"{key}.steps[{i}].crash",
+                    "only a process group can crash (the step kills the worker's process)",
+                )
         connection = self.choice(
             t.get("connection", "per-worker"), f"{key}.connection", CONNECTION_POLICIES
         )
@@ -401,7 +407,7 @@ class _Validator:
             if value is True:
                 return Step(action=action)
             return Step(action=action, mode=self.choice(value, where, BEGIN_MODES))
-        if action in ("commit", "rollback"):
+        if action in ("commit", "rollback", "crash"):
             if value is not True:
                 raise self.fail(where, "expected true")
             return Step(action=action)

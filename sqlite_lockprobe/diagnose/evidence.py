@@ -141,7 +141,7 @@ def hold_story(hold: LockHold, timeline: Timeline, origin: int) -> str:
             "transaction opened implicitly by Python's sqlite3 (a DEFERRED BEGIN before the "
             "first DML)"
         )
-    if hold.released_by in ("error", "end-of-run", "close"):
+    if hold.released_by in ("error", "end-of-run", "close", "process killed"):
         parts.append(_left_open(hold.released_by))
     return "; ".join(parts)
 
@@ -151,6 +151,12 @@ def _left_open(released_by: str) -> str:
         return "the transaction was left open after an error until the connection failed"
     if released_by == "close":
         return "the transaction was never committed: closing the connection ended it"
+    if released_by == "process killed":
+        return (
+            "the holder's process was killed with the transaction open: the OS released its "
+            "locks and SQLite rolled the transaction back (hot journal or uncommitted WAL "
+            "frames) when the database was next read; none of its writes were kept"
+        )
     return "the transaction was still open when the run ended"
 
 

@@ -76,6 +76,7 @@ class _OpenHold:
 class _ConnState:
     info: ConnectionInfo
     track_app_idle: bool = False
+    worker: str = ""
     had_read: bool = False
     write: _OpenHold | None = None
     read: _OpenHold | None = None
@@ -117,13 +118,21 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
             )
             # `run` records every sleep/await/wait step: idle time in a hold that no step
             # explains is then known to be scheduling delay.
-            conns[info.conn] = _ConnState(info, str(meta.get("source", "")).startswith("run "))
+            conns[info.conn] = _ConnState(
+                info, str(meta.get("source", "")).startswith("run "), event.get("worker") or ""
+            )
         elif kind == "close":
             state = conns.get(event["conn"])
             if state is not None:
                 _end_txn(state, int(event["t"]), "close")
         elif kind == "worker":
             workers[event["worker"]] = event
+        elif kind == "worker_end" and str(event.get("error") or "").startswith("killed by"):
+            # The process died: the OS dropped its locks, and SQLite rolls its transaction back
+            # (hot journal, or WAL frames never committed) when the database is next opened.
+            for state in conns.values():
+                if state.worker == event["worker"]:
+                    _end_txn(state, int(event["t"]), "process killed")
         elif kind == "idle":
             state = conns.get(event.get("conn") or "")
             if state is not None:

@@ -47,9 +47,7 @@ def render(console: Console, header: ReportHeader, analysis: Analysis) -> None:
     print_lines(console, analysis.summary.notes, style="yellow")
     crashes = analysis.summary.total.crashes
     if crashes:
-        print_lines(
-            console, [f"{len(crashes)} worker(s) stopped by an unexpected error:"], "bold red"
-        )
+        print_lines(console, [f"{len(crashes)} worker(s) ended abnormally:"], "bold red")
         print_lines(console, [f"  {c}" for c in crashes], "red")
     if analysis.timeline.waits:
         origin = analysis.timeline.calls[0].t0 if analysis.timeline.calls else 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ def _process_main(
     recorder.start_background_flush()
     try:
         ready.release()
-        run_worker_sync(control, group, index, recorder.emit, None, "process")
+        run_worker_sync(control, group, index, recorder.emit, None, "process", recorder.flush)
     finally:
         recorder.close()
 
@@ -65,6 +66,14 @@ class ProcessGroup:
 
     def exit_codes(self) -> dict[str, int | None]:
         return {p.name: p.exitcode for p in self.processes}
+
+    def killed(self) -> list[tuple[str, int | None, str]]:
+        """(worker, pid, signal name) of the processes that a signal ended."""
+        out = []
+        for p in self.processes:
+            if p.exitcode is not None and p.exitcode < 0:
+                out.append((p.name, p.pid, signal.Signals(-p.exitcode).name))
+        return out
 
     def existing_event_files(self) -> list[Path]:
         return [p for p in self.event_files if p.exists() and os.path.getsize(p) > 0]

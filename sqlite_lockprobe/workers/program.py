@@ -9,9 +9,10 @@ loop or on a thread per connection. So the step logic has one implementation.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +93,12 @@ class Wait:
     until_ns: int
 
 
-Action = Open | Call | Close | Sleep | Wait
+@dataclass(frozen=True)
+class Crash:
+    """Die at once (SIGKILL), as a crashed or OOM-killed worker process would."""
+
+
+Action = Open | Call | Close | Sleep | Wait | Crash
 
 
 @dataclass
@@ -168,6 +174,9 @@ def _one_pass(
         if action == "signal":
             control.events[step.event].set()
             continue
+        if action == "crash":
+            yield Crash()
+            continue
         if action == "wait":
             t0 = time.monotonic_ns()
             until = deadline
@@ -207,7 +216,13 @@ def _one_pass(
 
 
 def run_worker_sync(
-    control: RunControl, group: Group, index: int, emit: Emit, shared: Session | None, kind: str
+    control: RunControl,
+    group: Group,
+    index: int,
+    emit: Emit,
+    shared: Session | None,
+    kind: str,
+    before_crash: Callable[[], None] | None = None,
 ) -> None:
     """Run one worker to its end on the current thread, recording its start and end."""
     name = worker_name(group, index)
@@ -240,6 +255,10 @@ def run_worker_sync(
                 opened.remove(action.session)
                 action.session.close()
                 result = None
+            elif isinstance(action, Crash):
+                if before_crash is not None:
+                    before_crash()  # what was recorded so far survives, as with a periodic flush
+                os.kill(os.getpid(), signal.SIGKILL)
     except Exception as exc:  # a worker's crash is reported, the run goes on
         error = f"{type(exc).__name__}: {exc}"
     finally:
