@@ -199,17 +199,24 @@ class ConnectionProbe:
         if self._db:
             self._install_busy_handler()
 
-    def take_statements(self) -> tuple[str, ...]:
-        """The statements traced since the last call, and forget them."""
+    def take_statements(self, scan: bool = True) -> tuple[str, ...]:
+        """The statements traced since the last call, and forget them. With `scan`, follow a
+        PRAGMA busy_timeout among them; a caller that knows the SQL it ran can pass
+        scan=False and call `follow_sql` on that SQL alone (cheaper: one string per call)."""
         if not self.statements:
             return ()
         taken = tuple(self.statements)
         self.statements.clear()
-        for sql in taken:
-            # Plain substring tests first: this runs for every call, lower() would allocate.
-            if "busy_timeout" in sql or "BUSY_TIMEOUT" in sql or "Busy_Timeout" in sql:
-                self._follow_busy_timeout_pragma(sql)
+        if scan:
+            for sql in taken:
+                self.follow_sql(sql)
         return taken
+
+    def follow_sql(self, sql: str) -> None:
+        """Follow `sql` if it sets the busy timeout. Plain substring tests first: this runs
+        for every call, and lower() would allocate."""
+        if "busy_timeout" in sql or "BUSY_TIMEOUT" in sql or "Busy_Timeout" in sql:
+            self._follow_busy_timeout_pragma(sql)
 
     def _follow_busy_timeout_pragma(self, sql: str) -> None:
         text = sql.strip().rstrip(";").lower().replace(" ", "")

@@ -121,7 +121,11 @@ class Session:
             err, ext = probe.error_codes(exc) if probe is not None else error_codes(exc)
         else:
             t1 = time.monotonic_ns()
-        stmts = probe.take_statements() if probe else ()
+        if probe is not None:
+            stmts = probe.take_statements(scan=False)
+            probe.follow_sql(sql)  # only the application's SQL can set the busy timeout
+        else:
+            stmts = ()
         self.emit(
             (
                 "call",
