@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +10,7 @@ from sqlite_lockprobe.diagnose.detectors import diagnose
 from sqlite_lockprobe.diagnose.model import Timeline
 from sqlite_lockprobe.diagnose.timeline import build_timeline
 from sqlite_lockprobe.findings import Finding
-from sqlite_lockprobe.stats import RunSummary, summarize
+from sqlite_lockprobe.stats import ActivityCounter, RunSummary, summarize
 
 
 @dataclass(frozen=True)
@@ -17,12 +18,16 @@ class Analysis:
     timeline: Timeline
     summary: RunSummary
     findings: list[Finding]
+    activity: ActivityCounter
 
     @property
     def pattern_ids(self) -> list[str]:
         return sorted({f.pattern for f in self.findings})
 
 
-def analyze(events: list[dict[str, Any]]) -> Analysis:
-    timeline = build_timeline(events)
-    return Analysis(timeline, summarize(timeline, events), diagnose(timeline))
+def analyze(events: Iterable[dict[str, Any]]) -> Analysis:
+    """One pass over the events (a list, or a stream read from a log): nothing but the
+    timeline's spans and the counters is kept."""
+    activity = ActivityCounter()
+    timeline = build_timeline(activity.observe(events))
+    return Analysis(timeline, summarize(timeline, activity), diagnose(timeline), activity)

@@ -23,7 +23,7 @@ from sqlite_lockprobe import __version__
 from sqlite_lockprobe.analysis import Analysis, analyze
 from sqlite_lockprobe.comparefix import compare_fix as run_with_fixes
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.events import load_event_log, write_events
+from sqlite_lockprobe.events import stream_event_log, write_events
 from sqlite_lockprobe.inspect_watch import watch_inspections
 from sqlite_lockprobe.inspection import inspect_database, inspection_findings
 from sqlite_lockprobe.report import runreport
@@ -285,6 +285,6 @@ def scenarios() -> None:
 @user_errors
 def report(events_file: Path, outputs: ReportOutputs) -> None:
     """Diagnose a saved event log (from run --events or trace --events)."""
-    events = load_event_log(events_file)
-    analysis = analyze(events)
-    emit_report("report", runreport.log_header(str(events_file), events), analysis, outputs)
+    analysis = analyze(stream_event_log(events_file))
+    header = runreport.log_header(str(events_file), analysis.activity)
+    emit_report("report", header, analysis, outputs)

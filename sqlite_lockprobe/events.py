@@ -197,19 +197,33 @@ def write_events(path: str | os.PathLike[str], events: Iterable[dict[str, Any]])
     return count
 
 
-def load_event_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """A saved event log, merged in time order; bad input is one clear error."""
+def stream_event_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The events of a saved log, one at a time, in file order (`write_events` writes them in
+    time order), so a log of millions of events is never held in memory. Bad input is one
+    clear error: raised before the first event, or at the end when nothing was an event."""
     from sqlite_lockprobe.errors import LockprobeError  # not needed by the injected probe
 
     p = Path(path)
     if p.is_dir():
         raise LockprobeError(f"{p}: is a directory, not an event log")
     try:
-        events = merge_events([read_events(p)])
+        with open(p, "rb"):
+            pass
     except FileNotFoundError:
         raise LockprobeError(f"{p}: no such event log") from None
+    except OSError as exc:
+        raise LockprobeError(f"{p}: cannot read event log ({exc.strerror})") from None
+    count = 0
+    try:
+        for event in read_events(p):
+            count += 1
+            yield event
     except (OSError, UnicodeDecodeError) as exc:
         raise LockprobeError(f"{p}: cannot read event log ({exc})") from None
-    if not events:
+    if count == 0:
         raise LockprobeError(f"{p}: not a lockprobe event log (no events found)")
-    return events
+
+
+def load_event_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """A saved event log as a list merged in time order (for small logs and tests)."""
+    return merge_events([stream_event_log(path)])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlite_lockprobe.diagnose.model import Timeline
+from sqlite_lockprobe.diagnose.model import SQLITE_BUSY, Timeline
 from sqlite_lockprobe.diagnose.statements import statement_kind
 from sqlite_lockprobe.resultcodes import code_name
 
@@ -81,54 +82,105 @@ class RunSummary:
         }
 
 
-def summarize(timeline: Timeline, events: list[dict[str, Any]]) -> RunSummary:
-    """Per-group and total statistics from the timeline and the worker events."""
-    kinds: dict[str, str] = {}
-    workers: Counter[str] = Counter()
-    crashes: dict[str, list[str]] = {}
-    for e in events:
-        if e["k"] == "worker":
-            kinds[e["group"]] = e.get("kind") or ""
-            workers[e["group"]] += 1
-        elif e["k"] == "worker_end" and e.get("error"):
-            group = str(e["worker"]).split("#")[0]
-            crashes.setdefault(group, []).append(f"{e['worker']}: {e['error']}")
-    calls = timeline.calls
-    active_ns = max(c.t1 for c in calls) - min(c.t0 for c in calls) if calls else 0
+@dataclass
+class _GroupCounts:
+    calls: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    busy_errors: int = 0
+    handler_calls: int = 0
+    rollbacks: int = 0
+
+
+class ActivityCounter:
+    """Counts what the summary needs while events stream past on their way to the timeline
+    builder, so no event has to be kept: `build_timeline(counter.observe(events))`."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, _GroupCounts] = {}
+        self.kinds: dict[str, str] = {}
+        self.workers: Counter[str] = Counter()
+        self.crashes: dict[str, list[str]] = {}
+        self.first_ns: int | None = None
+        self.last_ns: int | None = None
+        self.events = 0
+        self.meta: dict[str, Any] = {}
+        self._group_of_conn: dict[str, str] = {}
+
+    def observe(self, events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for event in events:
+            self.events += 1
+            kind = event["k"]
+            if kind == "call":
+                self._call(event)
+            elif kind == "open":
+                self._group_of_conn[event["conn"]] = event.get("group") or ""
+            elif kind == "worker":
+                self.kinds[event["group"]] = event.get("kind") or ""
+                self.workers[event["group"]] += 1
+            elif kind == "worker_end" and event.get("error"):
+                group = str(event["worker"]).split("#")[0]
+                self.crashes.setdefault(group, []).append(f"{event['worker']}: {event['error']}")
+            elif kind == "meta" and not self.meta:
+                self.meta = event
+            yield event
+
+    def _call(self, event: dict[str, Any]) -> None:
+        group = self._group_of_conn.get(event["conn"], "")
+        counts = self.groups.get(group)
+        if counts is None:
+            counts = self.groups[group] = _GroupCounts()
+        counts.calls += 1
+        counts.handler_calls += event.get("busy") or 0
+        err = event.get("err")
+        if err is not None:
+            counts.errors[code_name(event.get("ext") or err)] += 1
+            if err == SQLITE_BUSY:
+                counts.busy_errors += 1
+        elif event.get("op") == "rollback" or any(
+            statement_kind(s) == "rollback" for s in event.get("stmts") or ()
+        ):
+            counts.rollbacks += 1
+        t0, t1 = event["t0"], event["t1"]
+        if self.first_ns is None or t0 < self.first_ns:
+            self.first_ns = t0
+        if self.last_ns is None or t1 > self.last_ns:
+            self.last_ns = t1
+
+
+def summarize(timeline: Timeline, activity: ActivityCounter) -> RunSummary:
+    """Per-group and total statistics from the timeline and the counted activity."""
+    active_ns = (activity.last_ns or 0) - (activity.first_ns or 0)
     seconds = active_ns / 1e9
-    groups = sorted({c.actor.group for c in calls} | set(kinds))
+    groups = sorted(set(activity.groups) | set(activity.kinds))
+    commits_by_group: Counter[str] = Counter(
+        h.holder.group for h in timeline.write_holds if h.released_by in ("COMMIT", "autocommit")
+    )
 
     def stats_for(name: str | None) -> GroupStats:
-        mine = [c for c in calls if name is None or c.actor.group == name]
-        errors = Counter(code_name(c.ext_error or c.error) for c in mine if c.error is not None)
-        commits = sum(
-            1
-            for h in timeline.write_holds
-            if h.released_by in ("COMMIT", "autocommit")
-            and (name is None or h.holder.group == name)
-        )
-        rollbacks = sum(
-            1
-            for c in mine
-            if c.error is None
-            and (c.op == "rollback" or any(statement_kind(s) == "rollback" for s in c.statements))
-        )
+        chosen = [c for g, c in activity.groups.items() if name is None or g == name]
+        errors: Counter[str] = Counter()
+        for c in chosen:
+            errors.update(c.errors)
+        commits = commits_by_group[name] if name is not None else sum(commits_by_group.values())
         waits = [w.duration_ms for w in timeline.waits if name is None or w.waiter.group == name]
+        crashes = (
+            activity.crashes.get(name, [])
+            if name
+            else [x for v in activity.crashes.values() for x in v]
+        )
         return GroupStats(
             group=name or "all",
-            kind=kinds.get(name, "") if name else "",
-            workers=workers[name] if name else sum(workers.values()),
-            calls=len(mine),
+            kind=activity.kinds.get(name, "") if name else "",
+            workers=activity.workers[name] if name else sum(activity.workers.values()),
+            calls=sum(c.calls for c in chosen),
             commits=commits,
-            rollbacks=rollbacks,
+            rollbacks=sum(c.rollbacks for c in chosen),
             errors=dict(sorted(errors.items())),
-            busy_errors=sum(1 for c in mine if c.failed_busy),
-            handler_calls=sum(c.busy_calls for c in mine),
+            busy_errors=sum(c.busy_errors for c in chosen),
+            handler_calls=sum(c.handler_calls for c in chosen),
             waits=WaitStats.of(waits),
             commits_per_second=commits / seconds if seconds > 0 else 0.0,
-            crashes=tuple(crashes.get(name, []))
-            if name
-            else tuple(x for v in crashes.values() for x in v),
+            crashes=tuple(crashes),
         )
 
     notes = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _WRITE_WORDS = {
     "INSERT",
@@ -19,6 +20,7 @@ _WRITE_WORDS = {
 _CTE_WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
 
 
+@lru_cache(maxsize=8192)
 def statement_kind(sql: str) -> str:
     """One of: begin, begin-write (IMMEDIATE/EXCLUSIVE take the write lock at once), commit,
     rollback, savepoint, release, write, read, other."""

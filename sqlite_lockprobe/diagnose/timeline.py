@@ -85,13 +85,16 @@ class _ConnState:
 
 
 def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
-    """Build the timeline from events already merged in time order."""
+    """Build the timeline in one pass over events in time order (each connection's own events
+    must be in order; spans are sorted at the end). Only spans are kept, and of the calls only
+    those that failed or met a busy lock: memory grows with the problems, not the log."""
     meta: dict[str, Any] = {}
     workers: dict[str, dict[str, Any]] = {}
     conns: dict[str, _ConnState] = {}
     calls: list[Call] = []
     waits: list[BusyWait] = []
     wal: list[WalSample] = []
+    interned = _Interner()
     last_t = 0
     for event in events:
         kind = event["k"]
@@ -100,8 +103,9 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
             state = conns.get(event["conn"])
             if state is None:
                 continue  # a call on a connection opened before recording began
-            call = _call(event, state.info, workers)
-            calls.append(call)
+            call = _call(event, state.info, workers, interned)
+            if call.error is not None or call.busy_calls:
+                calls.append(call)
             wait = _busy_wait(call, state)
             if wait is not None:
                 waits.append(wait)
@@ -154,6 +158,8 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
         _end_txn(state, last_t, "end-of-run")
     holds = [h for s in conns.values() for h in s.closed_holds]
     holds.sort(key=lambda h: (h.t0, h.t1, h.holder.conn))
+    calls.sort(key=lambda c: (c.t0, c.t1, c.conn))
+    waits.sort(key=lambda w: (w.t0, w.t1, w.waiter.conn))
     infos = {c: s.info for c, s in conns.items()}
     journal = (meta.get("journal_mode") or _most_common_journal(infos) or "delete").lower()
     return Timeline(
@@ -175,25 +181,56 @@ def _most_common_journal(infos: dict[str, ConnectionInfo]) -> str | None:
     return max(modes, key=modes.count) if modes else None
 
 
-def _call(event: dict[str, Any], info: ConnectionInfo, workers: dict[str, dict[str, Any]]) -> Call:
+class _Interner:
+    """One object per distinct actor, SQL text and statement list: a long log repeats the same
+    few thousand of each millions of times."""
+
+    def __init__(self) -> None:
+        self.actors: dict[tuple[Any, ...], Actor] = {}
+        self.texts: dict[str, str] = {}
+        self.statements: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def actor(self, key: tuple[Any, ...]) -> Actor:
+        actor = self.actors.get(key)
+        if actor is None:
+            actor = self.actors[key] = Actor(*key)
+        return actor
+
+    def text(self, sql: str) -> str:
+        return self.texts.setdefault(sql, sql)
+
+    def statement_list(self, stmts: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+        if not stmts:
+            return ()
+        key = tuple(stmts)
+        return self.statements.setdefault(key, key)
+
+
+def _call(
+    event: dict[str, Any],
+    info: ConnectionInfo,
+    workers: dict[str, dict[str, Any]],
+    interned: _Interner,
+) -> Call:
     worker = event.get("worker") or info.conn
-    actor = Actor(
-        conn=info.conn,
-        worker=worker,
-        group=info.group or (workers.get(worker) or {}).get("group", ""),
-        pid=info.pid,
-        thread=int(event.get("thread") or 0),
-        task=event.get("task"),
-        call_site=event.get("site"),
+    actor = interned.actor(
+        (
+            info.conn,
+            worker,
+            info.group or (workers.get(worker) or {}).get("group", ""),
+            info.pid,
+            int(event.get("thread") or 0),
+            event.get("task"),
+            event.get("site"),
+        )
     )
-    stmts = event.get("stmts")
     return Call(
         actor=actor,
         t0=int(event["t0"]),
         t1=int(event["t1"]),
         op=event.get("op") or "execute",
-        sql=event.get("sql") or "",
-        statements=tuple(stmts) if stmts else (),
+        sql=interned.text(event.get("sql") or ""),
+        statements=interned.statement_list(event.get("stmts")),
         busy_calls=int(event.get("busy") or 0),
         error=event.get("err"),
         ext_error=event.get("ext"),

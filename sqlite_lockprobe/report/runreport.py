@@ -17,6 +17,7 @@ from sqlite_lockprobe.comparefix import HANDSHAKE_LIMIT_S, FixComparison, descri
 from sqlite_lockprobe.report.jsonreport import report_document
 from sqlite_lockprobe.report.terminal import diagnosis, groups_table, print_lines, worst_waits
 from sqlite_lockprobe.runner import RunResult
+from sqlite_lockprobe.stats import ActivityCounter
 
 HEALTHY = (
     "No busy timeouts, no upgrade deadlocks, no long lock holds: the workload's locking is "
@@ -42,7 +43,7 @@ def render(console: Console, header: ReportHeader, analysis: Analysis) -> None:
         facts.add_row(label, value)
     console.print(facts)
     console.print()
-    if analysis.timeline.calls:
+    if analysis.summary.total.calls:
         console.print(groups_table(analysis.summary))
     print_lines(console, analysis.summary.notes, style="yellow")
     crashes = analysis.summary.total.crashes
@@ -50,7 +51,7 @@ def render(console: Console, header: ReportHeader, analysis: Analysis) -> None:
         print_lines(console, [f"{len(crashes)} worker(s) ended abnormally:"], "bold red")
         print_lines(console, [f"  {c}" for c in crashes], "red")
     if analysis.timeline.waits:
-        origin = analysis.timeline.calls[0].t0 if analysis.timeline.calls else 0
+        origin = analysis.activity.first_ns or analysis.timeline.origin_ns
         console.print(worst_waits(analysis.timeline.waits, origin))
     console.print()
     console.print(diagnosis(analysis.findings, HEALTHY))
@@ -101,9 +102,9 @@ def run_header(result: RunResult) -> ReportHeader:
     return ReportHeader(f"run {s.name}", tuple(facts), data)
 
 
-def log_header(path: str, events: list[dict[str, Any]]) -> ReportHeader:
-    meta = next((e for e in events if e.get("k") == "meta"), {})
-    facts = [("event log", path), ("events", str(len(events)))]
+def log_header(path: str, activity: ActivityCounter) -> ReportHeader:
+    meta = activity.meta
+    facts = [("event log", path), ("events", f"{activity.events:,}")]
     if meta:
         facts += [
             ("source", str(meta.get("source"))),
