@@ -84,13 +84,15 @@ def event_time(event: dict[str, Any]) -> int:
     return int(t) if t is not None else 0
 
 
+# ("k", field, field, ...) per kind: a recorded tuple starts with its kind, so one zip builds
+# the whole dict.
+_KEYS = {kind: ("k", *fields) for kind, fields in EVENT_FIELDS.items()}
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def to_dict(record: tuple[Any, ...]) -> dict[str, Any]:
     """A recorded tuple as a JSON-ready dict: {"k": kind, field: value, ...}."""
-    kind = record[0]
-    fields = EVENT_FIELDS[kind]
-    out: dict[str, Any] = {"k": kind}
-    out.update(zip(fields, record[1:], strict=False))
-    return out
+    return dict(zip(_KEYS[record[0]], record, strict=False))
 
 
 class EventRecorder:
@@ -124,7 +126,7 @@ class EventRecorder:
                 if self._out is None:
                     self._kept.append(record)
                 else:
-                    lines.append(json.dumps(to_dict(record), separators=(",", ":")))
+                    lines.append(_encode(to_dict(record)))
             if self._out is not None and lines:
                 self._out.write("\n".join(lines))
                 self._out.write("\n")

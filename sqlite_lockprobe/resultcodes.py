@@ -22,8 +22,9 @@ NAMES = {
 
 
 def code_name(code: int | None) -> str:
-    """ "SQLITE_BUSY_SNAPSHOT (517)" style; extended codes fall back to their primary name."""
+    """'SQLITE_BUSY_SNAPSHOT (517)': the name users search for, and the number they see;
+    an extended code without a name of its own falls back to its primary code's name."""
     if code is None:
-        return "unknown error"
-    name = NAMES.get(code) or NAMES.get(code & 0xFF) or "SQLITE error"
+        return "no error"
+    name = NAMES.get(code) or NAMES.get(code & 0xFF) or "SQLite error"
     return f"{name} ({code})"

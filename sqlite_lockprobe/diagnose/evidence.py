@@ -11,35 +11,13 @@ from collections.abc import Sequence
 
 from sqlite_lockprobe.diagnose.model import (
     NS_PER_MS,
-    SQLITE_BUSY,
-    SQLITE_BUSY_RECOVERY,
-    SQLITE_BUSY_SNAPSHOT,
-    SQLITE_BUSY_TIMEOUT,
-    SQLITE_LOCKED,
-    SQLITE_LOCKED_SHAREDCACHE,
     BusyWait,
     LockHold,
     Timeline,
 )
-
-# Names from https://sqlite.org/rescode.html
-CODE_NAMES = {
-    SQLITE_BUSY: "SQLITE_BUSY",
-    SQLITE_LOCKED: "SQLITE_LOCKED",
-    SQLITE_BUSY_RECOVERY: "SQLITE_BUSY_RECOVERY",
-    SQLITE_BUSY_SNAPSHOT: "SQLITE_BUSY_SNAPSHOT",
-    SQLITE_BUSY_TIMEOUT: "SQLITE_BUSY_TIMEOUT",
-    SQLITE_LOCKED_SHAREDCACHE: "SQLITE_LOCKED_SHAREDCACHE",
-}
+from sqlite_lockprobe.resultcodes import code_name
 
 SQL_WIDTH = 80
-
-
-def code_name(code: int | None) -> str:
-    """'SQLITE_BUSY_SNAPSHOT (517)': the name users search for, and the number they see."""
-    if code is None:
-        return "no error"
-    return f"{CODE_NAMES.get(code, 'SQLite error')} ({code})"
 
 
 def ms(ns: int) -> float:
