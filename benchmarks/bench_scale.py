@@ -51,7 +51,7 @@ def aiosqlite_seed() -> str:
     """The built-in aiosqlite scenario at the seed's own size: 1000 coroutines, 5 s timeout."""
     text = (builtin_dir() / "aiosqlite-convoy.toml").read_text()
     return text.replace("count = 300", "count = 1000").replace(
-        "busy_timeout_ms = 200", "busy_timeout_ms = 5000"
+        "busy_timeout_ms = 500", "busy_timeout_ms = 5000"
     )
 
 
