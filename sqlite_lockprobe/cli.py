@@ -33,6 +33,7 @@ from sqlite_lockprobe.report.jsonreport import write_json_atomically, write_text
 from sqlite_lockprobe.report.junit import junit_xml
 from sqlite_lockprobe.report.progress import live_progress
 from sqlite_lockprobe.report.runreport import ReportHeader
+from sqlite_lockprobe.report.timeline import chrome_trace
 from sqlite_lockprobe.runner import run_scenario
 from sqlite_lockprobe.scenario import builtin_names, load_scenario
 from sqlite_lockprobe.thresholds import Thresholds, pattern_ids
@@ -132,6 +133,7 @@ class ReportOutputs:
     json_path: str | None
     quiet: bool
     expect: tuple[str, ...]
+    timeline_path: Path | None = None
 
 
 def report_outputs(command: F) -> F:
@@ -147,11 +149,24 @@ def report_outputs(command: F) -> F:
         help="Exit 1 unless the findings are exactly these pattern ids ('healthy' for none).",
     )
     @click.option("--quiet", "-q", is_flag=True, help="No progress display and no terminal report.")
+    @click.option(
+        "--timeline",
+        "timeline_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE.json",
+        help="Write the lock timeline for ui.perfetto.dev or chrome://tracing.",
+    )
     @functools.wraps(command)
     def wrapper(
-        *args: Any, json_path: str | None, expect: tuple[str, ...], quiet: bool, **kwargs: Any
+        *args: Any,
+        json_path: str | None,
+        expect: tuple[str, ...],
+        quiet: bool,
+        timeline_path: Path | None,
+        **kwargs: Any,
     ) -> Any:
-        return command(*args, outputs=ReportOutputs(json_path, quiet, expect), **kwargs)
+        outputs = ReportOutputs(json_path, quiet, expect, timeline_path)
+        return command(*args, outputs=outputs, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -159,7 +174,11 @@ def report_outputs(command: F) -> F:
 def emit_report(
     command: str, header: ReportHeader, analysis: Analysis, outputs: ReportOutputs
 ) -> None:
-    """Write the JSON and print the terminal report as asked; exit 1 when --expect differs."""
+    """Write the JSON, timeline and HTML files and print the terminal report as asked; exit 1
+    when --expect differs."""
+    if outputs.timeline_path:
+        trace = chrome_trace(analysis.timeline, header.title)
+        write_text_atomically(outputs.timeline_path, json.dumps(trace, separators=(",", ":")))
     if outputs.json_path:
         document = runreport.document(command, header, analysis)
         if outputs.json_path == "-":
