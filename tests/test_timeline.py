@@ -4,6 +4,7 @@ the trace event format's rules, and says who held, who waited and where calls fa
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -11,8 +12,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
+from sqlite_lockprobe.analysis import analyze
 from sqlite_lockprobe.cli import cli
+from sqlite_lockprobe.diagnose.model import Timeline
+from sqlite_lockprobe.report import runreport
+from sqlite_lockprobe.report.terminal_timeline import worst_window
+from sqlite_lockprobe.runner import run_scenario
+from sqlite_lockprobe.scenario import load_scenario
 
 TRACED = [
     "upgrade-deadlock",
@@ -242,3 +250,51 @@ def test_report_writes_the_same_timeline_from_a_saved_event_log(tmp_path) -> Non
     document = json.loads(Path(trace).read_text())
     assert trace_format_errors(document) == []
     assert len(events_of(document, "i", "busy")) == 1
+
+
+# ------------------------------------------------------------- the terminal's worst window
+
+
+def rendered_report(name: str) -> str:
+    """The terminal report of a real run, as an 80-column terminal shows it."""
+    result = run_scenario(load_scenario(name))
+    with open(os.devnull, "w") as devnull:
+        console = Console(width=80, record=True, color_system=None, file=devnull)
+        runreport.render(console, runreport.run_header(result), analyze(result.events))
+    return console.export_text()
+
+
+def window_lines(text: str) -> list[str]:
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("Worst wait:"))
+    last = next(i for i, line in enumerate(lines) if "SQLITE_BUSY: database is locked" in line)
+    return lines[first : last + 1]
+
+
+def test_terminal_timeline_shows_holder_and_waiter_rows_within_80_columns() -> None:
+    window = window_lines(rendered_report("fastapi-self-deadlock"))
+    assert all(len(line) <= 80 for line in window), window
+    rows = {
+        line.split()[0]: line for line in window if line.split()[1:2] in (["waiter"], ["holder"])
+    }
+    assert set(rows) == {"session_a#0", "session_b#0"}
+    assert " waiter " in rows["session_a#0"] and " holder " in rows["session_b#0"]
+    waiter_bar, holder_bar = rows["session_a#0"][28:], rows["session_b#0"][28:]
+    # The holder holds the write lock for the whole wait, which ends in the failure.
+    assert "✗" in waiter_bar and "░" in waiter_bar and "█" not in waiter_bar
+    assert "█" in holder_bar and "✗" not in holder_bar
+    failed_at = waiter_bar.index("✗")
+    assert holder_bar[waiter_bar.index("░") : failed_at].strip("█") == ""
+    assert "█ write lock" in window[-1] and "░ waiting" in window[-1]
+
+
+def test_terminal_timeline_marks_the_readers_a_commit_waited_for() -> None:
+    window = window_lines(rendered_report("rollback-readers"))
+    assert all(len(line) <= 80 for line in window), window
+    holder = next(line for line in window if line.split()[1:2] == ["holder"])
+    assert "▒" in holder[28:]  # a SHARED lock (read transaction) blocks the COMMIT
+    assert any("✗" in line[28:] for line in window if line.split()[1:2] == ["waiter"])
+
+
+def test_a_healthy_run_has_no_window_when_nothing_waited() -> None:
+    assert worst_window(Timeline(connections={}, calls=(), waits=(), write_holds=())) is None

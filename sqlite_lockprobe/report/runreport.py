@@ -12,6 +12,7 @@ from rich.table import Table
 from sqlite_lockprobe.analysis import Analysis
 from sqlite_lockprobe.report.jsonreport import report_document
 from sqlite_lockprobe.report.terminal import diagnosis, groups_table, print_lines, worst_waits
+from sqlite_lockprobe.report.terminal_timeline import window_renderable, worst_window
 from sqlite_lockprobe.runner import RunResult
 
 HEALTHY = (
@@ -44,6 +45,9 @@ def render(console: Console, header: ReportHeader, analysis: Analysis) -> None:
     if analysis.timeline.waits:
         origin = analysis.timeline.calls[0].t0 if analysis.timeline.calls else 0
         console.print(worst_waits(analysis.timeline.waits, origin))
+    window = worst_window(analysis.timeline)
+    if window is not None:
+        console.print(window_renderable(window))
     console.print()
     console.print(diagnosis(analysis.findings, HEALTHY))
 
