@@ -27,6 +27,7 @@ from sqlite_lockprobe.inspect_watch import watch_inspections
 from sqlite_lockprobe.inspection import inspect_database, inspection_findings
 from sqlite_lockprobe.report import runreport
 from sqlite_lockprobe.report.checkreport import check_document, check_table
+from sqlite_lockprobe.report.html import render_html
 from sqlite_lockprobe.report.inspect_json import inspection_document
 from sqlite_lockprobe.report.inspect_terminal import render_inspection, render_watch
 from sqlite_lockprobe.report.jsonreport import write_json_atomically, write_text_atomically
@@ -134,6 +135,7 @@ class ReportOutputs:
     quiet: bool
     expect: tuple[str, ...]
     timeline_path: Path | None = None
+    html_path: Path | None = None
 
 
 def report_outputs(command: F) -> F:
@@ -156,6 +158,13 @@ def report_outputs(command: F) -> F:
         metavar="FILE.json",
         help="Write the lock timeline for ui.perfetto.dev or chrome://tracing.",
     )
+    @click.option(
+        "--html",
+        "html_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="Write a self-contained HTML report (opens offline).",
+    )
     @functools.wraps(command)
     def wrapper(
         *args: Any,
@@ -163,9 +172,10 @@ def report_outputs(command: F) -> F:
         expect: tuple[str, ...],
         quiet: bool,
         timeline_path: Path | None,
+        html_path: Path | None,
         **kwargs: Any,
     ) -> Any:
-        outputs = ReportOutputs(json_path, quiet, expect, timeline_path)
+        outputs = ReportOutputs(json_path, quiet, expect, timeline_path, html_path)
         return command(*args, outputs=outputs, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -179,6 +189,10 @@ def emit_report(
     if outputs.timeline_path:
         trace = chrome_trace(analysis.timeline, header.title)
         write_text_atomically(outputs.timeline_path, json.dumps(trace, separators=(",", ":")))
+    if outputs.html_path:
+        document = runreport.document(command, header, analysis)
+        page = render_html(header.title, header.facts, analysis, document)
+        write_text_atomically(outputs.html_path, page)
     if outputs.json_path:
         document = runreport.document(command, header, analysis)
         if outputs.json_path == "-":

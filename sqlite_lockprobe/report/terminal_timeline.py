@@ -1,27 +1,23 @@
 """The worst moment of a run as a compact character timeline for the terminal (rich).
 
-`worst_window` picks the worst busy wait (the longest failed one, else the longest), the
-connections that held the lock it waited for, and the other connections that waited in the
-same window, and turns each into one row of cells; `window_renderable` draws it within 80
+`worst_window` takes the window around the worst busy wait (report/window.py) and turns
+each connection involved into one row of cells; `window_renderable` draws it within 80
 columns. The same plain `Window` can feed any other text renderer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from sqlite_lockprobe.diagnose.chain import blockers
-from sqlite_lockprobe.diagnose.evidence import code_name
-from sqlite_lockprobe.diagnose.model import NS_PER_MS, BusyWait, Timeline
+from sqlite_lockprobe.diagnose.model import BusyWait, Timeline
+from sqlite_lockprobe.report.window import choose_window, fit_name
 
 BAR_WIDTH = 50
 LABEL_WIDTH = 20
 ROLE_WIDTH = 6
-MAX_ROWS = 8
 # Cell states, weakest first: a cell shows the strongest state in its time slice.
 IDLE, READ, WRITE, WAIT, BUSY = " ", "r", "W", "~", "X"
 _STRENGTH = {IDLE: 0, READ: 1, WRITE: 2, WAIT: 3, BUSY: 4}
@@ -61,40 +57,20 @@ class Window:
 
 
 def worst_window(timeline: Timeline, width: int = BAR_WIDTH) -> Window | None:
-    """The window around the worst wait, or None when nothing waited."""
-    if not timeline.waits:
+    """The window around the worst wait as rows of cells, or None when nothing waited."""
+    chosen = choose_window(timeline)
+    if chosen is None:
         return None
-    worst = max(timeline.waits, key=lambda w: (w.failed, w.t1 - w.t0, -w.t0))
-    holds = blockers(worst, timeline)[:3]
-    t0 = min([worst.t0, *(h.t0 for h in holds)])
-    t1 = max([worst.t1, *(h.t1 for h in holds)])
-    pad = max((t1 - t0) // 20, 1000)
-    start, end = max(timeline.origin_ns, t0 - pad), t1 + pad
-    roles: dict[str, str] = {worst.waiter.conn: "waiter"}
-    for h in holds:
-        roles.setdefault(h.holder.conn, "holder")
-    for w in timeline.waits:
-        if len(roles) >= MAX_ROWS:
-            break
-        if w.t0 < end and start < w.t1:
-            roles.setdefault(w.waiter.conn, "waited")
-    names = {a.conn: a.worker for a in _actors(timeline)}
     rows = tuple(
-        WindowRow(names.get(conn, conn), conn, role, _cells(timeline, conn, start, end, width))
-        for conn, role in roles.items()
+        WindowRow(
+            chosen.workers.get(conn, conn),
+            conn,
+            role,
+            _cells(timeline, conn, chosen.start_ns, chosen.end_ns, width),
+        )
+        for conn, role in chosen.roles.items()
     )
-    origin = timeline.origin_ns
-    outcome = f"failed with {code_name(worst.code)}" if worst.failed else "waited"
-    title = (
-        f"Worst wait: {names.get(worst.waiter.conn, worst.waiter.conn)} ({worst.waiter.conn}) "
-        f"{outcome} after {worst.duration_ms:,.1f} ms in {worst.phase}"
-    )
-    return Window(title, (start - origin) / NS_PER_MS, (end - origin) / NS_PER_MS, rows)
-
-
-def _actors(timeline: Timeline) -> Iterable:  # type: ignore[type-arg]
-    yield from (c.actor for c in timeline.calls)
-    yield from (h.holder for h in timeline.write_holds)
+    return Window(chosen.title, chosen.start_ms, chosen.end_ms, rows)
 
 
 def _cells(timeline: Timeline, conn: str, start: int, end: int, width: int) -> str:
@@ -132,7 +108,7 @@ def window_renderable(window: Window) -> RenderableType:
     for row in window.rows:
         line = Text()
         style = "" if row.role == "waited" else "bold"
-        line.append(f"{_fit(row.worker, LABEL_WIDTH):<{LABEL_WIDTH}} ", style=style)
+        line.append(f"{fit_name(row.worker, LABEL_WIDTH):<{LABEL_WIDTH}} ", style=style)
         line.append(f"{row.role:<{ROLE_WIDTH}} ", style="dim")
         for cell in row.cells:
             char, cell_style = _DRAW[cell]
@@ -149,12 +125,3 @@ def window_renderable(window: Window) -> RenderableType:
         legend.append(f" {meaning}  " if state != BUSY else f" {meaning}")
     lines.append(legend)
     return Group(*lines)
-
-
-def _fit(name: str, width: int) -> str:
-    """Shorten in the middle, keeping a worker's `#N` suffix that tells workers apart."""
-    if len(name) <= width:
-        return name
-    head, sep, tail = name.rpartition("#")
-    suffix = f"{sep}{tail}" if head and len(tail) < width // 2 else ""
-    return name[: width - 1 - len(suffix)] + "…" + suffix
