@@ -189,12 +189,11 @@ def emit_report(
     if outputs.timeline_path:
         trace = chrome_trace(analysis.timeline, header.title)
         write_text_atomically(outputs.timeline_path, json.dumps(trace, separators=(",", ":")))
+    document = runreport.document(command, header, analysis)
     if outputs.html_path:
-        document = runreport.document(command, header, analysis)
         page = render_html(header.title, header.facts, analysis, document)
         write_text_atomically(outputs.html_path, page)
     if outputs.json_path:
-        document = runreport.document(command, header, analysis)
         if outputs.json_path == "-":
             click.echo(json.dumps(document, indent=2))
         else:
