@@ -21,19 +21,25 @@ from rich.table import Table
 
 from sqlite_lockprobe import __version__
 from sqlite_lockprobe.analysis import Analysis, analyze
+from sqlite_lockprobe.checking import check_scenario, load_targets
 from sqlite_lockprobe.comparefix import compare_fix as run_with_fixes
 from sqlite_lockprobe.errors import LockprobeError
 from sqlite_lockprobe.events import stream_event_log, write_events
 from sqlite_lockprobe.inspect_watch import watch_inspections
 from sqlite_lockprobe.inspection import inspect_database, inspection_findings
 from sqlite_lockprobe.report import runreport
+from sqlite_lockprobe.report.checkreport import check_document, check_table
+from sqlite_lockprobe.report.html import render_html
 from sqlite_lockprobe.report.inspect_json import inspection_document
 from sqlite_lockprobe.report.inspect_terminal import render_inspection, render_watch
-from sqlite_lockprobe.report.jsonreport import write_json_atomically
+from sqlite_lockprobe.report.jsonreport import write_json_atomically, write_text_atomically
+from sqlite_lockprobe.report.junit import junit_xml
 from sqlite_lockprobe.report.progress import live_progress
 from sqlite_lockprobe.report.runreport import ReportHeader
+from sqlite_lockprobe.report.timeline import chrome_trace
 from sqlite_lockprobe.runner import run_scenario
 from sqlite_lockprobe.scenario import builtin_names, load_scenario
+from sqlite_lockprobe.thresholds import Thresholds, pattern_ids
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -153,6 +159,8 @@ class ReportOutputs:
     json_path: str | None
     quiet: bool
     expect: tuple[str, ...]
+    timeline_path: Path | None = None
+    html_path: Path | None = None
 
 
 def report_outputs(command: F) -> F:
@@ -168,11 +176,32 @@ def report_outputs(command: F) -> F:
         help="Exit 1 unless the findings are exactly these pattern ids ('healthy' for none).",
     )
     @click.option("--quiet", "-q", is_flag=True, help="No progress display and no terminal report.")
+    @click.option(
+        "--timeline",
+        "timeline_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE.json",
+        help="Write the lock timeline for ui.perfetto.dev or chrome://tracing.",
+    )
+    @click.option(
+        "--html",
+        "html_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="Write a self-contained HTML report (opens offline).",
+    )
     @functools.wraps(command)
     def wrapper(
-        *args: Any, json_path: str | None, expect: tuple[str, ...], quiet: bool, **kwargs: Any
+        *args: Any,
+        json_path: str | None,
+        expect: tuple[str, ...],
+        quiet: bool,
+        timeline_path: Path | None,
+        html_path: Path | None,
+        **kwargs: Any,
     ) -> Any:
-        return command(*args, outputs=ReportOutputs(json_path, quiet, expect), **kwargs)
+        outputs = ReportOutputs(json_path, quiet, expect, timeline_path, html_path)
+        return command(*args, outputs=outputs, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -184,10 +213,16 @@ def emit_report(
     outputs: ReportOutputs,
     appendix: tuple[RenderableType, ...] = (),
 ) -> None:
-    """Write the JSON and print the terminal report (then `appendix`) as asked; exit 1 when
-    --expect differs."""
+    """Write the JSON, timeline and HTML files and print the terminal report (then
+    `appendix`) as asked; exit 1 when --expect differs."""
+    if outputs.timeline_path:
+        trace = chrome_trace(analysis.timeline, header.title)
+        write_text_atomically(outputs.timeline_path, json.dumps(trace, separators=(",", ":")))
+    document = runreport.document(command, header, analysis)
+    if outputs.html_path:
+        page = render_html(header.title, header.facts, analysis, document)
+        write_text_atomically(outputs.html_path, page)
     if outputs.json_path:
-        document = runreport.document(command, header, analysis)
         if outputs.json_path == "-":
             click.echo(json.dumps(document, indent=2))
         else:
@@ -288,3 +323,93 @@ def report(events_file: Path, outputs: ReportOutputs) -> None:
     analysis = analyze(stream_event_log(events_file))
     header = runreport.log_header(str(events_file), analysis.activity)
     emit_report("report", header, analysis, outputs)
+
+
+# ----------------------------------------------------------------------------- check
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
+@click.option(
+    "--db",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Run every scenario on a copy of this database (the file is never written).",
+)
+@click.option(
+    "--max-busy-errors",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Fail when more than N calls fail with SQLITE_BUSY.",
+)
+@click.option(
+    "--max-p99-wait",
+    "max_p99_wait_ms",
+    type=click.FloatRange(min=0),
+    metavar="MS",
+    help="Fail when the p99 of busy waits is longer than MS milliseconds.",
+)
+@click.option(
+    "--forbid",
+    multiple=True,
+    metavar="PATTERN",
+    help="Fail when this pattern is found (repeatable).",
+)
+@click.option(
+    "--expect",
+    multiple=True,
+    metavar="PATTERN",
+    help="Fail unless the findings are exactly these patterns ('healthy' for none; "
+    "default: the scenario's own expect list).",
+)
+@click.option(
+    "--junit",
+    "junit_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Write a JUnit XML report (one test case per limit).",
+)
+@click.option("--json", "json_path", metavar="FILE|-", help="Write the JSON report (- for stdout).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display and no table.")
+@user_errors
+def check(
+    targets: tuple[str, ...],
+    db: Path | None,
+    max_busy_errors: int | None,
+    max_p99_wait_ms: float | None,
+    forbid: tuple[str, ...],
+    expect: tuple[str, ...],
+    junit_path: Path | None,
+    json_path: str | None,
+    quiet: bool,
+) -> None:
+    """Run scenarios and fail (exit 1) when a limit does not hold: for CI.
+
+    TARGET is a built-in scenario name, a .toml file or a directory of .toml files
+    (default: every built-in scenario). Limits come from the options, else from each
+    scenario's [check] table and its expect list. Exit 0: all hold; 1: one failed;
+    2: bad input."""
+    overrides = Thresholds(
+        max_busy_errors=max_busy_errors,
+        max_p99_wait_ms=max_p99_wait_ms,
+        forbid=pattern_ids(forbid, "--forbid", allow_healthy=False) if forbid else None,
+        expect=pattern_ids(expect, "--expect", allow_healthy=True) if expect else None,
+    )
+    scenarios = load_targets(targets)
+    results = []
+    for i, scenario in enumerate(scenarios, 1):
+        title = f"check {scenario.name} ({i}/{len(scenarios)})"
+        with live_progress(not quiet and json_path != "-", title) as progress:
+            results.append(check_scenario(scenario, overrides, db=db, progress=progress))
+        if results[-1].outcome.interrupted:
+            break
+    if junit_path:
+        write_text_atomically(junit_path, junit_xml(results))
+    if json_path == "-":
+        click.echo(json.dumps(check_document(results), indent=2))
+    elif json_path:
+        write_json_atomically(json_path, check_document(results))
+    if json_path != "-" and not quiet:
+        Console().print(check_table(results))
+    if results and results[-1].outcome.interrupted:
+        sys.exit(130)
+    sys.exit(0 if all(r.passed for r in results) else 1)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlite_lockprobe.errors import LockprobeError
+from sqlite_lockprobe.thresholds import Thresholds, pattern_ids
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -107,7 +108,7 @@ class Scenario:
     expect: tuple[str, ...] | None = None
     max_seconds: float = 120.0
     source: str = "<memory>"
-    check: Mapping[str, Any] = field(default_factory=dict)
+    check: Thresholds = field(default_factory=Thresholds)
 
     def group_timeout_ms(self, group: Group) -> int:
         return (
@@ -247,7 +248,7 @@ class _Validator:
             raise self.fail("group", "expected one or more [[group]] tables")
         groups = tuple(self.group(g, f"group[{i}]") for i, g in enumerate(raw_groups))
         self.check_groups(groups)
-        check = self.table(data.get("check", {}), "check")
+        check = self.check(self.table(data.get("check", {}), "check"))
         return Scenario(
             name=name,
             description=description,
@@ -296,6 +297,30 @@ class _Validator:
             schema=self.sql_list(t.get("schema", []), "database.schema"),
             setup=self.sql_list(t.get("setup", []), "database.setup"),
         )
+
+    def check(self, t: dict[str, Any]) -> Thresholds:
+        """The `[check]` table: limits for `lockprobe check` (docs/check.md)."""
+        self.no_unknown(t, "check", ("max_busy_errors", "max_p99_wait_ms", "forbid", "expect"))
+        return Thresholds(
+            max_busy_errors=(
+                self.integer(t["max_busy_errors"], "check.max_busy_errors", 0, MAX_REPEAT)
+                if "max_busy_errors" in t
+                else None
+            ),
+            max_p99_wait_ms=(
+                self.number(t["max_p99_wait_ms"], "check.max_p99_wait_ms", 0.0, MAX_SECONDS * 1000)
+                if "max_p99_wait_ms" in t
+                else None
+            ),
+            forbid=self.patterns(t["forbid"], "check.forbid", False) if "forbid" in t else None,
+            expect=self.patterns(t["expect"], "check.expect", True) if "expect" in t else None,
+        )
+
+    def patterns(self, value: Any, key: str, allow_healthy: bool) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list of pattern ids, got {_type_name(value)}")
+        names = [self.string(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return pattern_ids(names, f"{self.source}: {key}", allow_healthy)
 
     def group(self, raw: Any, key: str) -> Group:
         t = self.table(raw, key)

@@ -26,7 +26,8 @@ def test_builtin_scenario_names_exactly_its_expected_patterns(name: str, invoke,
     result = invoke(*args)
     report = json.loads(out.read_text())
     found = sorted(f["pattern"] for f in report["findings"])
-    assert found == sorted(expect), report["findings"]
+    evidence = {f["pattern"]: f["evidence"]["lines"] for f in report["findings"]}
+    assert found == sorted(expect), json.dumps(evidence, indent=1)
     assert result.exit_code == 0, result.output
     assert report["schema_version"] == 1 and report["command"] == "run"
     assert report["summary"]["total"]["crashes"] == []

@@ -218,6 +218,8 @@ class Timeline:
     page_size: int = 4096
     wal_autocheckpoint: int = 1000
     reduced_detail: bool = False
+    # False when the log was long and only the calls that failed or waited were kept.
+    calls_complete: bool = True
     _hold_starts: list[int] = field(default_factory=list, repr=False, compare=False)
     _write_index: _SpanIndex = field(init=False, repr=False, compare=False)
     _read_index: _SpanIndex = field(init=False, repr=False, compare=False)

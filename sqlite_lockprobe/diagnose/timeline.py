@@ -84,14 +84,23 @@ class _ConnState:
     closed_holds: list[LockHold] = field(default_factory=list)
 
 
-def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
+# Every call is kept (renderers draw them) up to this many; past it, only the calls that
+# failed or met a busy lock, so a log of millions of events stays in bounded memory.
+KEEP_ALL_CALLS_UP_TO = 100_000
+
+
+def build_timeline(
+    events: Iterable[dict[str, Any]], keep_all_calls_up_to: int = KEEP_ALL_CALLS_UP_TO
+) -> Timeline:
     """Build the timeline in one pass over events in time order (each connection's own events
-    must be in order; spans are sorted at the end). Only spans are kept, and of the calls only
-    those that failed or met a busy lock: memory grows with the problems, not the log."""
+    must be in order; spans are sorted at the end). Spans are kept, and every call up to
+    `keep_all_calls_up_to`; past that only the calls that failed or met a busy lock, so
+    memory grows with the problems, not with the log."""
     meta: dict[str, Any] = {}
     workers: dict[str, dict[str, Any]] = {}
     conns: dict[str, _ConnState] = {}
     calls: list[Call] = []
+    calls_complete = True
     waits: list[BusyWait] = []
     wal: list[WalSample] = []
     interned = _Interner()
@@ -104,8 +113,12 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
             if state is None:
                 continue  # a call on a connection opened before recording began
             call = _call(event, state.info, workers, interned)
-            if call.error is not None or call.busy_calls:
+            notable = call.error is not None or call.busy_calls
+            if notable or calls_complete:
                 calls.append(call)
+                if calls_complete and len(calls) > keep_all_calls_up_to:
+                    calls_complete = False
+                    calls = [c for c in calls if c.error is not None or c.busy_calls]
             wait = _busy_wait(call, state)
             if wait is not None:
                 waits.append(wait)
@@ -165,6 +178,7 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
     return Timeline(
         connections=infos,
         calls=tuple(calls),
+        calls_complete=calls_complete,
         waits=tuple(waits),
         write_holds=tuple(h for h in holds if h.kind == "write"),
         read_holds=tuple(h for h in holds if h.kind == "read"),

@@ -31,8 +31,14 @@ def report_document(command: str, findings: list[Finding], **sections: Any) -> d
 
 
 def write_json_atomically(path: str | os.PathLike[str], document: dict[str, Any]) -> None:
+    """Write the JSON document with `write_text_atomically`."""
+    write_text_atomically(path, json.dumps(document, indent=2, sort_keys=False) + "\n")
+
+
+def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
     """Write to a temporary file beside the target and rename it, so no reader ever sees half
-    a report, and a full disk leaves the old file (or none) rather than a corrupt one."""
+    a report, and a full disk leaves the old file (or none) rather than a corrupt one. Every
+    report file (JSON, JUnit XML, timeline, HTML) is written this way."""
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
     try:
@@ -41,8 +47,7 @@ def write_json_atomically(path: str | os.PathLike[str], document: dict[str, Any]
         raise LockprobeError(f"cannot write {target}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(document, out, indent=2, sort_keys=False)
-            out.write("\n")
+            out.write(text)
         os.replace(tmp, target)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from sqlite_lockprobe.analysis import Analysis
 from sqlite_lockprobe.comparefix import HANDSHAKE_LIMIT_S, FixComparison, describe_fix
 from sqlite_lockprobe.report.jsonreport import report_document
 from sqlite_lockprobe.report.terminal import diagnosis, groups_table, print_lines, worst_waits
+from sqlite_lockprobe.report.terminal_timeline import window_renderable, worst_window
 from sqlite_lockprobe.runner import RunResult
 from sqlite_lockprobe.stats import ActivityCounter
 
@@ -53,6 +54,9 @@ def render(console: Console, header: ReportHeader, analysis: Analysis) -> None:
     if analysis.timeline.waits:
         origin = analysis.activity.first_ns or analysis.timeline.origin_ns
         console.print(worst_waits(analysis.timeline.waits, origin))
+    window = worst_window(analysis.timeline)
+    if window is not None:
+        console.print(window_renderable(window))
     console.print()
     console.print(diagnosis(analysis.findings, HEALTHY))
 

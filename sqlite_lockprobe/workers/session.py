@@ -14,7 +14,7 @@ from sqlite_lockprobe.probe import ConnectionProbe, Emit, error_codes
 
 _ISOLATION = {"deferred": "DEFERRED", "immediate": "IMMEDIATE", "exclusive": "EXCLUSIVE"}
 _conn_numbers = itertools.count(1)
-_SETUP_TIMEOUT_MS = 5000
+_OPEN_TIMEOUT_MS = 5000
 
 
 def isolation_level(transaction_mode: str) -> str | None:
@@ -56,21 +56,20 @@ class Session:
         self.emit = emit
         self.conn_id = f"c{os.getpid()}.{next(_conn_numbers)}"
         self._lock = threading.RLock() if shared else None
-        pragmas = spec.connection_pragmas()
-        # Setting up the connection is the harness's job, not the workload's: some pragmas
-        # read the schema, which takes a read lock, so they wait politely (5 s) even when
-        # the scenario's own busy timeout is 0; the scenario's timeout is applied after.
-        setup_ms = max(spec.timeout_ms, _SETUP_TIMEOUT_MS) if pragmas else spec.timeout_ms
+        # Opening is set-up, not the workload: settle it under a generous timeout. With WAL,
+        # the first reader after the last connection closed runs recovery of the wal-index,
+        # and connections opened meanwhile get SQLITE_BUSY_RECOVERY at once with timeout 0
+        # (https://sqlite.org/wal.html#recovery): a scenario's worker must not die of that.
         self.conn = sqlite3.connect(
             spec.db_path,
-            timeout=setup_ms / 1000,
+            timeout=max(spec.timeout_ms, _OPEN_TIMEOUT_MS) / 1000,
             isolation_level=isolation_level(spec.transaction_mode),
             check_same_thread=False,
         )
-        for pragma in pragmas:
+        for pragma in spec.connection_pragmas():
             self.conn.execute(pragma)
-        if setup_ms != spec.timeout_ms:
-            self.conn.execute(f"PRAGMA busy_timeout = {int(spec.timeout_ms)}")
+        self.conn.execute("PRAGMA schema_version").fetchall()  # reads the schema and wal-index
+        self.conn.execute(f"PRAGMA busy_timeout = {int(spec.timeout_ms)}").fetchall()
         self.probe: ConnectionProbe | None = None
         reduced_reason = None
         if spec.instrument:
