@@ -22,7 +22,7 @@ from sqlite_lockprobe.scenario import Scenario, event_names
 from sqlite_lockprobe.walsampler import WalSampler
 from sqlite_lockprobe.workers.coroutines import CoroutineGroups
 from sqlite_lockprobe.workers.processes import SPAWN, ProcessGroup
-from sqlite_lockprobe.workers.program import RunControl
+from sqlite_lockprobe.workers.program import RunControl, load_generator_gc
 from sqlite_lockprobe.workers.threads import ThreadGroup
 
 # Time for spawned worker processes to import and report ready before the run is abandoned.
@@ -134,6 +134,7 @@ def _execute(
         start_gate=SPAWN.Event(),
         start_ns=SPAWN.Value("q", 0),
         stop=SPAWN.Event(),
+        stop_flag=SPAWN.RawValue("b", 0),
         remaining={g.name: SPAWN.Value("i", g.count) for g in scenario.groups},
         wait_limit_s=wait_limit_s,
     )
@@ -149,36 +150,39 @@ def _execute(
 
     interrupted = False
     started = time.monotonic()
-    try:
-        for group in runners:
-            group.start()
-        _wait_for_processes(ready, sum(len(p.processes) for p in process_groups), process_groups)
-        # Everyone is at the gate: start together, a little ahead so all see the same start.
-        control.start_ns.value = time.monotonic_ns() + 20_000_000
-        control.start_gate.set()
-        if sampler:
-            sampler.start()
-        limit = started + scenario.max_seconds + _JOIN_GRACE_SECONDS
-        while any(r.alive() for r in runners):
-            if time.monotonic() > limit:
-                control.stop.set()
-                break
+    with load_generator_gc():
+        try:
+            for group in runners:
+                group.start()
+            _wait_for_processes(
+                ready, sum(len(p.processes) for p in process_groups), process_groups
+            )
+            # Everyone is at the gate: start together, a little ahead so all see the same start.
+            control.start_ns.value = time.monotonic_ns() + 20_000_000
+            control.start_gate.set()
+            if sampler:
+                sampler.start()
+            limit = started + scenario.max_seconds + _JOIN_GRACE_SECONDS
+            while any(r.alive() for r in runners):
+                if time.monotonic() > limit:
+                    control.request_stop()
+                    break
+                for r in runners:
+                    r.join(0.1)
+                if progress:
+                    alive = sum(r.alive() for r in runners)
+                    progress(Progress(time.monotonic() - started, alive, len(recorder._pending)))
+        except KeyboardInterrupt:
+            interrupted = True
+            control.request_stop()
+        finally:
+            control.start_gate.set()
             for r in runners:
-                r.join(0.1)
-            if progress:
-                alive = sum(r.alive() for r in runners)
-                progress(Progress(time.monotonic() - started, alive, len(recorder._pending)))
-    except KeyboardInterrupt:
-        interrupted = True
-        control.stop.set()
-    finally:
-        control.start_gate.set()
-        for r in runners:
-            r.join(_JOIN_GRACE_SECONDS if not interrupted else 2.0)
-        for p in process_groups:
-            p.terminate()
-        if sampler:
-            sampler.stop()
+                r.join(_JOIN_GRACE_SECONDS if not interrupted else 2.0)
+            for p in process_groups:
+                p.terminate()
+            if sampler:
+                sampler.stop()
     wall = time.monotonic() - started
     own = recorder.records()
     streams = [own] + [read_events(f) for p in process_groups for f in p.existing_event_files()]

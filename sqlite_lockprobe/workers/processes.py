@@ -13,7 +13,12 @@ from typing import Any
 
 from sqlite_lockprobe.events import EventRecorder
 from sqlite_lockprobe.scenario import Group
-from sqlite_lockprobe.workers.program import RunControl, run_worker_sync, worker_name
+from sqlite_lockprobe.workers.program import (
+    RunControl,
+    load_generator_gc,
+    run_worker_sync,
+    worker_name,
+)
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -25,7 +30,8 @@ def _process_main(
     recorder.start_background_flush()
     try:
         ready.release()
-        run_worker_sync(control, group, index, recorder.emit, None, "process", recorder.flush)
+        with load_generator_gc():
+            run_worker_sync(control, group, index, recorder.emit, None, "process", recorder.flush)
     finally:
         recorder.close()
 

@@ -8,16 +8,19 @@ loop or on a thread per connection. So the step logic has one implementation.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlite_lockprobe.probe import Emit
-from sqlite_lockprobe.scenario import Group, Scenario
+from sqlite_lockprobe.scenario import Group, Scenario, Step
 from sqlite_lockprobe.workers.session import ConnectionSpec, Session
 
 
@@ -34,8 +37,19 @@ class RunControl:
     start_gate: Any
     start_ns: Any
     stop: Any
+    stop_flag: Any
     remaining: dict[str, Any]
     wait_limit_s: float | None = None
+
+    def stopping(self) -> bool:
+        """Checked before every step: a shared byte read without a lock. (A multiprocessing
+        Event's is_set() takes a process-shared lock: it cost a fifth of a busy worker's
+        time.) The `stop` event itself wakes sleeps and waits."""
+        return bool(self.stop_flag.value)
+
+    def request_stop(self) -> None:
+        self.stop_flag.value = 1
+        self.stop.set()
 
     def deadline_ns(self) -> int:
         return int(self.start_ns.value + self.scenario.max_seconds * 1e9)
@@ -69,8 +83,25 @@ class Open:
     pass
 
 
-@dataclass(frozen=True)
+@contextmanager
+def load_generator_gc() -> Iterator[None]:
+    """While a workload runs in this process, collect young objects less often. The workers
+    allocate a cursor, an action and an event tuple per call, and the default threshold
+    (700) made the cyclic collector a tenth of a busy worker's time (benchmarks/
+    bench_headroom.py). Reference cycles are still collected, just in bigger batches."""
+    previous = gc.get_threshold()
+    gc.set_threshold(max(previous[0], 50_000), *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+
+
+@dataclass(slots=True)
 class Call:
+    """One sqlite call to make. Made once per call on the hot path: slots, not frozen (a
+    frozen dataclass's __init__ goes through object.__setattr__, several times slower)."""
+
     session: Session
     op: str
     sql: str
@@ -132,7 +163,7 @@ def worker_program(
         run_until = min(deadline, time.monotonic_ns() + int(group.duration * 1e9))
     session = shared
     params = {"worker": index, "group": group.name, "pid": os.getpid(), "iteration": 0}
-    while not control.stop.is_set() and time.monotonic_ns() < run_until:
+    while not control.stopping() and time.monotonic_ns() < run_until:
         if group.repeat is not None and stats.iterations >= group.repeat:
             break
         params["iteration"] = stats.iterations
@@ -162,8 +193,8 @@ def _one_pass(
     stats: WorkerStats,
 ) -> Generator[Action, Any, bool]:
     """One pass over the group's steps. Returns True when the worker should stop."""
-    for step in group.steps:
-        if control.stop.is_set():
+    for step, op, sql in _compiled(group):
+        if control.stopping():
             return True
         action = step.action
         if action == "sleep":
@@ -191,12 +222,6 @@ def _one_pass(
                 # Set the event so no other worker waits for it again.
                 control.events[step.event].set()
             continue
-        if action == "begin":
-            op, sql = "begin", f"BEGIN {step.mode.upper()}" if step.mode else "BEGIN"
-        elif action in ("commit", "rollback"):
-            op, sql = action, action.upper()
-        else:
-            op, sql = action, step.sql or ""
         ok = yield Call(session, op, sql, params if action in ("read", "write") else ())
         stats.ops += 1
         if ok:
@@ -210,6 +235,21 @@ def _one_pass(
             return False
         return True  # on_error = "stop"
     return False
+
+
+@lru_cache(maxsize=256)
+def _compiled(group: Group) -> tuple[tuple[Step, str, str], ...]:
+    """Each step with the call it makes (op, SQL), worked out once per group, not per pass."""
+    out = []
+    for step in group.steps:
+        if step.action == "begin":
+            op, sql = "begin", f"BEGIN {step.mode.upper()}" if step.mode else "BEGIN"
+        elif step.action in ("commit", "rollback"):
+            op, sql = step.action, step.action.upper()
+        else:
+            op, sql = step.action, step.sql or ""
+        out.append((step, op, sql))
+    return tuple(out)
 
 
 # ---- the synchronous driver (threads and processes)

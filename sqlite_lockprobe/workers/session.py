@@ -56,6 +56,8 @@ class Session:
         self.emit = emit
         self.conn_id = f"c{os.getpid()}.{next(_conn_numbers)}"
         self._lock = threading.RLock() if shared else None
+        if not shared:
+            self.call = self._call  # type: ignore[method-assign]  # the hot path: no lock
         # Opening is set-up, not the workload: settle it under a generous timeout. With WAL,
         # the first reader after the last connection closed runs recovery of the wal-index,
         # and connections opened meanwhile get SQLITE_BUSY_RECOVERY at once with timeout 0
@@ -93,9 +95,9 @@ class Session:
 
     def call(self, worker: str, task: str | None, op: str, sql: str, params: Any = ()) -> bool:
         """Run one call (execute/commit/rollback) and record it. Returns False when SQLite
-        refused it; any other exception is a bug in the scenario or here, and propagates."""
-        if self._lock is None:
-            return self._call(worker, task, op, sql, params)
+        refused it; any other exception is a bug in the scenario or here, and propagates.
+        (A connection used by one worker replaces this with `_call` itself: no lock.)"""
+        assert self._lock is not None
         with self._lock:
             return self._call(worker, task, op, sql, params)
 
