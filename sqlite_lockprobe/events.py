@@ -69,6 +69,11 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     # One busy-handler invocation: retry number n, then a sleep of delay_ms (0 = gave up).
     "busy": ("t", "conn", "n", "delay_ms"),
+    # The OS lock table of database file `db` while conn waited (or right after it failed with
+    # SQLITE_BUSY): every process's SQLite locks on the file and its -shm, as dicts {pid, file,
+    # lock, kind} (plus name, cmdline, uid on each other process's first lock); source
+    # "/proc/locks", "F_GETLK" or "unavailable" (note says why).
+    "holders": ("t", "conn", "db", "source", "locks", "note"),
     # A reading of the -wal file (bytes) and of the -shm header (frames) during the run.
     "wal": ("t", "bytes", "mx_frame", "backfilled"),
     # The application's own time between calls (sleep / await steps), for the timeline.

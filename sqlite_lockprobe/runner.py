@@ -58,14 +58,20 @@ def run_scenario(
     instrument: bool = True,
     progress: Callable[[Progress], None] | None = None,
     wait_limit_s: float | None = None,
+    on_prepared: Callable[[Path], None] | None = None,
 ) -> RunResult:
     """Run `scenario` on a fresh temporary database, or on `db`: a new file is created there;
     an existing database is never touched: the run works on a copy made with the backup API.
-    `wait_limit_s` bounds every `wait` step (it then goes on instead of stopping)."""
+    `wait_limit_s` bounds every `wait` step (it then goes on instead of stopping).
+    `on_prepared(path)` is called once the database is ready and before any worker starts:
+    the moment to attach another program to the file the run uses (tests start outside lock
+    holders there)."""
     workdir = Path(tempfile.mkdtemp(prefix="lockprobe-"))
     try:
         db_path, note = _choose_database(db, workdir)
         settings = prepare_database(scenario, db_path)
+        if on_prepared is not None:
+            on_prepared(db_path)
         return _execute(
             scenario, db_path, note, settings, workdir, instrument, progress, wait_limit_s
         )

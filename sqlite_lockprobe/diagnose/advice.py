@@ -274,3 +274,58 @@ def short_readers() -> Advice:
         },
         automatic=False,
     )
+
+
+def close_external_holder() -> Advice:
+    return Advice(
+        text=(
+            "Close, commit or roll back in the program named above: while it keeps its "
+            "transaction open (a DB browser with unsaved edits, a sqlite3 shell after BEGIN, a "
+            "script paused in a debugger) every writer of this database waits and fails."
+        ),
+        snippets={
+            "sqlite3": (
+                "# in that program: end the transaction, and close what it no longer needs\n"
+                "conn.commit()  # or conn.rollback()\nconn.close()"
+            ),
+            "pragma": "-- in that program's session (sqlite3 shell, DB browser)\nCOMMIT;",
+        },
+    )
+
+
+def read_only_tools() -> Advice:
+    return Advice(
+        text=(
+            "Open browsing, reporting and backup tools read-only, so they never take the write "
+            "lock (`?mode=ro`). `nolock=1` skips locking altogether: only for files nobody "
+            "writes while they are open. For backups use SQLite's online backup "
+            "(`.backup` in the shell, `Connection.backup` in Python), which copies in steps."
+        ),
+        snippets={
+            "sqlite3": (
+                'conn = sqlite3.connect("file:app.db?mode=ro", uri=True)\n'
+                'conn.backup(sqlite3.connect("backup.db"))  # a consistent copy'
+            ),
+            "pragma": "-- shell: sqlite3 'file:app.db?mode=ro'\n.backup backup.db",
+        },
+    )
+
+
+def schedule_elsewhere() -> Advice:
+    return Advice(
+        text=(
+            "If the other program is a job (cron, backup, migration, another service), run it "
+            "when the application is idle, give it short transactions, or let one process own "
+            "the database and serve the others."
+        ),
+        snippets={
+            "sqlite3": (
+                "# a job sharing the database: one short transaction per batch, a long timeout\n"
+                'conn = sqlite3.connect("app.db", timeout=30.0)\n'
+                "for batch in batches:\n"
+                '    conn.executemany("INSERT INTO t VALUES (?)", batch)\n'
+                "    conn.commit()"
+            ),
+            "pragma": "-- see who holds which lock right now: lockprobe inspect app.db",
+        },
+    )

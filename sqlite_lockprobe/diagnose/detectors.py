@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from sqlite_lockprobe.diagnose import (
     checkpoint_starvation,
+    external_holder,
     long_write_transaction,
     no_busy_timeout,
     reader_blocks_writer,
@@ -26,6 +27,7 @@ Detector = Callable[[Timeline], list[Finding]]
 DETECTORS: dict[str, Detector] = {
     upgrade_deadlock.PATTERN: upgrade_deadlock.detect,
     self_deadlock.PATTERN: self_deadlock.detect,
+    external_holder.PATTERN: external_holder.detect,
     no_busy_timeout.PATTERN: no_busy_timeout.detect,
     reader_blocks_writer.PATTERN: reader_blocks_writer.detect,
     long_write_transaction.PATTERN: long_write_transaction.detect,

@@ -205,6 +205,43 @@ class WalSample:
 
 
 @dataclass(frozen=True)
+class OsLock:
+    """One SQLite lock a process held, as the OS lock table showed it during a wait. The OS
+    names processes, never connections (POSIX locks are per process). Process details come
+    from /proc at sample time or from psutil afterwards; None where neither could tell."""
+
+    pid: int | None
+    file: str  # "db" or "shm"
+    name: str  # SHARED, RESERVED, PENDING, EXCLUSIVE, WAL_WRITE_LOCK, WAL_READ_LOCK(N)...
+    kind: str  # "read" or "write"
+    process_name: str | None = None
+    cmdline: tuple[str, ...] | None = None
+    user: str | None = None
+    uid: int | None = None
+    started: float | None = None  # epoch seconds
+
+
+@dataclass(frozen=True)
+class OsLockSample:
+    """The OS lock table of database file `db`, read by the probe while `conn` waited in the
+    call that began at `call_t0` (or right after that call failed with SQLITE_BUSY). It
+    describes the file, so it serves every waiter on that file at moment `t`."""
+
+    t: int
+    conn: str
+    call_t0: int | None
+    source: str  # "/proc/locks", "F_GETLK" or "unavailable"
+    locks: tuple[OsLock, ...] = ()
+    note: str | None = None
+    db: str | None = None
+
+
+# A reading taken this long after a failed wait ended still shows who held the lock then: the
+# probe reads at most every 20 ms per file (probe.HOLDERS_MIN_GAP_NS).
+SAMPLE_AFTER_WAIT_NS = 20 * NS_PER_MS
+
+
+@dataclass(frozen=True)
 class Timeline:
     """Everything a detector may look at, sorted by time."""
 
@@ -218,9 +255,13 @@ class Timeline:
     page_size: int = 4096
     wal_autocheckpoint: int = 1000
     reduced_detail: bool = False
+    os_lock_samples: tuple[OsLockSample, ...] = ()
+    recorded_pids: frozenset[int] = frozenset()
+    conn_databases: dict[str, str] = field(default_factory=dict)
     _hold_starts: list[int] = field(default_factory=list, repr=False, compare=False)
     _write_index: _SpanIndex = field(init=False, repr=False, compare=False)
     _read_index: _SpanIndex = field(init=False, repr=False, compare=False)
+    _sample_times: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Frozen dataclass: derived indexes are set once, here, and never change. Fresh objects,
@@ -228,6 +269,7 @@ class Timeline:
         object.__setattr__(self, "_hold_starts", [h.t0 for h in self.write_holds])
         object.__setattr__(self, "_write_index", _SpanIndex(self.write_holds))
         object.__setattr__(self, "_read_index", _SpanIndex(self.read_holds))
+        object.__setattr__(self, "_sample_times", [s.t for s in self.os_lock_samples])
 
     @property
     def is_wal(self) -> bool:
@@ -257,6 +299,12 @@ class Timeline:
 
     def busy_errors(self) -> list[BusyWait]:
         return [w for w in self.waits if w.failed]
+
+    def os_samples_of(self, wait: BusyWait) -> list[OsLockSample]:
+        """The OS lock table samples taken during this wait (or right after it failed)."""
+        return [
+            s for s in self.os_lock_samples if s.conn == wait.waiter.conn and s.call_t0 == wait.t0
+        ]
 
 
 class _SpanIndex:

@@ -16,6 +16,8 @@ from sqlite_lockprobe.diagnose.model import (
     ConnectionInfo,
     IdleGap,
     LockHold,
+    OsLock,
+    OsLockSample,
     Timeline,
     WalSample,
 )
@@ -91,6 +93,9 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
     calls: list[Call] = []
     waits: list[BusyWait] = []
     wal: list[WalSample] = []
+    samples: list[OsLockSample] = []
+    last_call_t0: dict[str, int] = {}
+    pids: set[int] = set()
     last_t = 0
     for event in events:
         kind = event["k"]
@@ -101,6 +106,7 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
                 continue  # a call on a connection opened before recording began
             call = _call(event, state.info, workers)
             calls.append(call)
+            last_call_t0[call.conn] = call.t0
             wait = _busy_wait(call, state)
             if wait is not None:
                 waits.append(wait)
@@ -115,6 +121,7 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
                 journal_mode=(event.get("journal_mode") or "").lower(),
                 instrumented=bool(event.get("instrumented")),
             )
+            pids.add(info.pid)
             # `run` records every sleep/await/wait step: idle time in a hold that no step
             # explains is then known to be scheduling delay.
             conns[info.conn] = _ConnState(info, str(meta.get("source", "")).startswith("run "))
@@ -124,6 +131,21 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
                 _end_txn(state, int(event["t"]), "close")
         elif kind == "worker":
             workers[event["worker"]] = event
+            if event.get("pid"):
+                pids.add(int(event["pid"]))
+        elif kind == "holders":
+            conn = event.get("conn") or ""
+            samples.append(
+                OsLockSample(
+                    t=int(event["t"]),
+                    conn=conn,
+                    call_t0=last_call_t0.get(conn),
+                    source=event.get("source") or "unavailable",
+                    locks=_os_locks(list(event.get("locks") or ())),
+                    note=event.get("note"),
+                    db=event.get("db"),
+                )
+            )
         elif kind == "idle":
             state = conns.get(event.get("conn") or "")
             if state is not None:
@@ -141,6 +163,8 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
             )
         elif kind == "meta":
             meta = event
+            if event.get("pid"):
+                pids.add(int(event["pid"]))
     for state in conns.values():
         _end_txn(state, last_t, "end-of-run")
     holds = [h for s in conns.values() for h in s.closed_holds]
@@ -158,6 +182,52 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
         page_size=int(meta.get("page_size") or 4096),
         wal_autocheckpoint=int(meta.get("wal_autocheckpoint") or 1000),
         reduced_detail=any(not i.instrumented for i in infos.values()),
+        os_lock_samples=tuple(sorted(samples, key=lambda s: s.t)),
+        recorded_pids=frozenset(pids),
+        conn_databases=_conn_databases(samples, infos),
+    )
+
+
+def _conn_databases(
+    samples: list[OsLockSample], infos: dict[str, ConnectionInfo]
+) -> dict[str, str]:
+    """Which database file each connection used, from its own lock-table readings; where all
+    readings are of one file (`run` uses one), every connection gets that file."""
+    found = {s.conn: s.db for s in samples if s.db}
+    files = set(found.values())
+    if len(files) == 1:
+        only = files.pop()
+        for conn in infos:
+            found.setdefault(conn, only)
+    return found
+
+
+def _os_locks(raws: list[dict[str, Any]]) -> tuple[OsLock, ...]:
+    """A sample's locks; the probe describes each process on its first lock only."""
+    about: dict[Any, dict[str, Any]] = {}
+    locks = []
+    for raw in raws:
+        known = about.setdefault(raw.get("pid"), {})
+        for key in ("name", "cmdline", "uid", "user"):
+            if raw.get(key) is not None:
+                known.setdefault(key, raw[key])
+    for raw in raws:
+        locks.append(_os_lock({**about.get(raw.get("pid"), {}), **raw}))
+    return tuple(locks)
+
+
+def _os_lock(raw: dict[str, Any]) -> OsLock:
+    cmdline = raw.get("cmdline")
+    pid = raw.get("pid")
+    return OsLock(
+        pid=int(pid) if pid is not None else None,
+        file=str(raw.get("file") or "db"),
+        name=str(raw.get("lock") or "?"),
+        kind=str(raw.get("kind") or "read"),
+        process_name=raw.get("name"),
+        cmdline=tuple(str(a) for a in cmdline) if cmdline else None,
+        user=raw.get("user"),
+        uid=raw.get("uid"),
     )
 
 

@@ -14,6 +14,7 @@ from sqlite_lockprobe.probe import ConnectionProbe, Emit, error_codes
 
 _ISOLATION = {"deferred": "DEFERRED", "immediate": "IMMEDIATE", "exclusive": "EXCLUSIVE"}
 _conn_numbers = itertools.count(1)
+SQLITE_BUSY = 5
 _SETUP_TIMEOUT_MS = 5000
 
 
@@ -103,6 +104,7 @@ class Session:
     def _call(self, worker: str, task: str | None, op: str, sql: str, params: Any) -> bool:
         probe = self.probe
         busy_before = probe.busy_calls if probe else 0
+        samples_before = probe.holder_samples if probe else 0
         err = ext = msg = None
         t0 = time.monotonic_ns()
         try:
@@ -119,6 +121,8 @@ class Session:
             t1 = time.monotonic_ns()
             msg = str(exc)
             err, ext = probe.error_codes(exc) if probe is not None else error_codes(exc)
+            if err == SQLITE_BUSY and probe is not None and probe.holder_samples == samples_before:
+                probe.sample_after_failure()  # refused without a wait: who holds it now?
         else:
             t1 = time.monotonic_ns()
         stmts = probe.take_statements() if probe else ()

@@ -19,6 +19,8 @@ from sqlite_lockprobe.diagnose.model import (
     ConnectionInfo,
     IdleGap,
     LockHold,
+    OsLock,
+    OsLockSample,
     Timeline,
     WalSample,
 )
@@ -57,6 +59,7 @@ class TimelineBuilder:
         self.write_holds: list[LockHold] = []
         self.read_holds: list[LockHold] = []
         self.wal_samples: list[WalSample] = []
+        self.os_samples: list[OsLockSample] = []
 
     def conn(
         self,
@@ -210,6 +213,37 @@ class TimelineBuilder:
     ) -> None:
         self.wal_samples.append(WalSample(ns(t_ms), wal_bytes, mx_frame, backfilled))
 
+    def os_sample(
+        self,
+        wait: BusyWait,
+        t_ms: float,
+        *locks: tuple[int, str],
+        source: str = "/proc/locks",
+        name: str | None = "sqlite3",
+        cmdline: tuple[str, ...] | None = ("sqlite3", "app.db"),
+    ) -> OsLockSample:
+        """The OS lock table seen during `wait`: (pid, lock name) pairs."""
+        sample = OsLockSample(
+            t=ns(t_ms),
+            conn=wait.waiter.conn,
+            call_t0=wait.t0,
+            source=source,
+            locks=tuple(
+                OsLock(
+                    pid=pid,
+                    file="shm" if lock.startswith("WAL_") else "db",
+                    name=lock,
+                    kind="read" if lock == "SHARED" or lock.startswith("WAL_READ") else "write",
+                    process_name=name,
+                    cmdline=cmdline,
+                    user="alice",
+                )
+                for pid, lock in locks
+            ),
+        )
+        self.os_samples.append(sample)
+        return sample
+
     def build(self) -> Timeline:
         def by_time(span: LockHold | BusyWait | Call) -> tuple[int, int, str]:
             actor = (
@@ -230,4 +264,6 @@ class TimelineBuilder:
             page_size=self.page_size,
             wal_autocheckpoint=self.wal_autocheckpoint,
             reduced_detail=self.reduced_detail,
+            os_lock_samples=tuple(sorted(self.os_samples, key=lambda s: s.t)),
+            recorded_pids=frozenset(c.pid for c in self.connections.values()),
         )

@@ -10,6 +10,7 @@ from .builders import TimelineBuilder
 PATTERN_IDS = (
     "upgrade-deadlock",
     "self-deadlock",
+    "external-holder",
     "no-busy-timeout",
     "reader-blocks-writer",
     "long-write-transaction",
@@ -64,6 +65,10 @@ def everything():
         tl.write_hold(c, 30_000 + i * 40, 30_000 + i * 40 + 30)
     starved = tl.conn("starved", timeout_ms=1000)
     tl.wait(starved, 30_010, 31_010, failed=True, handler_calls=30)
+    # external-holder: nobody recorded holds the lock; pid 4242 does.
+    ext = tl.conn("ext", timeout_ms=1000)
+    outside = tl.wait(ext, 40_000, 41_000, failed=True, handler_calls=20)
+    tl.os_sample(outside, 40_008, (4242, "RESERVED"))
     return tl
 
 
@@ -97,6 +102,7 @@ def test_each_problem_is_reported_once_under_its_cause():
     assert long_write.facts["blocked_waits"] == 1  # lw only: s2 is the self-deadlock
     assert long_write.facts["worst"]["waiter_conn"] == "lw"
     assert by_pattern["write-convoy"].facts["timed_out_waits"] == 1
+    assert by_pattern["external-holder"].facts["holder"]["pid"] == 4242
 
 
 def test_findings_are_sorted_most_harmful_first():
