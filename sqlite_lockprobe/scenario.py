@@ -27,7 +27,20 @@ BEGIN_MODES = ("deferred", "immediate", "exclusive")
 KINDS = ("thread", "process", "coroutine")
 CONNECTION_POLICIES = ("per-worker", "shared", "per-iteration")
 ON_ERROR = ("rollback", "continue", "stop")
-STEP_ACTIONS = ("begin", "read", "write", "sleep", "commit", "rollback", "signal", "wait")
+STEP_ACTIONS = (
+    "begin",
+    "read",
+    "write",
+    "open_read",
+    "close_reads",
+    "sleep",
+    "commit",
+    "rollback",
+    "signal",
+    "wait",
+)
+# Steps with SQL, compiled with EXPLAIN before the run.
+SQL_ACTIONS = ("read", "write", "open_read")
 
 # Refuse sizes that would only exhaust the machine; a real reproduction never needs more.
 MAX_WORKERS_PER_GROUP = 5000
@@ -39,8 +52,10 @@ MAX_SECONDS = 3600.0
 
 @dataclass(frozen=True)
 class Step:
-    """One thing a worker does: `sql` for read/write, `seconds` for sleep, `mode` for begin,
-    `event` for signal/wait (a name; "done:GROUP" is set when every worker of GROUP ended)."""
+    """One thing a worker does: `sql` for read/write/open_read, `seconds` for sleep, `mode` for
+    begin, `event` for signal/wait (a name; "done:GROUP" is set when every worker of GROUP
+    ended). open_read steps a query once and keeps its cursor open (an unfinished statement)
+    until close_reads or the end of the pass."""
 
     action: str
     sql: str | None = None
@@ -49,7 +64,7 @@ class Step:
     event: str | None = None
 
     def describe(self) -> str:
-        if self.action in ("read", "write"):
+        if self.action in SQL_ACTIONS:
             return f"{self.action} {self.sql}"
         if self.action == "sleep":
             return f"sleep {self.seconds}s"
@@ -72,6 +87,7 @@ class DatabaseSettings:
     wal_autocheckpoint: int | None = None
     schema: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()
+    shared_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,6 +285,7 @@ class _Validator:
             "wal_autocheckpoint",
             "schema",
             "setup",
+            "shared_cache",
         )
         self.no_unknown(t, "database", allowed)
         return DatabaseSettings(
@@ -295,6 +312,7 @@ class _Validator:
             ),
             schema=self.sql_list(t.get("schema", []), "database.schema"),
             setup=self.sql_list(t.get("setup", []), "database.setup"),
+            shared_cache=self.boolean(t.get("shared_cache", False), "database.shared_cache"),
         )
 
     def group(self, raw: Any, key: str) -> Group:
@@ -390,7 +408,7 @@ class _Validator:
         action = actions[0]
         value = t[action]
         where = f"{key}.{action}"
-        if action in ("read", "write"):
+        if action in SQL_ACTIONS:
             sql = self.string(value, where).strip()
             if not sql:
                 raise self.fail(where, "expected an SQL statement")
@@ -401,7 +419,7 @@ class _Validator:
             if value is True:
                 return Step(action=action)
             return Step(action=action, mode=self.choice(value, where, BEGIN_MODES))
-        if action in ("commit", "rollback"):
+        if action in ("commit", "rollback", "close_reads"):
             if value is not True:
                 raise self.fail(where, "expected true")
             return Step(action=action)

@@ -329,3 +329,60 @@ def schedule_elsewhere() -> Advice:
             "pragma": "-- see who holds which lock right now: lockprobe inspect app.db",
         },
     )
+
+
+def no_shared_cache() -> Advice:
+    return Advice(
+        text=(
+            "Do not use shared cache (`cache=shared`; SQLite itself discourages it): its table "
+            "locks fail at once with SQLITE_LOCKED, which no busy_timeout covers. For an "
+            "in-memory database shared between threads use one connection for all of them, or "
+            "a temporary file (each connection then has its own cache and waits normally)."
+        ),
+        snippets={
+            "sqlite3": (
+                "import tempfile\n\n"
+                "# a temporary file instead of file::memory:?cache=shared\n"
+                'path = tempfile.NamedTemporaryFile(suffix=".db", delete=False).name\n'
+                "conn = sqlite3.connect(path, timeout=5.0)"
+            ),
+            "django": (
+                "# settings for tests: a file-based test database instead of the shared-cache\n"
+                "# in-memory one (LiveServerTestCase and threads then wait instead of failing)\n"
+                'DATABASES["default"]["TEST"] = {"NAME": "test_db.sqlite3"}'
+            ),
+            "sqlalchemy": (
+                "from sqlalchemy.pool import StaticPool\n\n"
+                "# one connection shared by every thread for an in-memory database\n"
+                'engine = create_engine("sqlite://", poolclass=StaticPool,\n'
+                '                       connect_args={"check_same_thread": False})'
+            ),
+            "pragma": (
+                "-- open the database without ?cache=shared\n"
+                "-- (and never call sqlite3_enable_shared_cache(1))"
+            ),
+        },
+    )
+
+
+def finish_cursors() -> Advice:
+    return Advice(
+        text=(
+            "Exhaust or close every cursor before writing to its table or running DDL: an "
+            "unfinished SELECT keeps its table (and on its own connection, DROP TABLE) locked. "
+            "Fetch all rows first (`fetchall()`), or close the cursor when you stop early."
+        ),
+        snippets={
+            "sqlite3": (
+                'rows = conn.execute("SELECT id FROM item").fetchall()  # finished at once\n'
+                'cur = conn.execute("SELECT id FROM item")\n'
+                "first = cur.fetchone()\n"
+                "cur.close()  # stopped early: close it before the next write or DDL\n"
+                'conn.execute("DROP TABLE old_item")'
+            ),
+            "django": (
+                "# materialise querysets before writing in the same request/test:\n"
+                "ids = list(Item.objects.values_list('id', flat=True))"
+            ),
+        },
+    )

@@ -38,6 +38,7 @@ PRECEDENCE = (
     "long-write-transaction",
     "write-convoy",
     "checkpoint-starvation",
+    "table-locked",
 )
 
 # A wait that succeeded is only a problem when it used a good part of its busy_timeout (half),

@@ -16,6 +16,7 @@ from sqlite_lockprobe.diagnose import (
     no_busy_timeout,
     reader_blocks_writer,
     self_deadlock,
+    table_locked,
     upgrade_deadlock,
     write_convoy,
 )
@@ -33,6 +34,7 @@ DETECTORS: dict[str, Detector] = {
     long_write_transaction.PATTERN: long_write_transaction.detect,
     write_convoy.PATTERN: write_convoy.detect,
     checkpoint_starvation.PATTERN: checkpoint_starvation.detect,
+    table_locked.PATTERN: table_locked.detect,
 }
 
 

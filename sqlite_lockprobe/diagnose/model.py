@@ -205,6 +205,23 @@ class WalSample:
 
 
 @dataclass(frozen=True)
+class OpenStatement:
+    """A statement left unfinished between calls: a cursor stepped but not exhausted or closed
+    (`run`'s open_read steps). While open it holds its read: a SHARED lock or WAL snapshot
+    and, in a shared cache, a read lock on its tables (btree.c querySharedCacheTableLock); on
+    its own connection it blocks DROP TABLE (vdbe.c OP_Destroy)."""
+
+    holder: Actor
+    sql: str
+    t0: int
+    t1: int
+    closed_by: str  # "cursor closed", "connection closed", "end-of-run"
+
+    def open_at(self, t: int) -> bool:
+        return self.t0 <= t < self.t1
+
+
+@dataclass(frozen=True)
 class OsLock:
     """One SQLite lock a process held, as the OS lock table showed it during a wait. The OS
     names processes, never connections (POSIX locks are per process). Process details come
@@ -258,6 +275,7 @@ class Timeline:
     os_lock_samples: tuple[OsLockSample, ...] = ()
     recorded_pids: frozenset[int] = frozenset()
     conn_databases: dict[str, str] = field(default_factory=dict)
+    open_statements: tuple[OpenStatement, ...] = ()
     _hold_starts: list[int] = field(default_factory=list, repr=False, compare=False)
     _write_index: _SpanIndex = field(init=False, repr=False, compare=False)
     _read_index: _SpanIndex = field(init=False, repr=False, compare=False)
@@ -299,6 +317,10 @@ class Timeline:
 
     def busy_errors(self) -> list[BusyWait]:
         return [w for w in self.waits if w.failed]
+
+    def open_statements_at(self, t: int) -> list[OpenStatement]:
+        """Statements left unfinished at moment t, on any connection."""
+        return [s for s in self.open_statements if s.open_at(t)]
 
     def os_samples_of(self, wait: BusyWait) -> list[OsLockSample]:
         """The OS lock table samples taken during this wait (or right after it failed)."""

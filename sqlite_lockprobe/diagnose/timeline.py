@@ -16,6 +16,7 @@ from sqlite_lockprobe.diagnose.model import (
     ConnectionInfo,
     IdleGap,
     LockHold,
+    OpenStatement,
     OsLock,
     OsLockSample,
     Timeline,
@@ -83,6 +84,26 @@ class _ConnState:
     read: _OpenHold | None = None
     implicit_txn: bool = False
     closed_holds: list[LockHold] = field(default_factory=list)
+    open_cursors: list[tuple[Actor, str, int]] = field(default_factory=list)
+    closed_cursors: list[OpenStatement] = field(default_factory=list)
+
+    def track_cursor(self, call: Call) -> None:
+        """open_read leaves a statement unfinished; close_read ends the oldest with its SQL."""
+        if call.op == "open_read" and call.error is None:
+            self.open_cursors.append((call.actor, call.sql, call.t1))
+        elif call.op == "close_read":
+            for i, (actor, sql, t0) in enumerate(self.open_cursors):
+                if sql == call.sql:
+                    del self.open_cursors[i]
+                    self.closed_cursors.append(
+                        OpenStatement(actor, sql, t0, call.t1, "cursor closed")
+                    )
+                    break
+
+    def end_cursors(self, t: int, closed_by: str) -> None:
+        for actor, sql, t0 in self.open_cursors:
+            self.closed_cursors.append(OpenStatement(actor, sql, t0, max(t, t0), closed_by))
+        self.open_cursors.clear()
 
 
 def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
@@ -111,6 +132,7 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
             if wait is not None:
                 waits.append(wait)
             _advance(state, call)
+            state.track_cursor(call)
         elif kind == "open":
             info = ConnectionInfo(
                 conn=event["conn"],
@@ -129,6 +151,7 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
             state = conns.get(event["conn"])
             if state is not None:
                 _end_txn(state, int(event["t"]), "close")
+                state.end_cursors(int(event["t"]), "connection closed")
         elif kind == "worker":
             workers[event["worker"]] = event
             if event.get("pid"):
@@ -167,6 +190,7 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
                 pids.add(int(event["pid"]))
     for state in conns.values():
         _end_txn(state, last_t, "end-of-run")
+        state.end_cursors(last_t, "end-of-run")
     holds = [h for s in conns.values() for h in s.closed_holds]
     holds.sort(key=lambda h: (h.t0, h.t1, h.holder.conn))
     infos = {c: s.info for c, s in conns.items()}
@@ -185,6 +209,12 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
         os_lock_samples=tuple(sorted(samples, key=lambda s: s.t)),
         recorded_pids=frozenset(pids),
         conn_databases=_conn_databases(samples, infos),
+        open_statements=tuple(
+            sorted(
+                (c for st in conns.values() for c in st.closed_cursors),
+                key=lambda c: (c.t0, c.holder.conn),
+            )
+        ),
     )
 
 
@@ -335,6 +365,8 @@ def _new_hold(
 
 def _inferred_statements(call: Call) -> tuple[str, ...]:
     """Without the trace hook, the statements are the call's own SQL."""
+    if call.op == "close_read":
+        return ()  # closing a cursor runs no statement
     if call.op == "commit":
         return ("COMMIT",)
     if call.op == "rollback":

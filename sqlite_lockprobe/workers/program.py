@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlite_lockprobe.probe import Emit
-from sqlite_lockprobe.scenario import Group, Scenario
+from sqlite_lockprobe.scenario import SQL_ACTIONS, Group, Scenario
 from sqlite_lockprobe.workers.session import ConnectionSpec, Session
 
 
@@ -49,6 +49,7 @@ class RunControl:
             synchronous=self.scenario.database.synchronous,
             wal_autocheckpoint=self.scenario.database.wal_autocheckpoint,
             instrument=self.instrument,
+            shared_cache=self.scenario.database.shared_cache,
         )
 
     def worker_finished(self, group: str) -> None:
@@ -135,6 +136,8 @@ def worker_program(
         stop_worker = yield from _one_pass(
             control, group, name, session, params, deadline, emit, stats
         )
+        if session.open_reads:  # open_read cursors last until close_reads or the pass's end
+            yield Call(session, "close_reads", "", ())
         stats.iterations += 1
         if group.connection == "per-iteration" and session is not shared:
             yield Close(session)
@@ -186,9 +189,11 @@ def _one_pass(
             op, sql = "begin", f"BEGIN {step.mode.upper()}" if step.mode else "BEGIN"
         elif action in ("commit", "rollback"):
             op, sql = action, action.upper()
+        elif action == "close_reads":
+            op, sql = action, ""
         else:
             op, sql = action, step.sql or ""
-        ok = yield Call(session, op, sql, params if action in ("read", "write") else ())
+        ok = yield Call(session, op, sql, params if action in SQL_ACTIONS else ())
         stats.ops += 1
         if ok:
             continue

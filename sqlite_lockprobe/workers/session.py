@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlite_lockprobe.probe import ConnectionProbe, Emit, error_codes
@@ -35,6 +36,14 @@ class ConnectionSpec:
     synchronous: str | None = None
     wal_autocheckpoint: int | None = None
     instrument: bool = True
+    shared_cache: bool = False
+
+    def connect_target(self) -> tuple[str, bool]:
+        """What to pass to sqlite3.connect, and whether it is a URI: with shared_cache, every
+        connection of a process opens the file through one shared cache (`cache=shared`)."""
+        if not self.shared_cache:
+            return self.db_path, False
+        return f"{Path(self.db_path).resolve().as_uri()}?cache=shared", True
 
     def connection_pragmas(self) -> list[str]:
         """Per-connection settings (synchronous and wal_autocheckpoint are not persistent)."""
@@ -57,13 +66,17 @@ class Session:
         self.emit = emit
         self.conn_id = f"c{os.getpid()}.{next(_conn_numbers)}"
         self._lock = threading.RLock() if shared else None
+        # Cursors of open_read steps, kept unfinished until close_reads: (cursor, sql).
+        self.open_reads: list[tuple[sqlite3.Cursor, str]] = []
         pragmas = spec.connection_pragmas()
         # Setting up the connection is the harness's job, not the workload's: some pragmas
         # read the schema, which takes a read lock, so they wait politely (5 s) even when
         # the scenario's own busy timeout is 0; the scenario's timeout is applied after.
         setup_ms = max(spec.timeout_ms, _SETUP_TIMEOUT_MS) if pragmas else spec.timeout_ms
+        target, uri = spec.connect_target()
         self.conn = sqlite3.connect(
-            spec.db_path,
+            target,
+            uri=uri,
             timeout=setup_ms / 1000,
             isolation_level=isolation_level(spec.transaction_mode),
             check_same_thread=False,
@@ -102,6 +115,23 @@ class Session:
             return self._call(worker, task, op, sql, params)
 
     def _call(self, worker: str, task: str | None, op: str, sql: str, params: Any) -> bool:
+        if op == "close_reads":
+            ok = True
+            while self.open_reads:
+                cursor, read_sql = self.open_reads.pop(0)
+                ok = self._record(worker, task, "close_read", read_sql, (), cursor) and ok
+            return ok
+        return self._record(worker, task, op, sql, params)
+
+    def _record(
+        self,
+        worker: str,
+        task: str | None,
+        op: str,
+        sql: str,
+        params: Any,
+        cursor: sqlite3.Cursor | None = None,
+    ) -> bool:
         probe = self.probe
         busy_before = probe.busy_calls if probe else 0
         samples_before = probe.holder_samples if probe else 0
@@ -112,6 +142,14 @@ class Session:
                 self.conn.commit()
             elif op == "rollback":
                 self.conn.rollback()
+            elif op == "close_read" and cursor is not None:
+                cursor.close()
+            elif op == "open_read":
+                # One step of the query: the statement stays unfinished, holding its read
+                # (a SHARED lock or WAL snapshot; in a shared cache, a read lock on the table).
+                opened = self.conn.execute(sql, params)
+                opened.fetchone()
+                self.open_reads.append((opened, sql))
             else:
                 cursor = self.conn.execute(sql, params)
                 if op == "read":

@@ -13,12 +13,14 @@ from __future__ import annotations
 from sqlite_lockprobe.diagnose.model import (
     NS_PER_MS,
     SQLITE_BUSY,
+    SQLITE_LOCKED,
     Actor,
     BusyWait,
     Call,
     ConnectionInfo,
     IdleGap,
     LockHold,
+    OpenStatement,
     OsLock,
     OsLockSample,
     Timeline,
@@ -60,6 +62,7 @@ class TimelineBuilder:
         self.read_holds: list[LockHold] = []
         self.wal_samples: list[WalSample] = []
         self.os_samples: list[OsLockSample] = []
+        self.open_statements: list[OpenStatement] = []
 
     def conn(
         self,
@@ -213,6 +216,37 @@ class TimelineBuilder:
     ) -> None:
         self.wal_samples.append(WalSample(ns(t_ms), wal_bytes, mx_frame, backfilled))
 
+    def locked(
+        self,
+        actor: Actor,
+        t_ms: float,
+        sql: str,
+        message: str = "database table is locked",
+        ext: int | None = SQLITE_LOCKED,
+    ) -> Call:
+        """A call that failed at once with SQLITE_LOCKED (ext 262: in a shared cache)."""
+        call = Call(
+            actor=actor,
+            t0=ns(t_ms),
+            t1=ns(t_ms + 0.1),
+            op="execute",
+            sql=sql,
+            statements=(sql,),
+            error=SQLITE_LOCKED,
+            ext_error=ext,
+            message=message,
+        )
+        self.calls.append(call)
+        return call
+
+    def open_statement(
+        self, actor: Actor, sql: str, t0_ms: float, t1_ms: float, closed_by: str = "cursor closed"
+    ) -> OpenStatement:
+        """A cursor left unfinished from t0 to t1 (an open_read step)."""
+        statement = OpenStatement(actor, sql, ns(t0_ms), ns(t1_ms), closed_by)
+        self.open_statements.append(statement)
+        return statement
+
     def os_sample(
         self,
         wait: BusyWait,
@@ -266,4 +300,5 @@ class TimelineBuilder:
             reduced_detail=self.reduced_detail,
             os_lock_samples=tuple(sorted(self.os_samples, key=lambda s: s.t)),
             recorded_pids=frozenset(c.pid for c in self.connections.values()),
+            open_statements=tuple(sorted(self.open_statements, key=lambda s: s.t0)),
         )

@@ -18,6 +18,8 @@ ALL_ADVICE = {
     "close_external_holder": advice.close_external_holder(),
     "read_only_tools": advice.read_only_tools(),
     "schedule_elsewhere": advice.schedule_elsewhere(),
+    "no_shared_cache": advice.no_shared_cache(),
+    "finish_cursors": advice.finish_cursors(),
 }
 AUTOMATIC = {"begin_immediate", "busy_timeout", "stopgap", "wal_mode", "synchronous_normal"}
 

@@ -16,6 +16,7 @@ PATTERN_IDS = (
     "long-write-transaction",
     "write-convoy",
     "checkpoint-starvation",
+    "table-locked",
 )
 
 
@@ -69,6 +70,10 @@ def everything():
     ext = tl.conn("ext", timeout_ms=1000)
     outside = tl.wait(ext, 40_000, 41_000, failed=True, handler_calls=20)
     tl.os_sample(outside, 40_008, (4242, "RESERVED"))
+    # table-locked: a shared-cache reader and a writer of the same table.
+    reader, writer = tl.conn("sc-reader"), tl.conn("sc-writer")
+    tl.open_statement(reader, "SELECT * FROM item", 50_000, 50_010)
+    tl.locked(writer, 50_005, "INSERT INTO item VALUES (1)", "database table is locked: item", 262)
     return tl
 
 
@@ -103,6 +108,7 @@ def test_each_problem_is_reported_once_under_its_cause():
     assert long_write.facts["worst"]["waiter_conn"] == "lw"
     assert by_pattern["write-convoy"].facts["timed_out_waits"] == 1
     assert by_pattern["external-holder"].facts["holder"]["pid"] == 4242
+    assert by_pattern["table-locked"].facts["tables"] == ["item"]
 
 
 def test_findings_are_sorted_most_harmful_first():
