@@ -32,6 +32,8 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
         "sqlite",
         "platform",
     ),
+    # The filesystem the database lives on (network_reason set: NFS, SMB, 9p, remote FUSE...).
+    "filesystem": ("t", "db", "type", "mount_point", "source", "network_reason"),
     # A worker (thread, process or asyncio task) started; identity of who does the calls.
     "worker": ("t", "worker", "group", "kind", "pid", "thread", "task"),
     # A connection was opened and (maybe) instrumented.

@@ -1,12 +1,19 @@
 """Which filesystem a database lives on, and whether SQLite's locking can be trusted there.
-Standard library only: run, trace and inspect all warn about network filesystems with it.
+Standard library only: run, trace and inspect all warn about network filesystems with it
+(`filesystem_warning(path)` gives the finding; `filesystem_event(path)` records the fact).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
+
+from sqlite_lockprobe.findings import Advice, Finding
+
+MOUNTINFO = "/proc/self/mountinfo"
+NETWORK_FILESYSTEM = "network-filesystem"
 
 # Filesystems where SQLite's POSIX locks are unreliable: locks are not seen by other machines, are
 # emulated by a server, or are dropped (SMB "nobrl", Docker Desktop bind mounts). See
@@ -127,7 +134,7 @@ class Filesystem:
         }
 
 
-def filesystem_of(path: str, mountinfo_path: str = "/proc/self/mountinfo") -> Filesystem:
+def filesystem_of(path: str, mountinfo_path: str = MOUNTINFO) -> Filesystem:
     try:
         with open(mountinfo_path, encoding="utf-8", errors="surrogateescape") as handle:
             entries = parse_mountinfo(handle.read())
@@ -138,3 +145,71 @@ def filesystem_of(path: str, mountinfo_path: str = "/proc/self/mountinfo") -> Fi
         return Filesystem("unknown", None, None, None)
     reason = network_filesystem_reason(entry.fstype)
     return Filesystem(entry.fstype, entry.mount_point, entry.source, reason)
+
+
+def database_filesystem(db_path: str, mountinfo_path: str = MOUNTINFO) -> Filesystem:
+    """The filesystem of a database file, or of its directory while the file does not exist
+    yet: SQLite creates the -wal, -shm and -journal next to it. A network one wins when the
+    file and its directory differ (a file bind-mounted into a local directory)."""
+    directory = os.path.dirname(os.path.abspath(db_path)) or "/"
+    candidates = [directory]
+    if os.path.exists(db_path):
+        candidates.insert(0, db_path)
+    found = [filesystem_of(path, mountinfo_path) for path in candidates]
+    return next((fs for fs in found if fs.is_network), found[0])
+
+
+def network_filesystem_finding(db_path: str, fs: Filesystem, wal: bool = False) -> Finding | None:
+    """The `network-filesystem` warning for a database on `fs`, or None when `fs` is local."""
+    if not fs.is_network:
+        return None
+    evidence = [f"{db_path} is on {fs.fstype} mounted at {fs.mount_point}: {fs.network_reason}"]
+    if wal:
+        evidence.append(
+            "the database is in WAL mode, whose -shm shared memory only works for processes on "
+            "one host (wal.html: WAL does not work over a network filesystem)"
+        )
+    return Finding(
+        pattern=NETWORK_FILESYSTEM,
+        title=f"The database is on a network filesystem ({fs.fstype})",
+        severity="warning",
+        confidence="high",
+        explanation=(
+            "SQLite's locking relies on POSIX advisory locks that every process using the file "
+            "sees. On network filesystems locks may be emulated, dropped or not shared between "
+            "machines: the result is 'database is locked' with no visible holder, or corruption."
+        ),
+        evidence=tuple(evidence),
+        advice=(
+            Advice(
+                "Keep the database on a local filesystem (a Docker named volume rather than a "
+                "bind mount from the host; a local disk rather than NFS or SMB)."
+            ),
+            Advice(
+                "If several machines need the data, let one process on one machine own the "
+                "database and serve the others, or use a client/server database."
+            ),
+        ),
+        facts={"fstype": fs.fstype, "mount_point": fs.mount_point, "source": fs.source},
+    )
+
+
+def filesystem_warning(
+    db_path: str, wal: bool = False, mountinfo_path: str = MOUNTINFO
+) -> Finding | None:
+    """The network-filesystem finding for a database path, or None on a local filesystem."""
+    return network_filesystem_finding(db_path, database_filesystem(db_path, mountinfo_path), wal)
+
+
+def filesystem_event(db_path: str, mountinfo_path: str = MOUNTINFO) -> tuple[Any, ...]:
+    """A "filesystem" event (events.py) recording where the database lives."""
+    fs = database_filesystem(db_path, mountinfo_path)
+    return (
+        "filesystem",
+        time.monotonic_ns(),
+        os.path.abspath(db_path),
+        fs.fstype,
+        fs.mount_point,
+        fs.source,
+        fs.network_reason,
+    )

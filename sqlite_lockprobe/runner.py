@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlite_lockprobe.errors import LockprobeError
 from sqlite_lockprobe.events import EventRecorder, merge_events, read_events
+from sqlite_lockprobe.filesystems import filesystem_event
 from sqlite_lockprobe.preparation import copy_database, prepare_database
 from sqlite_lockprobe.scenario import Scenario, event_names
 from sqlite_lockprobe.walsampler import WalSampler
@@ -72,8 +73,11 @@ def run_scenario(
         settings = prepare_database(scenario, db_path)
         if on_prepared is not None:
             on_prepared(db_path)
+        # Where the database lives: the file the run uses, and the user's --db when the run
+        # works on a copy of it (its filesystem is the one the application would meet).
+        places = [db_path] + ([Path(db)] if db is not None and Path(db) != db_path else [])
         return _execute(
-            scenario, db_path, note, settings, workdir, instrument, progress, wait_limit_s
+            scenario, db_path, note, settings, workdir, instrument, progress, wait_limit_s, places
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -103,6 +107,7 @@ def _execute(
     instrument: bool,
     progress: Callable[[Progress], None] | None,
     wait_limit_s: float | None,
+    places: list[Path],
 ) -> RunResult:
     recorder = EventRecorder(None)
     emit = recorder.emit
@@ -121,6 +126,8 @@ def _execute(
             sys.platform,
         )
     )
+    for place in places:
+        emit(filesystem_event(str(place)))
     control = RunControl(
         scenario=scenario,
         db_path=str(db_path),

@@ -12,8 +12,8 @@ pattern earlier in PRECEDENCE does, so every detector stays correct when run alo
 5. reader-blocks-writer: rollback-journal COMMIT waiting for other connections' SHARED locks.
 6. long-write-transaction: one holder held the write lock for most of the wait.
 7. write-convoy: failed waits behind many short holders.
-table-locked (SQLITE_LOCKED) and checkpoint-starvation (the -wal file) are not busy waits and
-overlap with nothing.
+table-locked (SQLITE_LOCKED), checkpoint-starvation (the -wal file) and network-filesystem
+(where the file lives) are not about busy waits and overlap with nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ PRECEDENCE = (
     "write-convoy",
     "checkpoint-starvation",
     "table-locked",
+    "network-filesystem",
 )
 
 # A wait that succeeded is only a problem when it used a good part of its busy_timeout (half),

@@ -13,6 +13,7 @@ from sqlite_lockprobe.diagnose import (
     checkpoint_starvation,
     external_holder,
     long_write_transaction,
+    network_filesystem,
     no_busy_timeout,
     reader_blocks_writer,
     self_deadlock,
@@ -35,6 +36,7 @@ DETECTORS: dict[str, Detector] = {
     write_convoy.PATTERN: write_convoy.detect,
     checkpoint_starvation.PATTERN: checkpoint_starvation.detect,
     table_locked.PATTERN: table_locked.detect,
+    network_filesystem.PATTERN: network_filesystem.detect,
 }
 
 

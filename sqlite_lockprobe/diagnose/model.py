@@ -222,6 +222,17 @@ class OpenStatement:
 
 
 @dataclass(frozen=True)
+class DatabaseFilesystem:
+    """Where a database file lives, as recorded when the run or trace began."""
+
+    db: str
+    fstype: str
+    mount_point: str | None
+    source: str | None
+    network_reason: str | None
+
+
+@dataclass(frozen=True)
 class OsLock:
     """One SQLite lock a process held, as the OS lock table showed it during a wait. The OS
     names processes, never connections (POSIX locks are per process). Process details come
@@ -276,6 +287,7 @@ class Timeline:
     recorded_pids: frozenset[int] = frozenset()
     conn_databases: dict[str, str] = field(default_factory=dict)
     open_statements: tuple[OpenStatement, ...] = ()
+    filesystems: tuple[DatabaseFilesystem, ...] = ()
     _hold_starts: list[int] = field(default_factory=list, repr=False, compare=False)
     _write_index: _SpanIndex = field(init=False, repr=False, compare=False)
     _read_index: _SpanIndex = field(init=False, repr=False, compare=False)

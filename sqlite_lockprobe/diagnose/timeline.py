@@ -14,6 +14,7 @@ from sqlite_lockprobe.diagnose.model import (
     BusyWait,
     Call,
     ConnectionInfo,
+    DatabaseFilesystem,
     IdleGap,
     LockHold,
     OpenStatement,
@@ -115,6 +116,7 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
     waits: list[BusyWait] = []
     wal: list[WalSample] = []
     samples: list[OsLockSample] = []
+    filesystems: dict[str, DatabaseFilesystem] = {}
     last_call_t0: dict[str, int] = {}
     pids: set[int] = set()
     last_t = 0
@@ -184,6 +186,18 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
                     event.get("backfilled"),
                 )
             )
+        elif kind == "filesystem":
+            db = str(event.get("db") or "")
+            filesystems.setdefault(
+                db,
+                DatabaseFilesystem(
+                    db,
+                    str(event.get("type") or "unknown"),
+                    event.get("mount_point"),
+                    event.get("source"),
+                    event.get("network_reason"),
+                ),
+            )
         elif kind == "meta":
             meta = event
             if event.get("pid"):
@@ -209,6 +223,7 @@ def build_timeline(events: Iterable[dict[str, Any]]) -> Timeline:
         os_lock_samples=tuple(sorted(samples, key=lambda s: s.t)),
         recorded_pids=frozenset(pids),
         conn_databases=_conn_databases(samples, infos),
+        filesystems=tuple(filesystems.values()),
         open_statements=tuple(
             sorted(
                 (c for st in conns.values() for c in st.closed_cursors),
