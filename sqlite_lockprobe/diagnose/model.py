@@ -148,7 +148,10 @@ class LockHold:
     kind "write": RESERVED and above in rollback-journal mode, the WAL write lock in WAL mode.
     kind "read": an open read transaction (SHARED, or a WAL read snapshot).
     `taken_by` is the statement that took the lock, `released_by` what ended it (COMMIT,
-    ROLLBACK, close, error, end-of-run). `implicit_begin` is True when Python's sqlite3 opened
+    ROLLBACK, close, error, end-of-run). `autocommit_false` says Python 3.12's autocommit=False
+    opened it (a BEGIN right after every commit and rollback, so one is always open);
+    `failed_commit_t` is when a COMMIT of this transaction failed and left it open.
+    `implicit_begin` is True when Python's sqlite3 opened
     the transaction itself (legacy DEFERRED BEGIN before DML). `in_statements_ns` is time
     spent inside SQLite calls during the hold; the rest was idle in the application."""
 
@@ -163,6 +166,9 @@ class LockHold:
     longest_idle: IdleGap | None = None
     app_idle_ns: int | None = None
     own_wait_ns: int = 0
+    autocommit_false: bool = False
+    failed_commit_t: int | None = None
+    failed_commit_code: int | None = None
 
     @property
     def duration_ms(self) -> float:

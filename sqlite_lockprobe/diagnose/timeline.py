@@ -33,6 +33,8 @@ class _OpenHold:
     t0: int
     taken_by: str
     implicit_begin: bool
+    autocommit_false: bool = False
+    failed_commit: Call | None = None
     in_statements_ns: int = 0
     app_idle_ns: int | None = None
     own_wait_ns: int = 0
@@ -56,6 +58,13 @@ class _OpenHold:
         self.last_sql = call.sql
 
     def close(self, t1: int, released_by: str) -> LockHold:
+        if self.last_end and t1 > self.last_end:
+            # Idle until the end that was no call (a close, the end of the run): a gap too.
+            trailing = IdleGap(self.last_end, t1, self.last_sql, released_by)
+            if self.longest_idle is None or t1 - self.last_end > (
+                self.longest_idle.t1 - self.longest_idle.t0
+            ):
+                self.longest_idle = trailing
         return LockHold(
             holder=self.actor,
             kind=self.kind,
@@ -68,6 +77,13 @@ class _OpenHold:
             longest_idle=self.longest_idle,
             app_idle_ns=self.app_idle_ns,
             own_wait_ns=self.own_wait_ns,
+            autocommit_false=self.autocommit_false,
+            failed_commit_t=self.failed_commit.t1 if self.failed_commit else None,
+            failed_commit_code=(
+                (self.failed_commit.ext_error or self.failed_commit.error)
+                if self.failed_commit
+                else None
+            ),
         )
 
     def add_app_idle(self, t0: int, t1: int) -> None:
@@ -84,6 +100,8 @@ class _ConnState:
     write: _OpenHold | None = None
     read: _OpenHold | None = None
     implicit_txn: bool = False
+    # Python >= 3.12 autocommit=False: seen once its commit/rollback ran a BEGIN after itself.
+    autocommit_false: bool = False
     closed_holds: list[LockHold] = field(default_factory=list)
     open_cursors: list[tuple[Actor, str, int]] = field(default_factory=list)
     closed_cursors: list[OpenStatement] = field(default_factory=list)
@@ -356,6 +374,17 @@ def _advance(state: _ConnState, call: Call) -> None:
                 state.read = _new_hold(state, call, "read", call.t0, call.sql, state.implicit_txn)
         if any(k in ("read", "write") for k in kinds):
             state.had_read = True
+    if not ok and call.in_txn_after and _is_commit(call, kinds):
+        # A failed COMMIT leaves the transaction open: until a ROLLBACK, it keeps its locks.
+        for hold in (state.write, state.read):
+            if hold is not None and hold.failed_commit is None:
+                hold.failed_commit = call
+    if ok and call.in_txn_after and _reopened(kinds):
+        # Python >= 3.12 with autocommit=False runs BEGIN right after COMMIT/ROLLBACK
+        # (Modules/_sqlite/connection.c), so a transaction is always open.
+        _end_txn(state, call.t1, "COMMIT" if "commit" in kinds else "ROLLBACK")
+        state.implicit_txn = state.autocommit_false = True
+        return
     if not call.in_txn_after:
         if ok and "commit" in kinds:
             released = "COMMIT"
@@ -368,10 +397,27 @@ def _advance(state: _ConnState, call: Call) -> None:
         _end_txn(state, call.t1, released)
 
 
+def _is_commit(call: Call, kinds: list[str]) -> bool:
+    return call.op == "commit" or "commit" in kinds
+
+
+def _reopened(kinds: list[str]) -> bool:
+    """A COMMIT or ROLLBACK followed by a BEGIN within one call (autocommit=False)."""
+    ended = False
+    for kind in kinds:
+        if kind in ("commit", "rollback"):
+            ended = True
+        elif kind == "begin" and ended:
+            return True
+    return False
+
+
 def _new_hold(
     state: _ConnState, call: Call, kind: str, t0: int, taken_by: str, implicit: bool
 ) -> _OpenHold:
-    hold = _OpenHold(call.actor, kind, t0, taken_by, implicit)
+    hold = _OpenHold(
+        call.actor, kind, t0, taken_by, implicit, autocommit_false=state.autocommit_false
+    )
     if state.track_app_idle:
         hold.app_idle_ns = 0
     hold.add_call(call)
