@@ -3,11 +3,13 @@ traced) holds the lock while the run's writers wait and fail; the report names t
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
 from sqlite_lockprobe.analysis import analyze
+from sqlite_lockprobe.events import write_events
 from sqlite_lockprobe.runner import run_scenario
 from sqlite_lockprobe.scenario import parse_scenario
 
@@ -71,3 +73,22 @@ def test_recorded_process_is_never_blamed(holder) -> None:
     assert "external-holder" not in analysis.pattern_ids
     for sample in samples:
         assert {lock["pid"] for lock in sample["locks"]} <= {os.getpid()}
+
+
+def test_saved_event_log_reports_the_outsider_through_the_cli(holder, invoke, tmp_path) -> None:
+    """The readings are events: `report` on the saved log names the same holder, and
+    --expect accepts the new pattern id."""
+    outside = []
+    result = run_scenario(
+        parse_scenario(WRITERS.format(mode="delete")),
+        on_prepared=lambda db: outside.append(holder(db, "reserved")),
+    )
+    log = tmp_path / "events.jsonl"
+    write_events(log, result.events)
+    out = tmp_path / "report.json"
+    cli = invoke("report", str(log), "-q", "--json", str(out), "--expect", "external-holder")
+    assert cli.exit_code == 0, cli.output
+    [finding] = json.loads(out.read_text())["findings"]
+    assert finding["pattern"] == "external-holder"
+    assert finding["evidence"]["holder"]["pid"] == outside[0].pid
+    assert finding["evidence"]["holder"]["locks"] == ["RESERVED"]

@@ -11,9 +11,10 @@ import sys
 import pytest
 
 from sqlite_lockprobe.analysis import analyze
+from sqlite_lockprobe.diagnose.evidence import hold_story
 from sqlite_lockprobe.diagnose.timeline import build_timeline
 from sqlite_lockprobe.runner import run_scenario
-from sqlite_lockprobe.scenario import parse_scenario
+from sqlite_lockprobe.scenario import load_scenario, parse_scenario
 
 pytestmark = pytest.mark.probe
 
@@ -147,8 +148,6 @@ def test_upgrade_deadlock_without_rollback_shows_both_halves_and_the_chain() -> 
 
 
 def test_builtin_upgrade_deadlock_evidence_has_the_chain() -> None:
-    from sqlite_lockprobe.scenario import load_scenario
-
     analysis = analyze(run_scenario(load_scenario("upgrade-deadlock")).events)
     [finding] = analysis.findings
     assert "wait-for chain:" in finding.evidence
@@ -196,6 +195,4 @@ def test_autocommit_false_transaction_is_always_open_even_after_a_select(tmp_pat
     [select_hold] = [h for h in timeline.read_holds if h.taken_by.startswith("SELECT")]
     assert select_hold.autocommit_false and select_hold.released_by == "COMMIT"
     assert select_hold.t1 == 901_000_000  # open from the SELECT until the next commit
-    from sqlite_lockprobe.diagnose.evidence import hold_story
-
     assert "autocommit=False" in hold_story(select_hold, timeline, 0)
