@@ -309,8 +309,8 @@ def _lines_about(text: str, inodes: set[int]) -> str:
 
 def _held_by_pid(ranges: Iterable[RangeLock]) -> tuple[HeldLock, ...]:
     by_pid: dict[int | None, list[RangeLock]] = {}
-    for lock in ranges:
-        by_pid.setdefault(lock.pid, []).append(lock)
+    for span in ranges:
+        by_pid.setdefault(span.pid, []).append(span)
     held = []
     for pid in sorted(by_pid, key=lambda p: -1 if p is None else p):
         for lock in decode_process_locks(by_pid[pid]):
