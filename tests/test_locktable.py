@@ -12,9 +12,15 @@ from sqlite_lockprobe import locktable
 
 
 def own_lock_lines(db: Path) -> list[str]:
+    """This process's locks on db, without /proc/locks' ordinal (it shifts as other locks come
+    and go on the machine)."""
     inode = os.stat(db).st_ino
     with open("/proc/locks") as table:
-        return [line for line in table if f":{inode} " in line and f" {os.getpid()} " in line]
+        return [
+            line.split(":", 1)[1].strip()
+            for line in table
+            if f":{inode} " in line and f" {os.getpid()} " in line
+        ]
 
 
 def test_proc_locks_names_an_outside_reserved_holder(rollback_db, holder) -> None:
