@@ -32,6 +32,8 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
         "sqlite",
         "platform",
     ),
+    # The filesystem the database lives on (network_reason set: NFS, SMB, 9p, remote FUSE...).
+    "filesystem": ("t", "db", "type", "mount_point", "source", "network_reason"),
     # A worker (thread, process or asyncio task) started; identity of who does the calls.
     "worker": ("t", "worker", "group", "kind", "pid", "thread", "task"),
     # A connection was opened and (maybe) instrumented.
@@ -69,6 +71,11 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     # One busy-handler invocation: retry number n, then a sleep of delay_ms (0 = gave up).
     "busy": ("t", "conn", "n", "delay_ms"),
+    # The OS lock table of database file `db` while conn waited (or right after it failed with
+    # SQLITE_BUSY): every process's SQLite locks on the file and its -shm, as dicts {pid, file,
+    # lock, kind} (plus name, cmdline, uid on each other process's first lock); source
+    # "/proc/locks", "F_GETLK" or "unavailable" (note says why).
+    "holders": ("t", "conn", "db", "source", "locks", "note"),
     # A reading of the -wal file (bytes) and of the -shm header (frames) during the run.
     "wal": ("t", "bytes", "mx_frame", "backfilled"),
     # The application's own time between calls (sleep / await steps), for the timeline.

@@ -19,6 +19,7 @@ from typing import Any
 from sqlite_lockprobe import dbfile, oslocks
 from sqlite_lockprobe.dbfile import DatabaseHeader, JournalHeader, ShmHeader, WalHeader
 from sqlite_lockprobe.errors import LockprobeError
+from sqlite_lockprobe.filesystems import network_filesystem_finding
 from sqlite_lockprobe.findings import Advice, Finding, sort_findings
 from sqlite_lockprobe.oslocks import Filesystem, ProcessInfo, SqliteLock
 
@@ -529,40 +530,8 @@ def _hot_journal(ins: Inspection) -> Finding | None:
 
 
 def _network_filesystem(ins: Inspection) -> Finding | None:
-    fs = ins.filesystem
-    if not fs.is_network:
-        return None
-    evidence = [
-        f"{ins.database.path} is on {fs.fstype} mounted at {fs.mount_point}: {fs.network_reason}"
-    ]
-    if ins.database.journal_mode == "wal":
-        evidence.append(
-            "the header records WAL mode, whose -shm shared memory only works for processes on "
-            "one host"
-        )
-    return Finding(
-        pattern="network-filesystem",
-        title=f"The database is on a network filesystem ({fs.fstype})",
-        severity="warning",
-        confidence="high",
-        explanation=(
-            "SQLite's locking relies on POSIX advisory locks that every process using the file "
-            "sees. On network filesystems locks may be emulated, dropped or not shared between "
-            "machines: the result is 'database is locked' with no visible holder, or corruption."
-        ),
-        evidence=tuple(evidence),
-        advice=(
-            Advice(
-                "Keep the database on a local filesystem (a Docker named volume rather than a "
-                "bind mount from the host; a local disk rather than NFS or SMB)."
-            ),
-            Advice(
-                "If several machines need the data, let one process on one machine own the "
-                "database and serve the others, or use a client/server database."
-            ),
-        ),
-        facts={"fstype": fs.fstype, "mount_point": fs.mount_point},
-    )
+    wal = ins.database.journal_mode == "wal"
+    return network_filesystem_finding(ins.database.path, ins.filesystem, wal=wal)
 
 
 def _large_wal(ins: Inspection) -> Finding | None:

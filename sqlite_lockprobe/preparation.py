@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.scenario import Scenario
+from sqlite_lockprobe.scenario import SQL_ACTIONS, Scenario
 
 _SAMPLE_PARAMS = {"worker": 0, "group": "g", "pid": 0, "iteration": 0}
 
@@ -58,7 +58,7 @@ def _check_steps_compile(conn: sqlite3.Connection, scenario: Scenario) -> None:
     now, with its key, rather than as thousands of failed calls."""
     for i, group in enumerate(scenario.groups):
         for j, step in enumerate(group.steps):
-            if step.action not in ("read", "write") or not step.sql:
+            if step.action not in SQL_ACTIONS or not step.sql:
                 continue
             key = f"group[{i}].steps[{j}].{step.action}"
             if not sqlite3.complete_statement(step.sql + ";") or _more_than_one(step.sql):

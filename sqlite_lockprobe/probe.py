@@ -16,11 +16,17 @@ the probe still traces statements and says its wait detail is reduced.
 from __future__ import annotations
 
 import ctypes
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+try:  # standard library only, but fcntl exists on Unix alone
+    from sqlite_lockprobe import locktable
+except ImportError:  # pragma: no cover - not on Linux
+    locktable = None  # type: ignore[assignment]
 
 Emit = Callable[[tuple[Any, ...]], None]
 
@@ -77,6 +83,9 @@ class SqliteCApi:
         self.total_changes.restype = c_int
         self.libversion_number = lib.sqlite3_libversion_number
         self.libversion_number.restype = c_int
+        self.db_filename = lib.sqlite3_db_filename
+        self.db_filename.argtypes = [vp, c_char_p]
+        self.db_filename.restype = c_char_p
         # CPython's pysqlite_Connection starts with PyObject_HEAD then `sqlite3 *db`
         # (Modules/_sqlite/connection.h, 3.10 to 3.13): the handle is right after the header.
         self._handle_offset = object.__basicsize__
@@ -126,6 +135,21 @@ def load_capi() -> tuple[SqliteCApi | None, str | None]:
         return _capi, _capi_error
 
 
+# While a connection waits, the probe reads the OS lock table to name the holder (it may be
+# none of the recorded connections): from retry 3, after 1 + 2 + 5 ms of waiting, so the
+# momentary waits of ordinary contention cost nothing; then once a second while the wait
+# lasts. The table describes the database, not the connection, so one reading serves every
+# waiter of the process: a wait that began before the last reading and is still going skips
+# it, and no reading follows another by less than HOLDERS_MIN_GAP_NS (hundreds of waiting
+# threads would otherwise all read it at once, and compete for the GIL with the holder).
+HOLDERS_FIRST_RETRY = 3
+HOLDERS_INTERVAL_NS = 1_000_000_000
+HOLDERS_MIN_GAP_NS = 20_000_000
+# When each database file's lock table was last read in this process. Module-level because
+# the readings are shared by all connections to one file; a race costs one extra reading.
+_tables_read_at: dict[str, int] = {}
+
+
 def read_busy_timeout(conn: sqlite3.Connection) -> int:
     """The connection's busy timeout in ms (PRAGMA busy_timeout reads it without I/O)."""
     row = conn.execute("PRAGMA busy_timeout").fetchone()
@@ -136,7 +160,9 @@ class ConnectionProbe:
     """The hooks on one connection and their state: one object per connection, as SQLite's
     callbacks force per-connection state (no globals).
 
-    `emit` receives flat tuples: ("busy", t_ns, conn_id, retry_count, delay_ms)."""
+    `emit` receives flat tuples: ("busy", t_ns, conn_id, retry_count, delay_ms), and while a
+    wait lasts ("holders", t_ns, conn_id, db, source, locks, note): the OS lock table then.
+    """
 
     __slots__ = (
         "conn_id",
@@ -145,6 +171,9 @@ class ConnectionProbe:
         "statements",
         "instrumented",
         "reduced_reason",
+        "db_path",
+        "holder_samples",
+        "_wait_started_ns",
         "_emit",
         "_api",
         "_db",
@@ -171,6 +200,9 @@ class ConnectionProbe:
         self._api = api
         self._db = api.handle(conn) if api else 0
         self.instrumented = bool(self._db)
+        self.db_path = self._database_file()
+        self.holder_samples = 0
+        self._wait_started_ns = 0
         self.reduced_reason = why
         if self._db:
             self._install_busy_handler()
@@ -186,11 +218,70 @@ class ConnectionProbe:
         """Called by SQLite (GIL re-acquired by ctypes) before each retry of a busy lock."""
         delay = busy_delay_ms(count, self.timeout_ms)
         self.busy_calls += 1
-        self._emit(("busy", time.monotonic_ns(), self.conn_id, count, delay))
+        now = time.monotonic_ns()
+        self._emit(("busy", now, self.conn_id, count, delay))
+        if count == 0:
+            self._wait_started_ns = now
+        spent_ns = self._maybe_sample_holders(now) if count >= HOLDERS_FIRST_RETRY else 0
         if delay <= 0:
             return 0
-        time.sleep(delay / 1000)
+        time.sleep(max(0.0, delay / 1000 - spent_ns / 1e9))
         return 1
+
+    def _maybe_sample_holders(self, now: int) -> int:
+        """Read the lock table during a wait unless a reading already covers it (see
+        HOLDERS_FIRST_RETRY); returns the time it took, which the retry's sleep gives back,
+        so the wait keeps SQLite's schedule."""
+        if not self.db_path:
+            return 0
+        last = _tables_read_at.get(self.db_path, 0)
+        if last >= self._wait_started_ns and now - last < HOLDERS_INTERVAL_NS:
+            return 0
+        return self._sample_unless_recent(now, last)
+
+    def sample_after_failure(self) -> None:
+        """After SQLITE_BUSY with no wait (SQLite refused, or busy_timeout is 0): who holds the
+        lock now? Limited like the readings during waits."""
+        if self.db_path:
+            self._sample_unless_recent(time.monotonic_ns(), _tables_read_at.get(self.db_path, 0))
+
+    def _sample_unless_recent(self, now: int, last: int) -> int:
+        if now - last < HOLDERS_MIN_GAP_NS or not self.db_path:
+            return 0
+        _tables_read_at[self.db_path] = now
+        self.sample_holders()
+        return time.monotonic_ns() - now
+
+    def sample_holders(self) -> None:
+        """Record who holds which lock on this connection's database file now (the OS lock
+        table, read without locking), as a "holders" event."""
+        if not self.db_path or locktable is None:
+            return
+        t = time.monotonic_ns()
+        try:
+            sample = locktable.sample_holders(self.db_path)
+        except Exception as exc:  # noqa: BLE001 - the program's wait must go on regardless
+            sample = locktable.HolderSample("unavailable", (), f"{type(exc).__name__}: {exc}")
+        described = {os.getpid()}
+        locks = []
+        for lock in sample.locks:
+            entry = lock.to_json()
+            if lock.pid is not None and lock.pid not in described:
+                described.add(lock.pid)  # on its first lock only: events stay small
+                entry.update(locktable.describe_pid(lock.pid))
+            locks.append(entry)
+        self.holder_samples += 1
+        self._emit(("holders", t, self.conn_id, self.db_path, sample.source, locks, sample.note))
+
+    def _database_file(self) -> str | None:
+        """The main database's file name (None for in-memory and temporary databases)."""
+        if not self._db or self._api is None:
+            return None
+        try:
+            name = self._api.db_filename(self._db, b"main")
+        except (OSError, AttributeError):
+            return None
+        return os.fsdecode(name) if name else None
 
     def set_busy_timeout(self, timeout_ms: int) -> None:
         """Follow a new busy timeout (PRAGMA busy_timeout replaces SQLite's busy handler with

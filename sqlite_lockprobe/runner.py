@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlite_lockprobe.errors import LockprobeError
 from sqlite_lockprobe.events import EventRecorder, event_time, merge_events, read_events
+from sqlite_lockprobe.filesystems import filesystem_event
 from sqlite_lockprobe.preparation import copy_database, prepare_database
 from sqlite_lockprobe.scenario import Scenario, event_names
 from sqlite_lockprobe.walsampler import WalSampler
@@ -58,16 +59,25 @@ def run_scenario(
     instrument: bool = True,
     progress: Callable[[Progress], None] | None = None,
     wait_limit_s: float | None = None,
+    on_prepared: Callable[[Path], None] | None = None,
 ) -> RunResult:
     """Run `scenario` on a fresh temporary database, or on `db`: a new file is created there;
     an existing database is never touched: the run works on a copy made with the backup API.
-    `wait_limit_s` bounds every `wait` step (it then goes on instead of stopping)."""
+    `wait_limit_s` bounds every `wait` step (it then goes on instead of stopping).
+    `on_prepared(path)` is called once the database is ready and before any worker starts:
+    the moment to attach another program to the file the run uses (tests start outside lock
+    holders there)."""
     workdir = Path(tempfile.mkdtemp(prefix="lockprobe-"))
     try:
         db_path, note = _choose_database(db, workdir)
         settings = prepare_database(scenario, db_path)
+        if on_prepared is not None:
+            on_prepared(db_path)
+        # Where the database lives: the file the run uses, and the user's --db when the run
+        # works on a copy of it (its filesystem is the one the application would meet).
+        places = [db_path] + ([Path(db)] if db is not None and Path(db) != db_path else [])
         return _execute(
-            scenario, db_path, note, settings, workdir, instrument, progress, wait_limit_s
+            scenario, db_path, note, settings, workdir, instrument, progress, wait_limit_s, places
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -108,6 +118,7 @@ def _execute(
     instrument: bool,
     progress: Callable[[Progress], None] | None,
     wait_limit_s: float | None,
+    places: list[Path],
 ) -> RunResult:
     recorder = EventRecorder(None)
     emit = recorder.emit
@@ -126,6 +137,8 @@ def _execute(
             sys.platform,
         )
     )
+    for place in places:
+        emit(filesystem_event(str(place)))
     control = RunControl(
         scenario=scenario,
         db_path=str(db_path),

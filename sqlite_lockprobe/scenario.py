@@ -28,7 +28,21 @@ BEGIN_MODES = ("deferred", "immediate", "exclusive")
 KINDS = ("thread", "process", "coroutine")
 CONNECTION_POLICIES = ("per-worker", "shared", "per-iteration")
 ON_ERROR = ("rollback", "continue", "stop")
-STEP_ACTIONS = ("begin", "read", "write", "sleep", "commit", "rollback", "signal", "wait", "crash")
+STEP_ACTIONS = (
+    "begin",
+    "read",
+    "write",
+    "open_read",
+    "close_reads",
+    "sleep",
+    "commit",
+    "rollback",
+    "signal",
+    "wait",
+    "crash",
+)
+# Steps with SQL, compiled with EXPLAIN before the run.
+SQL_ACTIONS = ("read", "write", "open_read")
 
 # Refuse sizes that would only exhaust the machine; a real reproduction never needs more.
 MAX_WORKERS_PER_GROUP = 5000
@@ -40,8 +54,10 @@ MAX_SECONDS = 3600.0
 
 @dataclass(frozen=True)
 class Step:
-    """One thing a worker does: `sql` for read/write, `seconds` for sleep, `mode` for begin,
-    `event` for signal/wait (a name; "done:GROUP" is set when every worker of GROUP ended)."""
+    """One thing a worker does: `sql` for read/write/open_read, `seconds` for sleep, `mode` for
+    begin, `event` for signal/wait (a name; "done:GROUP" is set when every worker of GROUP
+    ended). open_read steps a query once and keeps its cursor open (an unfinished statement)
+    until close_reads or the end of the pass."""
 
     action: str
     sql: str | None = None
@@ -50,7 +66,7 @@ class Step:
     event: str | None = None
 
     def describe(self) -> str:
-        if self.action in ("read", "write"):
+        if self.action in SQL_ACTIONS:
             return f"{self.action} {self.sql}"
         if self.action == "sleep":
             return f"sleep {self.seconds}s"
@@ -73,6 +89,7 @@ class DatabaseSettings:
     wal_autocheckpoint: int | None = None
     schema: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()
+    shared_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,6 +287,7 @@ class _Validator:
             "wal_autocheckpoint",
             "schema",
             "setup",
+            "shared_cache",
         )
         self.no_unknown(t, "database", allowed)
         return DatabaseSettings(
@@ -296,6 +314,7 @@ class _Validator:
             ),
             schema=self.sql_list(t.get("schema", []), "database.schema"),
             setup=self.sql_list(t.get("setup", []), "database.setup"),
+            shared_cache=self.boolean(t.get("shared_cache", False), "database.shared_cache"),
         )
 
     def check(self, t: dict[str, Any]) -> Thresholds:
@@ -421,7 +440,7 @@ class _Validator:
         action = actions[0]
         value = t[action]
         where = f"{key}.{action}"
-        if action in ("read", "write"):
+        if action in SQL_ACTIONS:
             sql = self.string(value, where).strip()
             if not sql:
                 raise self.fail(where, "expected an SQL statement")
@@ -432,7 +451,7 @@ class _Validator:
             if value is True:
                 return Step(action=action)
             return Step(action=action, mode=self.choice(value, where, BEGIN_MODES))
-        if action in ("commit", "rollback", "crash"):
+        if action in ("commit", "rollback", "crash", "close_reads"):
             if value is not True:
                 raise self.fail(where, "expected true")
             return Step(action=action)

@@ -38,6 +38,19 @@ def test_minimal_scenario_gets_documented_defaults() -> None:
     assert [st.action for st in group.steps] == ["write", "commit"]
 
 
+def test_open_read_close_reads_and_shared_cache_load() -> None:
+    s = parse_scenario(
+        MINIMAL.replace("[database]", "[database]\nshared_cache = true").replace(
+            '"commit"]', '{ open_read = "SELECT x FROM t" }, { close_reads = true }]'
+        )
+    )
+    assert s.database.shared_cache is True
+    steps = s.groups[0].steps
+    assert (steps[1].action, steps[1].sql) == ("open_read", "SELECT x FROM t")
+    assert steps[2].action == "close_reads"
+    assert parse_scenario(MINIMAL).database.shared_cache is False
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -90,6 +103,22 @@ def test_minimal_scenario_gets_documented_defaults() -> None:
         (
             MINIMAL.replace('name = "w"', 'name = "w"\nblocking = false'),
             "group[0].blocking: only coroutine groups have this setting",
+        ),
+        (
+            MINIMAL.replace("[database]", '[database]\nshared_cache = "yes"'),
+            "database.shared_cache: expected true or false, got a string",
+        ),
+        (
+            MINIMAL.replace('"commit"]', "{ open_read = 1 }]"),
+            "group[0].steps[1].open_read: expected a string, got a whole number",
+        ),
+        (
+            MINIMAL.replace('"commit"]', '{ open_read = " " }]'),
+            "group[0].steps[1].open_read: expected an SQL statement",
+        ),
+        (
+            MINIMAL.replace('"commit"]', "{ close_reads = false }]"),
+            "group[0].steps[1].close_reads: expected true",
         ),
         ("[[group]]\nname = 'w'\n", "group[0].steps: every group needs a list of steps"),
         ("[database]\n", "group: a scenario needs at least one [[group]] of workers"),

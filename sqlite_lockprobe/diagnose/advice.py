@@ -274,3 +274,115 @@ def short_readers() -> Advice:
         },
         automatic=False,
     )
+
+
+def close_external_holder() -> Advice:
+    return Advice(
+        text=(
+            "Close, commit or roll back in the program named above: while it keeps its "
+            "transaction open (a DB browser with unsaved edits, a sqlite3 shell after BEGIN, a "
+            "script paused in a debugger) every writer of this database waits and fails."
+        ),
+        snippets={
+            "sqlite3": (
+                "# in that program: end the transaction, and close what it no longer needs\n"
+                "conn.commit()  # or conn.rollback()\nconn.close()"
+            ),
+            "pragma": "-- in that program's session (sqlite3 shell, DB browser)\nCOMMIT;",
+        },
+    )
+
+
+def read_only_tools() -> Advice:
+    return Advice(
+        text=(
+            "Open browsing, reporting and backup tools read-only, so they never take the write "
+            "lock (`?mode=ro`). `nolock=1` skips locking altogether: only for files nobody "
+            "writes while they are open. For backups use SQLite's online backup "
+            "(`.backup` in the shell, `Connection.backup` in Python), which copies in steps."
+        ),
+        snippets={
+            "sqlite3": (
+                'conn = sqlite3.connect("file:app.db?mode=ro", uri=True)\n'
+                'conn.backup(sqlite3.connect("backup.db"))  # a consistent copy'
+            ),
+            "pragma": "-- shell: sqlite3 'file:app.db?mode=ro'\n.backup backup.db",
+        },
+    )
+
+
+def schedule_elsewhere() -> Advice:
+    return Advice(
+        text=(
+            "If the other program is a job (cron, backup, migration, another service), run it "
+            "when the application is idle, give it short transactions, or let one process own "
+            "the database and serve the others."
+        ),
+        snippets={
+            "sqlite3": (
+                "# a job sharing the database: one short transaction per batch, a long timeout\n"
+                'conn = sqlite3.connect("app.db", timeout=30.0)\n'
+                "for batch in batches:\n"
+                '    conn.executemany("INSERT INTO t VALUES (?)", batch)\n'
+                "    conn.commit()"
+            ),
+            "pragma": "-- see who holds which lock right now: lockprobe inspect app.db",
+        },
+    )
+
+
+def no_shared_cache() -> Advice:
+    return Advice(
+        text=(
+            "Do not use shared cache (`cache=shared`; SQLite itself discourages it): its table "
+            "locks fail at once with SQLITE_LOCKED, which no busy_timeout covers. For an "
+            "in-memory database shared between threads use one connection for all of them, or "
+            "a temporary file (each connection then has its own cache and waits normally)."
+        ),
+        snippets={
+            "sqlite3": (
+                "import tempfile\n\n"
+                "# a temporary file instead of file::memory:?cache=shared\n"
+                'path = tempfile.NamedTemporaryFile(suffix=".db", delete=False).name\n'
+                "conn = sqlite3.connect(path, timeout=5.0)"
+            ),
+            "django": (
+                "# settings for tests: a file-based test database instead of the shared-cache\n"
+                "# in-memory one (LiveServerTestCase and threads then wait instead of failing)\n"
+                'DATABASES["default"]["TEST"] = {"NAME": "test_db.sqlite3"}'
+            ),
+            "sqlalchemy": (
+                "from sqlalchemy.pool import StaticPool\n\n"
+                "# one connection shared by every thread for an in-memory database\n"
+                'engine = create_engine("sqlite://", poolclass=StaticPool,\n'
+                '                       connect_args={"check_same_thread": False})'
+            ),
+            "pragma": (
+                "-- open the database without ?cache=shared\n"
+                "-- (and never call sqlite3_enable_shared_cache(1))"
+            ),
+        },
+    )
+
+
+def finish_cursors() -> Advice:
+    return Advice(
+        text=(
+            "Exhaust or close every cursor before writing to its table or running DDL: an "
+            "unfinished SELECT keeps its table (and on its own connection, DROP TABLE) locked. "
+            "Fetch all rows first (`fetchall()`), or close the cursor when you stop early."
+        ),
+        snippets={
+            "sqlite3": (
+                'rows = conn.execute("SELECT id FROM item").fetchall()  # finished at once\n'
+                'cur = conn.execute("SELECT id FROM item")\n'
+                "first = cur.fetchone()\n"
+                "cur.close()  # stopped early: close it before the next write or DDL\n"
+                'conn.execute("DROP TABLE old_item")'
+            ),
+            "django": (
+                "# materialise querysets before writing in the same request/test:\n"
+                "ids = list(Item.objects.values_list('id', flat=True))"
+            ),
+        },
+    )

@@ -6,11 +6,14 @@ pattern earlier in PRECEDENCE does, so every detector stays correct when run alo
 1. upgrade-deadlock: SQLite refused to wait (no busy-handler call) for a transaction that had
    already read; also the winner's COMMIT that then waits on the loser's SHARED lock.
 2. self-deadlock: the holder is driven by the waiter's own OS thread; no timeout can help.
-3. no-busy-timeout: the waiter had (almost) no busy_timeout, so it failed at first contention.
-4. reader-blocks-writer: rollback-journal COMMIT waiting for other connections' SHARED locks.
-5. long-write-transaction: one holder held the write lock for most of the wait.
-6. write-convoy: failed waits behind many short holders.
-checkpoint-starvation is about the -wal file, not waits, and overlaps with nothing.
+3. external-holder: no recorded connection held the lock, and the OS lock table named another
+   process holding one that blocks this wait; nothing inside the workload can fix it.
+4. no-busy-timeout: the waiter had (almost) no busy_timeout, so it failed at first contention.
+5. reader-blocks-writer: rollback-journal COMMIT waiting for other connections' SHARED locks.
+6. long-write-transaction: one holder held the write lock for most of the wait.
+7. write-convoy: failed waits behind many short holders.
+table-locked (SQLITE_LOCKED), checkpoint-starvation (the -wal file) and network-filesystem
+(where the file lives) are not about busy waits and overlap with nothing.
 """
 
 from __future__ import annotations
@@ -21,17 +24,22 @@ from sqlite_lockprobe.diagnose.model import (
     SQLITE_BUSY_SNAPSHOT,
     BusyWait,
     LockHold,
+    OsLock,
+    OsLockSample,
     Timeline,
 )
 
 PRECEDENCE = (
     "upgrade-deadlock",
     "self-deadlock",
+    "external-holder",
     "no-busy-timeout",
     "reader-blocks-writer",
     "long-write-transaction",
     "write-convoy",
     "checkpoint-starvation",
+    "table-locked",
+    "network-filesystem",
 )
 
 # A wait that succeeded is only a problem when it used a good part of its busy_timeout (half),
@@ -179,13 +187,80 @@ def dominant_holder(wait: BusyWait, timeline: Timeline) -> LockHold | None:
     return None
 
 
+# Locks that make a waiter wait, by what it needs (lockingv3.html; wal.c walLockExclusive):
+# a writer needs RESERVED (rollback) or WAL_WRITE_LOCK (WAL); a rollback-mode COMMIT (and an
+# autocommit write, which commits at its end) needs EXCLUSIVE, which every SHARED lock blocks;
+# PENDING and EXCLUSIVE keep new readers out; WAL recovery holds everyone off.
+_BLOCK_WRITERS = frozenset({"RESERVED", "PENDING", "EXCLUSIVE", "WAL_WRITE_LOCK"})
+_BLOCK_READERS = frozenset({"PENDING", "EXCLUSIVE", "WAL_RECOVER_LOCK"})
+_COMMITTING_PHASES = ("commit", "write", "other")
+
+
+def blocks(lock: OsLock, wait: BusyWait, timeline: Timeline) -> bool:
+    """Whether a lock held by another process can be what this wait waited for."""
+    if lock.name in _BLOCK_READERS and lock.kind == "write":
+        return True
+    if wait.phase == "read":
+        return False
+    if lock.name in _BLOCK_WRITERS and lock.kind == "write":
+        return True
+    return lock.name == "SHARED" and not timeline.is_wal and wait.phase in _COMMITTING_PHASES
+
+
+def external_blockers(wait: BusyWait, timeline: Timeline) -> list[tuple[OsLockSample, OsLock]]:
+    """Locks held by processes outside the workload that blocked this wait, sample by sample.
+
+    A sample counts only when no recorded connection held the write lock at that moment (for
+    a SHARED blocker: no recorded read transaction either): then the recorded holders cannot
+    explain the wait. A pid equal to a recorded process's is "one of ours" (POSIX locks are
+    per process, so its connections are indistinguishable from each other): never blamed."""
+    found: list[tuple[OsLockSample, OsLock]] = []
+    for sample in timeline.os_samples_of(wait):
+        outside = [
+            lock
+            for lock in sample.locks
+            if lock.pid is not None
+            and lock.pid not in timeline.recorded_pids
+            and blocks(lock, wait, timeline)
+        ]
+        if not outside:
+            continue
+        t = min(sample.t, max(wait.t1, wait.t0 + 1) - 1)
+        if timeline.write_holders_during(t, t + 1, wait.waiter.conn):
+            continue
+        if all(lock.name == "SHARED" for lock in outside) and timeline.read_holders_during(
+            t, t + 1, wait.waiter.conn
+        ):
+            continue
+        found.extend((sample, lock) for lock in outside)
+    return found
+
+
+def claimed_before_external(
+    wait: BusyWait, timeline: Timeline, second_halves: dict[int, tuple[BusyWait, BusyWait]]
+) -> bool:
+    """True when patterns 1-2 of PRECEDENCE already own this wait."""
+    if is_upgrade_refusal(wait, timeline) or id(wait) in second_halves:
+        return True
+    return same_thread_blocker(wait, timeline) is not None
+
+
+def is_external(
+    wait: BusyWait, timeline: Timeline, second_halves: dict[int, tuple[BusyWait, BusyWait]]
+) -> bool:
+    """external-holder owns this wait (pattern 3 of PRECEDENCE)."""
+    return not claimed_before_external(wait, timeline, second_halves) and bool(
+        external_blockers(wait, timeline)
+    )
+
+
 def claimed_before_long_write(
     wait: BusyWait, timeline: Timeline, second_halves: dict[int, tuple[BusyWait, BusyWait]]
 ) -> bool:
-    """True when patterns 1-4 of PRECEDENCE already own this wait."""
-    if is_upgrade_refusal(wait, timeline) or id(wait) in second_halves:
+    """True when patterns 1-5 of PRECEDENCE already own this wait."""
+    if claimed_before_external(wait, timeline, second_halves):
         return True
-    if same_thread_blocker(wait, timeline) is not None:
+    if external_blockers(wait, timeline):
         return True
     if is_tiny_timeout_failure(wait):
         return True

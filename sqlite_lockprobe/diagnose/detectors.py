@@ -11,10 +11,13 @@ from collections.abc import Callable
 
 from sqlite_lockprobe.diagnose import (
     checkpoint_starvation,
+    external_holder,
     long_write_transaction,
+    network_filesystem,
     no_busy_timeout,
     reader_blocks_writer,
     self_deadlock,
+    table_locked,
     upgrade_deadlock,
     write_convoy,
 )
@@ -26,11 +29,14 @@ Detector = Callable[[Timeline], list[Finding]]
 DETECTORS: dict[str, Detector] = {
     upgrade_deadlock.PATTERN: upgrade_deadlock.detect,
     self_deadlock.PATTERN: self_deadlock.detect,
+    external_holder.PATTERN: external_holder.detect,
     no_busy_timeout.PATTERN: no_busy_timeout.detect,
     reader_blocks_writer.PATTERN: reader_blocks_writer.detect,
     long_write_transaction.PATTERN: long_write_transaction.detect,
     write_convoy.PATTERN: write_convoy.detect,
     checkpoint_starvation.PATTERN: checkpoint_starvation.detect,
+    table_locked.PATTERN: table_locked.detect,
+    network_filesystem.PATTERN: network_filesystem.detect,
 }
 
 

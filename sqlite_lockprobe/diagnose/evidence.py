@@ -109,19 +109,56 @@ def hold_story(hold: LockHold, timeline: Timeline, origin: int) -> str:
             "holder was waiting to be scheduled)"
         )
     gap = hold.longest_idle
-    if gap is not None and gap.duration_ms > 0:
+    if gap is not None and round(gap.duration_ms, 1) > 0:
         parts.append(
             f"longest idle gap {fmt_ms(round(gap.duration_ms, 1))} between "
             f"`{short_sql(gap.before_sql, 40)}` and `{short_sql(gap.after_sql, 40)}`"
         )
-    if hold.implicit_begin:
+    if hold.autocommit_false:
+        parts.append(
+            "transaction opened implicitly by Python's sqlite3 with autocommit=False (Python "
+            ">= 3.12: a BEGIN right after every commit and rollback, so a transaction is always "
+            "open, even after a plain SELECT)"
+        )
+    elif hold.implicit_begin:
         parts.append(
             "transaction opened implicitly by Python's sqlite3 (a DEFERRED BEGIN before the "
             "first DML)"
         )
-    if hold.released_by in ("error", "end-of-run", "close", "process killed"):
+    if hold.failed_commit_t is not None:
+        parts.append(_after_failed_commit(hold, origin))
+    elif hold.released_by in ("error", "end-of-run", "close", "process killed"):
         parts.append(_left_open(hold.released_by))
     return "; ".join(parts)
+
+
+def left_open_after_failed_commit(hold: LockHold) -> bool:
+    """A COMMIT failed and nobody rolled back: the transaction kept its locks until the
+    connection closed, failed again, or the program ended."""
+    return hold.failed_commit_t is not None and hold.released_by in ("error", "end-of-run", "close")
+
+
+def _after_failed_commit(hold: LockHold, origin: int) -> str:
+    assert hold.failed_commit_t is not None
+    failed = (
+        f"its COMMIT failed at {at(hold.failed_commit_t, origin)} with "
+        f"{code_name(hold.failed_commit_code)}"
+    )
+    longer = fmt_ms(ms(hold.t1 - hold.failed_commit_t))
+    if left_open_after_failed_commit(hold):
+        return (
+            f"{failed} and the transaction was never rolled back: it stayed open {longer} "
+            f"longer, holding its lock, until {_ENDINGS[hold.released_by]} (roll back when a "
+            "COMMIT fails)"
+        )
+    return f"{failed}; {hold.released_by} came {longer} later"
+
+
+_ENDINGS = {
+    "error": "a later call failed",
+    "close": "the connection was closed",
+    "end-of-run": "the run ended (in a traced program: exit)",
+}
 
 
 def _left_open(released_by: str) -> str:
@@ -135,7 +172,10 @@ def _left_open(released_by: str) -> str:
             "locks and SQLite rolled the transaction back (hot journal or uncommitted WAL "
             "frames) when the database was next read; none of its writes were kept"
         )
-    return "the transaction was still open when the run ended"
+    return (
+        "the transaction was never committed or rolled back: still open when the run ended "
+        "(in a traced program: never closed before exit)"
+    )
 
 
 def hold_facts(hold: LockHold, origin: int) -> dict[str, object]:
@@ -156,6 +196,11 @@ def hold_facts(hold: LockHold, origin: int) -> dict[str, object]:
         "taken_by": hold.taken_by,
         "released_by": hold.released_by,
         "implicit_begin": hold.implicit_begin,
+        "autocommit_false": hold.autocommit_false,
+        "failed_commit_ms": (
+            ms(hold.failed_commit_t - origin) if hold.failed_commit_t is not None else None
+        ),
+        "left_open_after_failed_commit": left_open_after_failed_commit(hold),
     }
 
 

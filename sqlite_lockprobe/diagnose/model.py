@@ -148,7 +148,10 @@ class LockHold:
     kind "write": RESERVED and above in rollback-journal mode, the WAL write lock in WAL mode.
     kind "read": an open read transaction (SHARED, or a WAL read snapshot).
     `taken_by` is the statement that took the lock, `released_by` what ended it (COMMIT,
-    ROLLBACK, close, error, end-of-run). `implicit_begin` is True when Python's sqlite3 opened
+    ROLLBACK, close, error, end-of-run). `autocommit_false` says Python 3.12's autocommit=False
+    opened it (a BEGIN right after every commit and rollback, so one is always open);
+    `failed_commit_t` is when a COMMIT of this transaction failed and left it open.
+    `implicit_begin` is True when Python's sqlite3 opened
     the transaction itself (legacy DEFERRED BEGIN before DML). `in_statements_ns` is time
     spent inside SQLite calls during the hold; the rest was idle in the application."""
 
@@ -163,6 +166,9 @@ class LockHold:
     longest_idle: IdleGap | None = None
     app_idle_ns: int | None = None
     own_wait_ns: int = 0
+    autocommit_false: bool = False
+    failed_commit_t: int | None = None
+    failed_commit_code: int | None = None
 
     @property
     def duration_ms(self) -> float:
@@ -205,6 +211,71 @@ class WalSample:
 
 
 @dataclass(frozen=True)
+class OpenStatement:
+    """A statement left unfinished between calls: a cursor stepped but not exhausted or closed
+    (`run`'s open_read steps). While open it holds its read: a SHARED lock or WAL snapshot
+    and, in a shared cache, a read lock on its tables (btree.c querySharedCacheTableLock); on
+    its own connection it blocks DROP TABLE (vdbe.c OP_Destroy)."""
+
+    holder: Actor
+    sql: str
+    t0: int
+    t1: int
+    closed_by: str  # "cursor closed", "connection closed", "end-of-run"
+
+    def open_at(self, t: int) -> bool:
+        return self.t0 <= t < self.t1
+
+
+@dataclass(frozen=True)
+class DatabaseFilesystem:
+    """Where a database file lives, as recorded when the run or trace began."""
+
+    db: str
+    fstype: str
+    mount_point: str | None
+    source: str | None
+    network_reason: str | None
+
+
+@dataclass(frozen=True)
+class OsLock:
+    """One SQLite lock a process held, as the OS lock table showed it during a wait. The OS
+    names processes, never connections (POSIX locks are per process). Process details come
+    from /proc at sample time or from psutil afterwards; None where neither could tell."""
+
+    pid: int | None
+    file: str  # "db" or "shm"
+    name: str  # SHARED, RESERVED, PENDING, EXCLUSIVE, WAL_WRITE_LOCK, WAL_READ_LOCK(N)...
+    kind: str  # "read" or "write"
+    process_name: str | None = None
+    cmdline: tuple[str, ...] | None = None
+    user: str | None = None
+    uid: int | None = None
+    started: float | None = None  # epoch seconds
+
+
+@dataclass(frozen=True)
+class OsLockSample:
+    """The OS lock table of database file `db`, read by the probe while `conn` waited in the
+    call that began at `call_t0` (or right after that call failed with SQLITE_BUSY). It
+    describes the file, so it serves every waiter on that file at moment `t`."""
+
+    t: int
+    conn: str
+    call_t0: int | None
+    source: str  # "/proc/locks", "F_GETLK" or "unavailable"
+    locks: tuple[OsLock, ...] = ()
+    note: str | None = None
+    db: str | None = None
+
+
+# A reading taken this long after a failed wait ended still shows who held the lock then: the
+# probe reads at most every 20 ms per file (probe.HOLDERS_MIN_GAP_NS).
+SAMPLE_AFTER_WAIT_NS = 20 * NS_PER_MS
+
+
+@dataclass(frozen=True)
 class Timeline:
     """Everything a detector may look at, sorted by time."""
 
@@ -220,9 +291,15 @@ class Timeline:
     reduced_detail: bool = False
     # False when the log was long and only the calls that failed or waited were kept.
     calls_complete: bool = True
+    os_lock_samples: tuple[OsLockSample, ...] = ()
+    recorded_pids: frozenset[int] = frozenset()
+    conn_databases: dict[str, str] = field(default_factory=dict)
+    open_statements: tuple[OpenStatement, ...] = ()
+    filesystems: tuple[DatabaseFilesystem, ...] = ()
     _hold_starts: list[int] = field(default_factory=list, repr=False, compare=False)
     _write_index: _SpanIndex = field(init=False, repr=False, compare=False)
     _read_index: _SpanIndex = field(init=False, repr=False, compare=False)
+    _sample_times: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Frozen dataclass: derived indexes are set once, here, and never change. Fresh objects,
@@ -230,6 +307,7 @@ class Timeline:
         object.__setattr__(self, "_hold_starts", [h.t0 for h in self.write_holds])
         object.__setattr__(self, "_write_index", _SpanIndex(self.write_holds))
         object.__setattr__(self, "_read_index", _SpanIndex(self.read_holds))
+        object.__setattr__(self, "_sample_times", [s.t for s in self.os_lock_samples])
 
     @property
     def is_wal(self) -> bool:
@@ -259,6 +337,16 @@ class Timeline:
 
     def busy_errors(self) -> list[BusyWait]:
         return [w for w in self.waits if w.failed]
+
+    def open_statements_at(self, t: int) -> list[OpenStatement]:
+        """Statements left unfinished at moment t, on any connection."""
+        return [s for s in self.open_statements if s.open_at(t)]
+
+    def os_samples_of(self, wait: BusyWait) -> list[OsLockSample]:
+        """The OS lock table samples taken during this wait (or right after it failed)."""
+        return [
+            s for s in self.os_lock_samples if s.conn == wait.waiter.conn and s.call_t0 == wait.t0
+        ]
 
 
 class _SpanIndex:

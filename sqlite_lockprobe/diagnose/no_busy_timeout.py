@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlite_lockprobe.diagnose import advice
 from sqlite_lockprobe.diagnose.causes import (
     TINY_TIMEOUT_MS,
+    external_blockers,
     is_tiny_timeout_failure,
     is_upgrade_refusal,
     same_thread_blocker,
@@ -34,6 +35,7 @@ def detect(timeline: Timeline) -> list[Finding]:
         and not is_upgrade_refusal(w, timeline)
         and id(w) not in halves
         and same_thread_blocker(w, timeline) is None
+        and not external_blockers(w, timeline)
     ]
     if not failures:
         return []

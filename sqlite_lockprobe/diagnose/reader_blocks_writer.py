@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlite_lockprobe.diagnose import advice
 from sqlite_lockprobe.diagnose.causes import (
     blocking_readers,
+    external_blockers,
     is_harmful,
     is_tiny_timeout_failure,
     is_upgrade_refusal,
@@ -46,6 +47,8 @@ def detect(timeline: Timeline) -> list[Finding]:
         if is_upgrade_refusal(wait, timeline) or id(wait) in halves:
             continue
         if is_tiny_timeout_failure(wait) or same_thread_blocker(wait, timeline) is not None:
+            continue
+        if external_blockers(wait, timeline):
             continue
         t1 = max(wait.t1, wait.t0 + 1)
         readers = sorted(

@@ -14,8 +14,12 @@ from sqlite_lockprobe.diagnose.model import (
     BusyWait,
     Call,
     ConnectionInfo,
+    DatabaseFilesystem,
     IdleGap,
     LockHold,
+    OpenStatement,
+    OsLock,
+    OsLockSample,
     Timeline,
     WalSample,
 )
@@ -29,6 +33,8 @@ class _OpenHold:
     t0: int
     taken_by: str
     implicit_begin: bool
+    autocommit_false: bool = False
+    failed_commit: Call | None = None
     in_statements_ns: int = 0
     app_idle_ns: int | None = None
     own_wait_ns: int = 0
@@ -52,6 +58,13 @@ class _OpenHold:
         self.last_sql = call.sql
 
     def close(self, t1: int, released_by: str) -> LockHold:
+        if self.last_end and t1 > self.last_end:
+            # Idle until the end that was no call (a close, the end of the run): a gap too.
+            trailing = IdleGap(self.last_end, t1, self.last_sql, released_by)
+            if self.longest_idle is None or t1 - self.last_end > (
+                self.longest_idle.t1 - self.longest_idle.t0
+            ):
+                self.longest_idle = trailing
         return LockHold(
             holder=self.actor,
             kind=self.kind,
@@ -64,6 +77,13 @@ class _OpenHold:
             longest_idle=self.longest_idle,
             app_idle_ns=self.app_idle_ns,
             own_wait_ns=self.own_wait_ns,
+            autocommit_false=self.autocommit_false,
+            failed_commit_t=self.failed_commit.t1 if self.failed_commit else None,
+            failed_commit_code=(
+                (self.failed_commit.ext_error or self.failed_commit.error)
+                if self.failed_commit
+                else None
+            ),
         )
 
     def add_app_idle(self, t0: int, t1: int) -> None:
@@ -81,7 +101,29 @@ class _ConnState:
     write: _OpenHold | None = None
     read: _OpenHold | None = None
     implicit_txn: bool = False
+    # Python >= 3.12 autocommit=False: seen once its commit/rollback ran a BEGIN after itself.
+    autocommit_false: bool = False
     closed_holds: list[LockHold] = field(default_factory=list)
+    open_cursors: list[tuple[Actor, str, int]] = field(default_factory=list)
+    closed_cursors: list[OpenStatement] = field(default_factory=list)
+
+    def track_cursor(self, call: Call) -> None:
+        """open_read leaves a statement unfinished; close_read ends the oldest with its SQL."""
+        if call.op == "open_read" and call.error is None:
+            self.open_cursors.append((call.actor, call.sql, call.t1))
+        elif call.op == "close_read":
+            for i, (actor, sql, t0) in enumerate(self.open_cursors):
+                if sql == call.sql:
+                    del self.open_cursors[i]
+                    self.closed_cursors.append(
+                        OpenStatement(actor, sql, t0, call.t1, "cursor closed")
+                    )
+                    break
+
+    def end_cursors(self, t: int, closed_by: str) -> None:
+        for actor, sql, t0 in self.open_cursors:
+            self.closed_cursors.append(OpenStatement(actor, sql, t0, max(t, t0), closed_by))
+        self.open_cursors.clear()
 
 
 # Every call is kept (renderers draw them) up to this many; past it, only the calls that
@@ -104,6 +146,10 @@ def build_timeline(
     waits: list[BusyWait] = []
     wal: list[WalSample] = []
     interned = _Interner()
+    samples: list[OsLockSample] = []
+    filesystems: dict[str, DatabaseFilesystem] = {}
+    last_call_t0: dict[str, int] = {}
+    pids: set[int] = set()
     last_t = 0
     for event in events:
         kind = event["k"]
@@ -113,6 +159,7 @@ def build_timeline(
             if state is None:
                 continue  # a call on a connection opened before recording began
             call = _call(event, state.info, workers, interned)
+            last_call_t0[call.conn] = call.t0
             notable = call.error is not None or call.busy_calls
             if notable or calls_complete:
                 calls.append(call)
@@ -123,6 +170,7 @@ def build_timeline(
             if wait is not None:
                 waits.append(wait)
             _advance(state, call)
+            state.track_cursor(call)
         elif kind == "open":
             info = ConnectionInfo(
                 conn=event["conn"],
@@ -133,6 +181,7 @@ def build_timeline(
                 journal_mode=(event.get("journal_mode") or "").lower(),
                 instrumented=bool(event.get("instrumented")),
             )
+            pids.add(info.pid)
             # `run` records every sleep/await/wait step: idle time in a hold that no step
             # explains is then known to be scheduling delay.
             conns[info.conn] = _ConnState(
@@ -142,14 +191,30 @@ def build_timeline(
             state = conns.get(event["conn"])
             if state is not None:
                 _end_txn(state, int(event["t"]), "close")
+                state.end_cursors(int(event["t"]), "connection closed")
         elif kind == "worker":
             workers[event["worker"]] = event
+            if event.get("pid"):
+                pids.add(int(event["pid"]))
         elif kind == "worker_end" and str(event.get("error") or "").startswith("killed by"):
             # The process died: the OS dropped its locks, and SQLite rolls its transaction back
             # (hot journal, or WAL frames never committed) when the database is next opened.
             for state in conns.values():
                 if state.worker == event["worker"]:
                     _end_txn(state, int(event["t"]), "process killed")
+        elif kind == "holders":
+            conn = event.get("conn") or ""
+            samples.append(
+                OsLockSample(
+                    t=int(event["t"]),
+                    conn=conn,
+                    call_t0=last_call_t0.get(conn),
+                    source=event.get("source") or "unavailable",
+                    locks=_os_locks(list(event.get("locks") or ())),
+                    note=event.get("note"),
+                    db=event.get("db"),
+                )
+            )
         elif kind == "idle":
             state = conns.get(event.get("conn") or "")
             if state is not None:
@@ -165,10 +230,25 @@ def build_timeline(
                     event.get("backfilled"),
                 )
             )
+        elif kind == "filesystem":
+            db = str(event.get("db") or "")
+            filesystems.setdefault(
+                db,
+                DatabaseFilesystem(
+                    db,
+                    str(event.get("type") or "unknown"),
+                    event.get("mount_point"),
+                    event.get("source"),
+                    event.get("network_reason"),
+                ),
+            )
         elif kind == "meta":
             meta = event
+            if event.get("pid"):
+                pids.add(int(event["pid"]))
     for state in conns.values():
         _end_txn(state, last_t, "end-of-run")
+        state.end_cursors(last_t, "end-of-run")
     holds = [h for s in conns.values() for h in s.closed_holds]
     holds.sort(key=lambda h: (h.t0, h.t1, h.holder.conn))
     calls.sort(key=lambda c: (c.t0, c.t1, c.conn))
@@ -187,6 +267,59 @@ def build_timeline(
         page_size=int(meta.get("page_size") or 4096),
         wal_autocheckpoint=int(meta.get("wal_autocheckpoint") or 1000),
         reduced_detail=any(not i.instrumented for i in infos.values()),
+        os_lock_samples=tuple(sorted(samples, key=lambda s: s.t)),
+        recorded_pids=frozenset(pids),
+        conn_databases=_conn_databases(samples, infos),
+        filesystems=tuple(filesystems.values()),
+        open_statements=tuple(
+            sorted(
+                (c for st in conns.values() for c in st.closed_cursors),
+                key=lambda c: (c.t0, c.holder.conn),
+            )
+        ),
+    )
+
+
+def _conn_databases(
+    samples: list[OsLockSample], infos: dict[str, ConnectionInfo]
+) -> dict[str, str]:
+    """Which database file each connection used, from its own lock-table readings; where all
+    readings are of one file (`run` uses one), every connection gets that file."""
+    found = {s.conn: s.db for s in samples if s.db}
+    files = set(found.values())
+    if len(files) == 1:
+        only = files.pop()
+        for conn in infos:
+            found.setdefault(conn, only)
+    return found
+
+
+def _os_locks(raws: list[dict[str, Any]]) -> tuple[OsLock, ...]:
+    """A sample's locks; the probe describes each process on its first lock only."""
+    about: dict[Any, dict[str, Any]] = {}
+    locks = []
+    for raw in raws:
+        known = about.setdefault(raw.get("pid"), {})
+        for key in ("name", "cmdline", "uid", "user"):
+            if raw.get(key) is not None:
+                known.setdefault(key, raw[key])
+    for raw in raws:
+        locks.append(_os_lock({**about.get(raw.get("pid"), {}), **raw}))
+    return tuple(locks)
+
+
+def _os_lock(raw: dict[str, Any]) -> OsLock:
+    cmdline = raw.get("cmdline")
+    pid = raw.get("pid")
+    return OsLock(
+        pid=int(pid) if pid is not None else None,
+        file=str(raw.get("file") or "db"),
+        name=str(raw.get("lock") or "?"),
+        kind=str(raw.get("kind") or "read"),
+        process_name=raw.get("name"),
+        cmdline=tuple(str(a) for a in cmdline) if cmdline else None,
+        user=raw.get("user"),
+        uid=raw.get("uid"),
     )
 
 
@@ -301,6 +434,17 @@ def _advance(state: _ConnState, call: Call) -> None:
                 state.read = _new_hold(state, call, "read", call.t0, call.sql, state.implicit_txn)
         if any(k in ("read", "write") for k in kinds):
             state.had_read = True
+    if not ok and call.in_txn_after and _is_commit(call, kinds):
+        # A failed COMMIT leaves the transaction open: until a ROLLBACK, it keeps its locks.
+        for hold in (state.write, state.read):
+            if hold is not None and hold.failed_commit is None:
+                hold.failed_commit = call
+    if ok and call.in_txn_after and _reopened(kinds):
+        # Python >= 3.12 with autocommit=False runs BEGIN right after COMMIT/ROLLBACK
+        # (Modules/_sqlite/connection.c), so a transaction is always open.
+        _end_txn(state, call.t1, "COMMIT" if "commit" in kinds else "ROLLBACK")
+        state.implicit_txn = state.autocommit_false = True
+        return
     if not call.in_txn_after:
         if ok and "commit" in kinds:
             released = "COMMIT"
@@ -313,10 +457,27 @@ def _advance(state: _ConnState, call: Call) -> None:
         _end_txn(state, call.t1, released)
 
 
+def _is_commit(call: Call, kinds: list[str]) -> bool:
+    return call.op == "commit" or "commit" in kinds
+
+
+def _reopened(kinds: list[str]) -> bool:
+    """A COMMIT or ROLLBACK followed by a BEGIN within one call (autocommit=False)."""
+    ended = False
+    for kind in kinds:
+        if kind in ("commit", "rollback"):
+            ended = True
+        elif kind == "begin" and ended:
+            return True
+    return False
+
+
 def _new_hold(
     state: _ConnState, call: Call, kind: str, t0: int, taken_by: str, implicit: bool
 ) -> _OpenHold:
-    hold = _OpenHold(call.actor, kind, t0, taken_by, implicit)
+    hold = _OpenHold(
+        call.actor, kind, t0, taken_by, implicit, autocommit_false=state.autocommit_false
+    )
     if state.track_app_idle:
         hold.app_idle_ns = 0
     hold.add_call(call)
@@ -325,6 +486,8 @@ def _new_hold(
 
 def _inferred_statements(call: Call) -> tuple[str, ...]:
     """Without the trace hook, the statements are the call's own SQL."""
+    if call.op == "close_read":
+        return ()  # closing a cursor runs no statement
     if call.op == "commit":
         return ("COMMIT",)
     if call.op == "rollback":

@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlite_lockprobe.probe import Emit
-from sqlite_lockprobe.scenario import Group, Scenario, Step
+from sqlite_lockprobe.scenario import SQL_ACTIONS, Group, Scenario, Step
 from sqlite_lockprobe.workers.session import ConnectionSpec, Session
 
 
@@ -64,6 +64,7 @@ class RunControl:
             synchronous=self.scenario.database.synchronous,
             wal_autocheckpoint=self.scenario.database.wal_autocheckpoint,
             instrument=self.instrument,
+            shared_cache=self.scenario.database.shared_cache,
         )
 
     def worker_finished(self, group: str) -> None:
@@ -172,6 +173,8 @@ def worker_program(
         stop_worker = yield from _one_pass(
             control, group, name, session, params, deadline, emit, stats
         )
+        if session.open_reads:  # open_read cursors last until close_reads or the pass's end
+            yield Call(session, "close_reads", "", ())
         stats.iterations += 1
         if group.connection == "per-iteration" and session is not shared:
             yield Close(session)
@@ -222,7 +225,7 @@ def _one_pass(
                 # Set the event so no other worker waits for it again.
                 control.events[step.event].set()
             continue
-        ok = yield Call(session, op, sql, params if action in ("read", "write") else ())
+        ok = yield Call(session, op, sql, params if action in SQL_ACTIONS else ())
         stats.ops += 1
         if ok:
             continue
@@ -246,6 +249,8 @@ def _compiled(group: Group) -> tuple[tuple[Step, str, str], ...]:
             op, sql = "begin", f"BEGIN {step.mode.upper()}" if step.mode else "BEGIN"
         elif step.action in ("commit", "rollback"):
             op, sql = step.action, step.action.upper()
+        elif step.action == "close_reads":
+            op, sql = step.action, ""
         else:
             op, sql = step.action, step.sql or ""
         out.append((step, op, sql))

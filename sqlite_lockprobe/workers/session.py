@@ -8,12 +8,14 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlite_lockprobe.probe import ConnectionProbe, Emit, error_codes
 
 _ISOLATION = {"deferred": "DEFERRED", "immediate": "IMMEDIATE", "exclusive": "EXCLUSIVE"}
 _conn_numbers = itertools.count(1)
+SQLITE_BUSY = 5
 _OPEN_TIMEOUT_MS = 5000
 
 
@@ -34,6 +36,14 @@ class ConnectionSpec:
     synchronous: str | None = None
     wal_autocheckpoint: int | None = None
     instrument: bool = True
+    shared_cache: bool = False
+
+    def connect_target(self) -> tuple[str, bool]:
+        """What to pass to sqlite3.connect, and whether it is a URI: with shared_cache, every
+        connection of a process opens the file through one shared cache (`cache=shared`)."""
+        if not self.shared_cache:
+            return self.db_path, False
+        return f"{Path(self.db_path).resolve().as_uri()}?cache=shared", True
 
     def connection_pragmas(self) -> list[str]:
         """Per-connection settings (synchronous and wal_autocheckpoint are not persistent)."""
@@ -58,12 +68,17 @@ class Session:
         self._lock = threading.RLock() if shared else None
         if not shared:
             self.call = self._call  # type: ignore[method-assign]  # the hot path: no lock
+        # Cursors of open_read steps, kept unfinished until close_reads: (cursor, sql).
+        self.open_reads: list[tuple[sqlite3.Cursor, str]] = []
         # Opening is set-up, not the workload: settle it under a generous timeout. With WAL,
         # the first reader after the last connection closed runs recovery of the wal-index,
         # and connections opened meanwhile get SQLITE_BUSY_RECOVERY at once with timeout 0
         # (https://sqlite.org/wal.html#recovery): a scenario's worker must not die of that.
+        # Some pragmas read the schema too. The scenario's own timeout is applied after.
+        target, uri = spec.connect_target()
         self.conn = sqlite3.connect(
-            spec.db_path,
+            target,
+            uri=uri,
             timeout=max(spec.timeout_ms, _OPEN_TIMEOUT_MS) / 1000,
             isolation_level=isolation_level(spec.transaction_mode),
             check_same_thread=False,
@@ -102,8 +117,26 @@ class Session:
             return self._call(worker, task, op, sql, params)
 
     def _call(self, worker: str, task: str | None, op: str, sql: str, params: Any) -> bool:
+        if op == "close_reads":
+            ok = True
+            while self.open_reads:
+                cursor, read_sql = self.open_reads.pop(0)
+                ok = self._record(worker, task, "close_read", read_sql, (), cursor) and ok
+            return ok
+        return self._record(worker, task, op, sql, params)
+
+    def _record(
+        self,
+        worker: str,
+        task: str | None,
+        op: str,
+        sql: str,
+        params: Any,
+        cursor: sqlite3.Cursor | None = None,
+    ) -> bool:
         probe = self.probe
         busy_before = probe.busy_calls if probe else 0
+        samples_before = probe.holder_samples if probe else 0
         err = ext = msg = None
         t0 = time.monotonic_ns()
         try:
@@ -111,6 +144,14 @@ class Session:
                 self.conn.commit()
             elif op == "rollback":
                 self.conn.rollback()
+            elif op == "close_read" and cursor is not None:
+                cursor.close()
+            elif op == "open_read":
+                # One step of the query: the statement stays unfinished, holding its read
+                # (a SHARED lock or WAL snapshot; in a shared cache, a read lock on the table).
+                opened = self.conn.execute(sql, params)
+                opened.fetchone()
+                self.open_reads.append((opened, sql))
             else:
                 cursor = self.conn.execute(sql, params)
                 if op == "read":
@@ -120,6 +161,8 @@ class Session:
             t1 = time.monotonic_ns()
             msg = str(exc)
             err, ext = probe.error_codes(exc) if probe is not None else error_codes(exc)
+            if err == SQLITE_BUSY and probe is not None and probe.holder_samples == samples_before:
+                probe.sample_after_failure()  # refused without a wait: who holds it now?
         else:
             t1 = time.monotonic_ns()
         if probe is not None:

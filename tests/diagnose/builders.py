@@ -13,12 +13,16 @@ from __future__ import annotations
 from sqlite_lockprobe.diagnose.model import (
     NS_PER_MS,
     SQLITE_BUSY,
+    SQLITE_LOCKED,
     Actor,
     BusyWait,
     Call,
     ConnectionInfo,
     IdleGap,
     LockHold,
+    OpenStatement,
+    OsLock,
+    OsLockSample,
     Timeline,
     WalSample,
 )
@@ -57,6 +61,8 @@ class TimelineBuilder:
         self.write_holds: list[LockHold] = []
         self.read_holds: list[LockHold] = []
         self.wal_samples: list[WalSample] = []
+        self.os_samples: list[OsLockSample] = []
+        self.open_statements: list[OpenStatement] = []
 
     def conn(
         self,
@@ -210,6 +216,68 @@ class TimelineBuilder:
     ) -> None:
         self.wal_samples.append(WalSample(ns(t_ms), wal_bytes, mx_frame, backfilled))
 
+    def locked(
+        self,
+        actor: Actor,
+        t_ms: float,
+        sql: str,
+        message: str = "database table is locked",
+        ext: int | None = SQLITE_LOCKED,
+    ) -> Call:
+        """A call that failed at once with SQLITE_LOCKED (ext 262: in a shared cache)."""
+        call = Call(
+            actor=actor,
+            t0=ns(t_ms),
+            t1=ns(t_ms + 0.1),
+            op="execute",
+            sql=sql,
+            statements=(sql,),
+            error=SQLITE_LOCKED,
+            ext_error=ext,
+            message=message,
+        )
+        self.calls.append(call)
+        return call
+
+    def open_statement(
+        self, actor: Actor, sql: str, t0_ms: float, t1_ms: float, closed_by: str = "cursor closed"
+    ) -> OpenStatement:
+        """A cursor left unfinished from t0 to t1 (an open_read step)."""
+        statement = OpenStatement(actor, sql, ns(t0_ms), ns(t1_ms), closed_by)
+        self.open_statements.append(statement)
+        return statement
+
+    def os_sample(
+        self,
+        wait: BusyWait,
+        t_ms: float,
+        *locks: tuple[int, str],
+        source: str = "/proc/locks",
+        name: str | None = "sqlite3",
+        cmdline: tuple[str, ...] | None = ("sqlite3", "app.db"),
+    ) -> OsLockSample:
+        """The OS lock table seen during `wait`: (pid, lock name) pairs."""
+        sample = OsLockSample(
+            t=ns(t_ms),
+            conn=wait.waiter.conn,
+            call_t0=wait.t0,
+            source=source,
+            locks=tuple(
+                OsLock(
+                    pid=pid,
+                    file="shm" if lock.startswith("WAL_") else "db",
+                    name=lock,
+                    kind="read" if lock == "SHARED" or lock.startswith("WAL_READ") else "write",
+                    process_name=name,
+                    cmdline=cmdline,
+                    user="alice",
+                )
+                for pid, lock in locks
+            ),
+        )
+        self.os_samples.append(sample)
+        return sample
+
     def build(self) -> Timeline:
         def by_time(span: LockHold | BusyWait | Call) -> tuple[int, int, str]:
             actor = (
@@ -230,4 +298,7 @@ class TimelineBuilder:
             page_size=self.page_size,
             wal_autocheckpoint=self.wal_autocheckpoint,
             reduced_detail=self.reduced_detail,
+            os_lock_samples=tuple(sorted(self.os_samples, key=lambda s: s.t)),
+            recorded_pids=frozenset(c.pid for c in self.connections.values()),
+            open_statements=tuple(sorted(self.open_statements, key=lambda s: s.t0)),
         )

@@ -15,6 +15,11 @@ ALL_ADVICE = {
     "one_connection_per_thread": advice.one_connection_per_thread(),
     "single_writer": advice.single_writer(),
     "short_readers": advice.short_readers(),
+    "close_external_holder": advice.close_external_holder(),
+    "read_only_tools": advice.read_only_tools(),
+    "schedule_elsewhere": advice.schedule_elsewhere(),
+    "no_shared_cache": advice.no_shared_cache(),
+    "finish_cursors": advice.finish_cursors(),
 }
 AUTOMATIC = {"begin_immediate", "busy_timeout", "stopgap", "wal_mode", "synchronous_normal"}
 
