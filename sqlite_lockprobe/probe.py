@@ -145,6 +145,7 @@ class ConnectionProbe:
         "statements",
         "instrumented",
         "reduced_reason",
+        "interrupted",
         "_emit",
         "_api",
         "_db",
@@ -164,6 +165,7 @@ class ConnectionProbe:
         self.timeout_ms = read_busy_timeout(conn) if timeout_ms is None else timeout_ms
         self.busy_calls = 0
         self.statements: list[str] = []
+        self.interrupted: BaseException | None = None
         self._emit = emit
         self._conn = conn
         self._callback: Any = None
@@ -184,13 +186,24 @@ class ConnectionProbe:
 
     def _on_busy(self, _arg: int | None, count: int) -> int:
         """Called by SQLite (GIL re-acquired by ctypes) before each retry of a busy lock."""
-        delay = busy_delay_ms(count, self.timeout_ms)
-        self.busy_calls += 1
-        self._emit(("busy", time.monotonic_ns(), self.conn_id, count, delay))
-        if delay <= 0:
+        try:
+            delay = busy_delay_ms(count, self.timeout_ms)
+            self.busy_calls += 1
+            self._emit(("busy", time.monotonic_ns(), self.conn_id, count, delay))
+            if delay <= 0:
+                return 0
+            time.sleep(delay / 1000)
+            return 1
+        except BaseException as exc:
+            # An exception cannot cross SQLite's C frames (ctypes would print and drop it, and
+            # a Ctrl-C would be lost): stop waiting and keep it for the caller to re-raise.
+            self.interrupted = exc
             return 0
-        time.sleep(delay / 1000)
-        return 1
+
+    def take_interrupt(self) -> BaseException | None:
+        """The exception (KeyboardInterrupt...) that ended a wait inside the busy handler."""
+        exc, self.interrupted = self.interrupted, None
+        return exc
 
     def set_busy_timeout(self, timeout_ms: int) -> None:
         """Follow a new busy timeout (PRAGMA busy_timeout replaces SQLite's busy handler with

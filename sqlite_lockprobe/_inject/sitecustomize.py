@@ -1,0 +1,67 @@
+"""Injected by `lockprobe trace`: instrument sqlite3 in this interpreter, then run the
+sitecustomize this one shadows (if any).
+
+Python imports `sitecustomize` from sys.path at startup (site.py). `lockprobe trace` puts
+this directory first on PYTHONPATH and sets LOCKPROBE_TRACE_DIR; without that variable this
+module does nothing but chain. Standard library only, and it must never break the program:
+any failure is one line on stderr and the program runs untraced.
+"""
+
+import os
+import sys
+
+
+def _load_lockprobe():
+    """Import sqlite_lockprobe from the directory above this one, without putting that
+    directory (lockprobe's own site-packages) on the program's sys.path."""
+    if "sqlite_lockprobe" in sys.modules:
+        return
+    import importlib.util
+
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "sqlite_lockprobe",
+        os.path.join(package_dir, "__init__.py"),
+        submodule_search_locations=[package_dir],
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sqlite_lockprobe"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["sqlite_lockprobe"]
+        raise
+
+
+def _trace():
+    if not os.environ.get("LOCKPROBE_TRACE_DIR") or sys.version_info < (3, 10):
+        return
+    try:
+        _load_lockprobe()
+        from sqlite_lockprobe.tracer import install_from_environment
+
+        install_from_environment()
+    except Exception as exc:  # noqa: BLE001 - the program must run even if the probe cannot
+        sys.stderr.write(f"lockprobe: the probe is not active in this process ({exc!r})\n")
+
+
+def _chain():
+    """Run the next sitecustomize on sys.path, the one this module shadows."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    rest = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    import importlib.machinery
+    import importlib.util
+
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["_lockprobe_chained_sitecustomize"] = module
+    spec.loader.exec_module(module)
+
+
+_trace()
+try:
+    _chain()
+except Exception as _exc:  # noqa: BLE001 - as site.py does for a failing sitecustomize
+    sys.stderr.write(f"Error in sitecustomize; set PYTHONVERBOSE for traceback:\n{_exc!r}\n")
