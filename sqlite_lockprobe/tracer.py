@@ -3,8 +3,10 @@ instrumented connection, and every execute/commit/rollback is recorded as a `cal
 who made it (process, thread, asyncio task) and where (the first frame in the user's code).
 
 Standard library only: this runs inside the user's interpreter, which may lack lockprobe's
-dependencies. It is loaded by `_inject/sitecustomize.py` when LOCKPROBE_TRACE_DIR is set, and
-writes one JSONL event file per process into that directory.
+dependencies. `_inject/sitecustomize.py` loads it when the program first imports sqlite3 (and
+LOCKPROBE_TRACE_DIR is set). Each process writes its own event file into that directory:
+length-prefixed `marshal` chunks of the event tuples (converting to JSON costs 10 us per event,
+marshal 0.25 us), which `read_trace_file` turns into the usual event dicts.
 
 What the program sees does not change: connections are instances of a subclass of the class it
 asked for (its own `factory=` included), results and exceptions are the original objects, and
@@ -16,17 +18,15 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import marshal
 import os
-import platform
-import re
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlite_lockprobe.events import EventRecorder
 from sqlite_lockprobe.probe import ConnectionProbe, error_codes, load_capi
 
 ENV_DIR = "LOCKPROBE_TRACE_DIR"
@@ -35,6 +35,8 @@ ENV_COMMAND = "LOCKPROBE_TRACE_COMMAND"
 ENV_PARENT = "LOCKPROBE_TRACE_PARENT"
 
 FLUSH_SECONDS = 0.25
+FILE_SUFFIX = ".lpk"
+MARSHAL_VERSION = 4  # readable by every Python since 3.4, whichever version wrote it
 SQL_LIMIT = 4096
 _WORKER_CACHE_LIMIT = 10_000
 
@@ -52,17 +54,19 @@ LIBRARY_PARTS = (
     "/tortoise/",
 )
 _SITE_DIRS = ("/site-packages/", "/dist-packages/")
-_SKIP = "skip"  # sqlite3 and lockprobe itself: not even a fallback call site
+_USER, _LIBRARY, _SKIP = 0, 1, 2  # kinds of frames; _SKIP: sqlite3 and lockprobe itself
 
 
-@dataclass(frozen=True)
 class TraceConfig:
     """What the parent `lockprobe trace` asked for, passed down in the environment."""
 
-    trace_dir: str
-    db: str | None = None  # realpath of the one database to record, None for all
-    command: str = ""
-    parent_pid: int = 0
+    def __init__(
+        self, trace_dir: str, db: str | None = None, command: str = "", parent_pid: int = 0
+    ) -> None:
+        self.trace_dir = trace_dir
+        self.db = db  # realpath of the one database to record, None for all
+        self.command = command
+        self.parent_pid = parent_pid
 
     @classmethod
     def from_environment(cls, environ: dict[str, str] | None = None) -> TraceConfig | None:
@@ -129,13 +133,20 @@ class _Connection:
 
 
 class _Recording:
-    """This process's event file, and the background thread that flushes it."""
+    """This process's event file, and the background thread that flushes it.
 
-    def __init__(self, tracer: Tracer) -> None:
-        pid = os.getpid()
-        name = f"events-{pid}-{time.monotonic_ns()}.jsonl"  # exec keeps the pid: unique name
-        self.recorder = EventRecorder(os.path.join(tracer.config.trace_dir, name))
-        self.emit = self.recorder.emit
+    Events are appended to a deque (thread-safe, C-level) and written by the flusher every
+    FLUSH_SECONDS as one chunk: 8-byte length, then `marshal.dumps(list_of_tuples)`. A
+    process killed mid-write leaves at most a torn last chunk, which the reader skips."""
+
+    def __init__(self, trace_dir: str) -> None:
+        name = f"events-{os.getpid()}-{time.monotonic_ns()}{FILE_SUFFIX}"  # exec keeps the pid
+        self.path = os.path.join(trace_dir, name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        self.fd = os.open(self.path, flags, 0o600)
+        self.pending: deque[tuple[Any, ...]] = deque()
+        self.append = self.pending.append
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -161,9 +172,48 @@ class _Recording:
             self.flush()
 
     def flush(self) -> None:
-        # The trace directory may be gone (lockprobe killed): the program goes on.
-        with contextlib.suppress(OSError, ValueError):
-            self.recorder.flush()
+        with self._lock:
+            pending, batch = self.pending, []
+            take, keep = pending.popleft, batch.append
+            while pending:
+                keep(take())
+            if not batch:
+                return
+            data = marshal.dumps(batch, MARSHAL_VERSION)
+            chunk = len(data).to_bytes(8, "little") + data
+            # The trace directory may be gone (lockprobe killed): the program goes on.
+            with contextlib.suppress(OSError):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self.fd, view) :]
+
+    def forget(self) -> None:
+        """In a forked child: drop the parent's file and events (the parent writes them)."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.pending = deque()
+
+
+def read_trace_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The events of one process's file, as event dicts; stops at a torn last chunk."""
+    from sqlite_lockprobe.events import EVENT_FIELDS, to_dict
+
+    with open(path, "rb") as src:
+        data = src.read()
+    offset = 0
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset : offset + 8], "little")
+        end = offset + 8 + size
+        if end > len(data):
+            return
+        try:
+            records = marshal.loads(data[offset + 8 : end])
+        except (ValueError, EOFError, TypeError):
+            return
+        offset = end
+        for record in records:
+            if isinstance(record, tuple) and record and record[0] in EVENT_FIELDS:
+                yield to_dict(record)
 
 
 class Tracer:
@@ -174,9 +224,13 @@ class Tracer:
         self._recording: _Recording | None = None
         self._recording_lock = threading.Lock()
         self._conn_numbers = itertools.count(1)
-        self._workers: dict[tuple[int, str, str | None], str] = {}
+        self._local = threading.local()  # per thread: (worker label, native thread id)
+        self._task_workers: dict[tuple[int, str], str] = {}
         self._process_label: str | None = None
-        self._places: dict[str, str | None] = {}
+        self._places: dict[str, tuple[int, str]] = {}
+        # (id(code), instruction offset) -> (code, site): the code object is kept alive so
+        # its id is never reused for another; f_lineno is computed once per call site.
+        self._sites: dict[tuple[int, int], tuple[Any, str]] = {}
         self._connection_classes: dict[type, type] = {}
         self._cursor_classes: dict[type, type] = {}
         self._original_connect: Callable[..., Any] | None = None
@@ -280,30 +334,17 @@ class Tracer:
 
     def emit(self, record: tuple[Any, ...]) -> None:
         """Record one event; never raises (it also runs inside SQLite's busy handler)."""
+        recording = self._recording
         try:  # noqa: SIM105 - the hot path: a try costs nothing there, suppress() does
-            self.recording.emit(record)
+            (recording or self.recording).append(record)
         except Exception:
             pass
 
     def _start_recording(self) -> _Recording:
-        recording = _Recording(self)
+        recording = _Recording(self.config.trace_dir)
         db = self.config.db or self._first_db
         journal_mode, page_size = read_header(db)
-        recording.emit(
-            (
-                "meta",
-                time.monotonic_ns(),
-                os.getpid(),
-                f"trace {self.config.command}".rstrip(),
-                db,
-                journal_mode if self.config.db else None,
-                page_size,
-                None,
-                platform.python_version(),
-                self._sqlite3.sqlite_version if self._sqlite3 else None,
-                sys.platform,
-            )
-        )
+        recording.append(self._meta(db, journal_mode if self.config.db else None, page_size))
         if not self._exit_hooked:
             self._exit_hooked = True
             atexit.register(self.flush_at_exit)
@@ -333,9 +374,12 @@ class Tracer:
 
     def _after_fork_in_child(self) -> None:
         # The parent writes what it recorded; this process starts its own file on first use.
+        if self._recording is not None:
+            self._recording.forget()
         self._recording = None
         self._recording_lock = threading.Lock()
-        self._workers = {}
+        self._local = threading.local()
+        self._task_workers = {}
         self._process_label = None
 
     # ------------------------------------------------------------------ connections
@@ -361,12 +405,13 @@ class Tracer:
         path = database_path(database, bool(uri))
         if self._first_db is None and path is not None:
             self._first_db = path
+        self.recording  # noqa: B018 - the process's meta event comes first
         conn_id = f"c{os.getpid()}.{next(self._conn_numbers)}"
         timeout_ms = max(0, int(float(timeout) * 1000))
         probe = ConnectionProbe(conn, conn_id, self.emit, timeout_ms=timeout_ms)
         state = _Connection(conn_id, probe, path)
         journal_mode, _ = read_header(path)
-        worker, _, _ = self._identity()
+        worker, _, _ = self._who()
         self.emit(
             (
                 "open",
@@ -399,29 +444,72 @@ class Tracer:
         kwargs: dict[str, Any],
     ) -> Any:
         """Run one call into sqlite3 exactly as asked and record it. The result and any
-        exception are the original objects: the exception is re-raised unchanged."""
+        exception are the original objects: the exception is re-raised unchanged.
+
+        The hot path: everything here runs for every statement the program executes."""
         previous = state.active
-        state.active = threading.get_ident()
+        state.active = get_ident()
         probe = state.probe
         busy_before = probe.busy_calls
-        t0 = time.monotonic_ns()
+        t0 = monotonic_ns()
         try:
             result = method(target, *args, **kwargs)
         except BaseException as exc:
-            t1 = time.monotonic_ns()
+            t1 = monotonic_ns()
             state.active = previous
-            self._record(state, conn, op, sql, t0, t1, busy_before, exc)
+            self._record_failure(state, conn, op, sql, t0, t1, busy_before, exc)
             if probe.interrupted is not None:
-                raise probe.take_interrupt()  # type: ignore[misc]  # noqa: B904 - as untraced: context
+                raise probe.take_interrupt()  # type: ignore[misc]  # noqa: B904 - as untraced
             raise
-        t1 = time.monotonic_ns()
+        t1 = monotonic_ns()
         state.active = previous
-        self._record(state, conn, op, sql, t0, t1, busy_before, None)
+        try:
+            if type(sql) is not str or len(sql) > SQL_LIMIT:
+                sql = _sql_text(sql)
+            if "imeout" in sql or "IMEOUT" in sql:
+                stmts = probe.take_statements()  # follows PRAGMA busy_timeout = N
+            else:
+                statements = probe.statements
+                stmts = tuple(statements)
+                statements.clear()
+            # Who: the thread's part is cached per thread; the task is looked up (C calls).
+            try:
+                worker, thread = self._local.me
+            except AttributeError:
+                worker, thread = self._local.me = self._new_thread()
+            task = None
+            asyncio = _modules.get("asyncio")
+            if asyncio is not None and asyncio._get_running_loop() is not None:
+                worker, thread, task = self._who()
+            (self._recording or self.recording).append(
+                (
+                    "call",
+                    t0,
+                    t1,
+                    state.conn_id,
+                    worker,
+                    thread,
+                    task,
+                    op,
+                    sql,
+                    stmts,
+                    probe.busy_calls - busy_before,
+                    None,
+                    None,
+                    None,
+                    conn.in_transaction,
+                    self._site(),
+                )
+            )
+            if "ournal_mode" in sql or "OURNAL_MODE" in sql:
+                self._follow_journal_mode(state)
+        except Exception:  # noqa: S110 - a recording problem must never surface in the program
+            pass
         if probe.interrupted is not None:
-            raise probe.take_interrupt()  # type: ignore[misc]
+            raise probe.take_interrupt()  # type: ignore[misc]  # Ctrl-C during a wait
         return result
 
-    def _record(
+    def _record_failure(
         self,
         state: _Connection,
         conn: Any,
@@ -430,26 +518,21 @@ class Tracer:
         t0: int,
         t1: int,
         busy_before: int,
-        exc: BaseException | None,
+        exc: BaseException,
     ) -> None:
         try:
             probe = state.probe
-            err = ext = msg = None
-            if exc is not None:
-                if isinstance(exc, self._sqlite3.Error):
-                    msg = str(exc)
-                    err, ext = probe.error_codes(exc) if probe.instrumented else error_codes(exc)
-                else:
-                    msg = f"{type(exc).__name__}: {exc}"
+            err = ext = None
+            if isinstance(exc, self._sqlite3.Error):
+                msg = str(exc)
+                err, ext = probe.error_codes(exc) if probe.instrumented else error_codes(exc)
+            else:
+                msg = f"{type(exc).__name__}: {exc}"
             try:
                 in_txn = bool(conn.in_transaction)
             except Exception:  # closed meanwhile
                 in_txn = False
-            stmts = probe.take_statements()
-            text = sql if type(sql) is str else repr(sql)
-            if len(text) > SQL_LIMIT:
-                text = text[:SQL_LIMIT] + "..."
-            worker, thread, task = self._identity()
+            worker, thread, task = self._who()
             self.emit(
                 (
                     "call",
@@ -460,71 +543,81 @@ class Tracer:
                     thread,
                     task,
                     op,
-                    text,
-                    stmts,
+                    _sql_text(sql),
+                    probe.take_statements(),
                     probe.busy_calls - busy_before,
                     err,
                     ext,
                     msg,
                     in_txn,
-                    self._call_site(),
+                    self._site(),
                 )
             )
-            if exc is None and ("journal_mode" in text or "JOURNAL_MODE" in text):
-                self._follow_journal_mode(state)
         except Exception:  # a recording problem must never surface in the program
             pass
+
+    def _meta(
+        self, db: str | None, journal_mode: str | None, page_size: int | None
+    ) -> tuple[Any, ...]:
+        return (
+            "meta",
+            time.monotonic_ns(),
+            os.getpid(),
+            f"trace {self.config.command}".rstrip(),
+            db,
+            journal_mode,
+            page_size,
+            None,
+            "{}.{}.{}".format(*sys.version_info[:3]),
+            self._sqlite3.sqlite_version if self._sqlite3 else None,
+            sys.platform,
+        )
 
     def _follow_journal_mode(self, state: _Connection) -> None:
         """After `PRAGMA journal_mode=...`, record the database's mode from its header."""
         journal_mode, page_size = read_header(state.path)
-        if journal_mode is None:
-            return
-        self.emit(
-            (
-                "meta",
-                time.monotonic_ns(),
-                os.getpid(),
-                f"trace {self.config.command}".rstrip(),
-                state.path,
-                journal_mode,
-                page_size,
-                None,
-                platform.python_version(),
-                self._sqlite3.sqlite_version,
-                sys.platform,
-            )
-        )
+        if journal_mode is not None:
+            self.emit(self._meta(state.path, journal_mode, page_size))
 
     # --------------------------------------------------------------------- identity
 
-    def _identity(self) -> tuple[str, int, str | None]:
-        """(worker label, native thread id, asyncio task name) of the calling code."""
-        thread = threading.get_native_id()
-        task = None
-        aio = sys.modules.get("asyncio")
-        if aio is not None:
-            loop = aio._get_running_loop()
+    def _who(self) -> tuple[str, int, str | None]:
+        """(worker label, native thread id, asyncio task name) of the calling code. The
+        thread's part is computed once per thread (threading.local: never reused)."""
+        try:
+            worker, thread = self._local.me
+        except AttributeError:
+            worker, thread = self._local.me = self._new_thread()
+        asyncio = _modules.get("asyncio")
+        if asyncio is not None:
+            loop = asyncio._get_running_loop()
             if loop is not None:
-                current = aio.current_task(loop)
-                if current is not None:
-                    task = current.get_name()
-        key = (thread, threading.current_thread().name, task)
-        worker = self._workers.get(key)
-        if worker is None:
-            worker = self._new_worker(key)
-        return worker, thread, task
+                task = asyncio.current_task(loop)
+                if task is not None:
+                    name = task.get_name()
+                    label = self._task_workers.get((thread, name))
+                    if label is None:
+                        label = self._new_worker(thread, name, "coroutine")
+                    return label, thread, name
+        return worker, thread, None
 
-    def _new_worker(self, key: tuple[int, str, str | None]) -> str:
-        thread, thread_name, task = key
-        label = task or thread_name
+    def _new_thread(self) -> tuple[str, int]:
+        thread = threading.get_native_id()
+        return self._new_worker(thread, threading.current_thread().name, "thread"), thread
+
+    def _new_worker(self, thread: int, name: str, kind: str) -> str:
+        """A worker label (the thread or task name, after the process's name for processes
+        the program started) and its `worker` event; the group drops numbering."""
+        import re
+
         prefix = self._process()
-        worker = f"{prefix}/{label}" if prefix else label
-        if len(self._workers) >= _WORKER_CACHE_LIMIT:
-            self._workers.clear()
-        self._workers[key] = worker
+        worker = f"{prefix}/{name}" if prefix else name
+        if kind == "coroutine":
+            if len(self._task_workers) >= _WORKER_CACHE_LIMIT:
+                self._task_workers.clear()
+            self._task_workers[(thread, name)] = worker
         group = re.sub(r"[-_#]?\d+", "", worker) or worker
-        kind = "coroutine" if task else "thread"
+        task = name if kind == "coroutine" else None
         self.emit(("worker", time.monotonic_ns(), worker, group, kind, os.getpid(), thread, task))
         return worker
 
@@ -539,30 +632,42 @@ class Tracer:
             self._process_label = label
         return self._process_label
 
-    def _call_site(self) -> str | None:
+    def _site(self) -> str | None:
         """'file:line function' of the first frame in the application's own code; the first
         library frame when the call has none (a driver's own thread)."""
-        frame = sys._getframe(2)
+        frame: Any = _getframe(2)
         places = self._places
         fallback = None
         while frame is not None:
-            filename = frame.f_code.co_filename
-            place = places.get(filename, "")
-            if place == "":
-                place = places[filename] = self._classify(filename)
-            if place is not None and place is not _SKIP:
-                if place[0] == "u":
-                    return f"{place[1:]}:{frame.f_lineno} {frame.f_code.co_name}"
-                if fallback is None:
-                    fallback = f"{place[1:]}:{frame.f_lineno} {frame.f_code.co_name}"
+            code = frame.f_code
+            place = places.get(code.co_filename)
+            if place is None:
+                place = places[code.co_filename] = self._classify(code.co_filename)
+            kind = place[0]
+            if kind == _USER:
+                return self._site_of(frame, code, place[1])
+            if kind == _LIBRARY and fallback is None:
+                fallback = frame
             frame = frame.f_back
-        return fallback
+        if fallback is None:
+            return None
+        return self._site_of(fallback, fallback.f_code, places[fallback.f_code.co_filename][1])
 
-    def _classify(self, filename: str) -> str | None:
-        """'u' + short path for application code, 'l' + short path for libraries, _SKIP for
-        sqlite3 and lockprobe."""
+    def _site_of(self, frame: Any, code: Any, short: str) -> str:
+        key = (id(code), frame.f_lasti)
+        known = self._sites.get(key)
+        if known is not None:
+            return known[1]  # type: ignore[no-any-return]
+        site = f"{short}:{frame.f_lineno} {code.co_name}"
+        if len(self._sites) >= _WORKER_CACHE_LIMIT * 10:
+            self._sites.clear()
+        self._sites[key] = (code, site)
+        return site
+
+    def _classify(self, filename: str) -> tuple[int, str]:
+        """(kind, short path) of a source file: the application's, a library's, or ours."""
         if filename.startswith(self.own_dirs):
-            return _SKIP
+            return _SKIP, filename
         path = filename.replace(os.sep, "/")
         in_site = any(part in path for part in _SITE_DIRS)
         library = (
@@ -578,7 +683,12 @@ class Tracer:
                     break
         elif self.cwd and filename.startswith(self.cwd):
             short = filename[len(self.cwd) :]
-        return ("l" if library else "u") + short
+        return (_LIBRARY if library else _USER), short
+
+
+def _sql_text(sql: Any) -> str:
+    text = sql if type(sql) is str else repr(sql)
+    return text if len(text) <= SQL_LIMIT else text[:SQL_LIMIT] + "..."
 
 
 def _getcwd() -> str:
@@ -787,59 +897,22 @@ def _make_cursor_class(tracer: Tracer, base: type) -> type:
     return type(base.__name__, (base,), namespace)
 
 
+_modules = sys.modules
+_getframe = sys._getframe
+get_ident = threading.get_ident
+monotonic_ns = time.monotonic_ns
 _tracer: Tracer | None = None
 
 
-def install_from_environment() -> Tracer | None:
-    """Called by the injected sitecustomize: trace this interpreter if LOCKPROBE_TRACE_DIR is
-    set. sqlite3 is patched when it is first imported, so programs that never use it pay for
-    nothing but this module's import."""
+def install_from_environment(sqlite3_module: Any) -> Tracer | None:
+    """Trace this interpreter if LOCKPROBE_TRACE_DIR is set. Called by the injected
+    sitecustomize once `sqlite3.dbapi2` has been imported, before `sqlite3` copies its names,
+    so programs that never use sqlite3 pay nothing."""
     global _tracer
     config = TraceConfig.from_environment()
-    if config is None or _tracer is not None:
-        return _tracer
-    _tracer = Tracer(config)
-    if "sqlite3.dbapi2" in sys.modules:
-        _tracer.install(sys.modules.get("sqlite3", sys.modules["sqlite3.dbapi2"]))
-    else:
-        sys.meta_path.insert(0, _Sqlite3ImportHook(_tracer))
+    if config is None:
+        return None
+    if _tracer is None:
+        _tracer = Tracer(config)
+    _tracer.install(sqlite3_module)
     return _tracer
-
-
-class _Sqlite3ImportHook:
-    """A meta path finder that lets `sqlite3.dbapi2` import normally, then patches it before
-    `sqlite3/__init__.py` copies its names (`from sqlite3.dbapi2 import *`)."""
-
-    def __init__(self, tracer: Tracer) -> None:
-        self.tracer = tracer
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "sqlite3.dbapi2":
-            return None
-        import importlib.machinery
-
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return None
-        loader = spec.loader
-        original_exec = loader.exec_module
-        tracer = self.tracer
-
-        def exec_module(module: Any) -> None:
-            original_exec(module)
-            try:
-                tracer.install(module)
-            except Exception:
-                pass
-            finally:
-                loader.exec_module = original_exec  # type: ignore[method-assign]
-                _remove_hook(tracer)
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
-
-
-def _remove_hook(tracer: Tracer) -> None:
-    sys.meta_path[:] = [
-        f for f in sys.meta_path if not (isinstance(f, _Sqlite3ImportHook) and f.tracer is tracer)
-    ]

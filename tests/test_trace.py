@@ -386,8 +386,8 @@ def test_a_program_killed_by_sigkill_still_reports_what_it_recorded(tmp_path) ->
     conn = sqlite3.connect(sys.argv[1])
     conn.execute("CREATE TABLE t (x)")
     conn.execute("INSERT INTO t VALUES (1)")  # MARK: last call
-    pattern = os.path.join(os.environ["LOCKPROBE_TRACE_DIR"], "events-*.jsonl")
-    while not any('"INSERT' in open(f).read() for f in glob.glob(pattern)):
+    pattern = os.path.join(os.environ["LOCKPROBE_TRACE_DIR"], "events-*")
+    while not any(b"INSERT" in open(f, "rb").read() for f in glob.glob(pattern)):
         time.sleep(0.01)
     os.kill(os.getpid(), 9)
     """

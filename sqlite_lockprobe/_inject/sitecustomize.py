@@ -2,13 +2,43 @@
 sitecustomize this one shadows (if any).
 
 Python imports `sitecustomize` from sys.path at startup (site.py). `lockprobe trace` puts
-this directory first on PYTHONPATH and sets LOCKPROBE_TRACE_DIR; without that variable this
-module does nothing but chain. Standard library only, and it must never break the program:
-any failure is one line on stderr and the program runs untraced.
+this directory first on PYTHONPATH and sets LOCKPROBE_TRACE_DIR. At startup this only adds an
+import hook (no other import): the probe itself is loaded when the program first imports
+sqlite3. Standard library only, and it must never break the program: a failure is one line on
+stderr and the program runs untraced.
 """
 
 import os
 import sys
+
+
+class _LockprobeSqlite3Hook:
+    """A meta path finder that lets `sqlite3.dbapi2` import normally, then instruments it
+    before `sqlite3/__init__.py` copies its names (`from sqlite3.dbapi2 import *`)."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "sqlite3.dbapi2":
+            return None
+        import importlib.machinery
+
+        _remove_hook()
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        loader = spec.loader
+        original_exec = loader.exec_module
+
+        def exec_module(module):
+            original_exec(module)
+            loader.exec_module = original_exec
+            _trace(module)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def _remove_hook():
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _LockprobeSqlite3Hook)]
 
 
 def _load_lockprobe():
@@ -33,14 +63,12 @@ def _load_lockprobe():
         raise
 
 
-def _trace():
-    if not os.environ.get("LOCKPROBE_TRACE_DIR") or sys.version_info < (3, 10):
-        return
+def _trace(dbapi2):
     try:
         _load_lockprobe()
         from sqlite_lockprobe.tracer import install_from_environment
 
-        install_from_environment()
+        install_from_environment(dbapi2)
     except Exception as exc:  # noqa: BLE001 - the program must run even if the probe cannot
         sys.stderr.write(f"lockprobe: the probe is not active in this process ({exc!r})\n")
 
@@ -60,7 +88,11 @@ def _chain():
     spec.loader.exec_module(module)
 
 
-_trace()
+if os.environ.get("LOCKPROBE_TRACE_DIR") and sys.version_info >= (3, 10):
+    if "sqlite3.dbapi2" in sys.modules:
+        _trace(sys.modules["sqlite3.dbapi2"])
+    else:
+        sys.meta_path.insert(0, _LockprobeSqlite3Hook())
 try:
     _chain()
 except Exception as _exc:  # noqa: BLE001 - as site.py does for a failing sitecustomize
