@@ -15,6 +15,7 @@ the probe keeps SQLite's busy_timeout schedule (probe.py).
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import contextlib
 import itertools
@@ -137,7 +138,10 @@ class _Recording:
 
     Events are appended to a deque (thread-safe, C-level) and written by the flusher every
     FLUSH_SECONDS as one chunk: 8-byte length, then `marshal.dumps(list_of_tuples)`. A
-    process killed mid-write leaves at most a torn last chunk, which the reader skips."""
+    process killed mid-write leaves at most a torn last chunk, which the reader skips.
+
+    The flusher is a bare `_thread` thread: it is not in `threading.enumerate()` or
+    `active_count()`, so the program sees the same threads as untraced."""
 
     def __init__(self, trace_dir: str) -> None:
         name = f"events-{os.getpid()}-{time.monotonic_ns()}{FILE_SUFFIX}"  # exec keeps the pid
@@ -146,30 +150,34 @@ class _Recording:
         self.fd = os.open(self.path, flags, 0o600)
         self.pending: deque[tuple[Any, ...]] = deque()
         self.append = self.pending.append
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._flusher: threading.Thread | None = None
+        self._lock = _thread.allocate_lock()
+        self._running: tuple[Any, Any] | None = None  # (stop, stopped) locks of the flusher
 
     def start_flusher(self) -> None:
-        if self._flusher is not None:
+        if self._running is not None:
             return
-        self._stop.clear()
-        self._flusher = threading.Thread(target=self._loop, name="lockprobe-flush", daemon=True)
-        self._flusher.start()
+        stop, stopped = _thread.allocate_lock(), _thread.allocate_lock()
+        stop.acquire()
+        stopped.acquire()
+        self._running = (stop, stopped)
+        _thread.start_new_thread(self._loop, (stop, stopped))
 
     def stop_flusher(self) -> bool:
         """Stop the flusher (before fork, at exit); returns whether it was running."""
-        flusher, self._flusher = self._flusher, None
-        if flusher is None:
+        running, self._running = self._running, None
+        if running is None:
             return False
-        self._stop.set()
-        if flusher is not threading.current_thread():
-            flusher.join()
+        stop, stopped = running
+        stop.release()
+        stopped.acquire()  # it has finished its last flush
         return True
 
-    def _loop(self) -> None:
-        while not self._stop.wait(FLUSH_SECONDS):
-            self.flush()
+    def _loop(self, stop: Any, stopped: Any) -> None:
+        try:
+            while not stop.acquire(timeout=FLUSH_SECONDS):
+                self.flush()
+        finally:
+            stopped.release()
 
     def flush(self) -> None:
         with self._lock:
@@ -457,9 +465,12 @@ class Tracer:
         except BaseException as exc:
             t1 = monotonic_ns()
             state.active = previous
-            self._record_failure(state, conn, op, sql, t0, t1, busy_before, exc)
-            if probe.interrupted is not None:
-                raise probe.take_interrupt()  # type: ignore[misc]  # noqa: B904 - as untraced
+            interrupt = probe.take_interrupt()
+            # An interrupted wait is recorded as what the program sees: the interruption,
+            # not the SQLITE_BUSY that ending the wait early produced.
+            self._record_failure(state, conn, op, sql, t0, t1, busy_before, interrupt or exc)
+            if interrupt is not None:
+                raise interrupt  # noqa: B904 - chained to the SQLite error, as untraced
             raise
         t1 = monotonic_ns()
         state.active = previous

@@ -447,7 +447,7 @@ def test_sigint_to_lockprobe_is_passed_to_the_program_and_the_report_follows(tmp
 
 
 BEHAVIOUR = """
-import sqlite3, sys
+import sqlite3, sys, threading
 
 class Conn(sqlite3.Connection):
     def hello(self):
@@ -495,6 +495,7 @@ try:
     conn.execute("SELECT 1")
 except sqlite3.ProgrammingError as exc:
     print("closed:", exc)
+print("threads", threading.active_count(), [t.name for t in threading.enumerate()])
 raise LookupError("the program's own failure")
 """
 
@@ -575,3 +576,95 @@ def test_the_probe_needs_only_the_standard_library(tmp_path) -> None:
     assert traced.proc.returncode == 0, traced.proc.stderr
     assert traced.proc.stderr == ""
     assert traced.report["trace"]["connections"] == 1
+
+
+# ------------------------------------------------------------------------ Ctrl-C and signals
+
+
+def test_ctrl_c_during_a_busy_wait_reaches_the_program(tmp_path) -> None:
+    # ctypes drops exceptions raised inside a C callback; the probe keeps the KeyboardInterrupt
+    # and the traced call re-raises it, so the program sees Ctrl-C as it would untraced.
+    source = """
+    import glob, os, signal, sqlite3, sys, threading, time
+    holder = sqlite3.connect(sys.argv[1], isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO t VALUES (1)")
+
+    def interrupt_once_waiting():
+        pattern = os.path.join(os.environ["LOCKPROBE_TRACE_DIR"], "events-*")
+        while not any(b"busy" in open(f, "rb").read() for f in glob.glob(pattern)):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_waiting, daemon=True).start()
+    waiter = sqlite3.connect(sys.argv[1], timeout=600)
+    try:
+        waiter.execute("INSERT INTO t VALUES (2)")
+    except KeyboardInterrupt:
+        print("program: Ctrl-C while waiting")
+    """
+    traced = trace_python(tmp_path, "wait.py", source, "app.db", options=("-q",))
+    assert traced.proc.returncode == 0, traced.proc.stderr
+    assert "program: Ctrl-C while waiting" in traced.proc.stdout
+    assert "Exception ignored" not in traced.proc.stderr
+    waits = [e for e in traced.events if e["k"] == "call" and e["busy"]]
+    assert len(waits) == 1 and waits[0]["msg"].startswith("KeyboardInterrupt")
+
+
+def test_ctrl_c_in_a_terminal_reaches_the_program_and_the_report_follows(tmp_path) -> None:
+    import pty
+
+    source = """
+    import sqlite3, sys, threading
+    conn = sqlite3.connect(sys.argv[1])
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    open("ready", "w").close()
+    threading.Event().wait()  # until Ctrl-C
+    """
+    program = write_program(tmp_path, "server.py", source)
+    report = tmp_path / "report.json"
+    argv = [sys.executable, "-m", "sqlite_lockprobe", "trace", "-q", "--json", str(report)]
+    argv += ["--", sys.executable, str(program), str(tmp_path / "app.db")]
+    pid, master = pty.fork()
+    if pid == 0:  # the child: lockprobe in its own terminal session
+        os.chdir(tmp_path)
+        os.execv(sys.executable, argv)
+    output = b""
+    try:
+        deadline = time.monotonic() + SAFETY_TIMEOUT
+        while not (tmp_path / "ready").exists():
+            assert time.monotonic() < deadline, "the program never got ready"
+            time.sleep(0.01)
+        os.write(master, b"\x03")  # the terminal's Ctrl-C: SIGINT to the foreground group
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the terminal closed, everyone exited
+                break
+            if not chunk:
+                break
+            output += chunk
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(master)
+    assert os.waitstatus_to_exitcode(status) == 130, output
+    assert b"KeyboardInterrupt" in output
+    data = json.loads(report.read_text())["trace"]
+    assert data["interrupted"] is True and data["signal"] == signal.SIGINT
+    assert data["escalated"] is None
+
+
+def test_only_a_terminal_ctrl_c_to_our_own_process_group_is_not_passed_on() -> None:
+    from types import SimpleNamespace
+
+    from sqlite_lockprobe.tracing import _program_got_it_too
+
+    same_group = SimpleNamespace(pid=os.getpid())  # a "child" in our own process group
+    terminal = SimpleNamespace(si_signo=signal.SIGINT, si_code=0x80)  # SI_KERNEL
+    kill = SimpleNamespace(si_signo=signal.SIGINT, si_code=0)  # SI_USER: kill(1)
+    term = SimpleNamespace(si_signo=signal.SIGTERM, si_code=0x80)
+    assert _program_got_it_too(same_group, terminal) is True
+    assert _program_got_it_too(same_group, kill) is False
+    assert _program_got_it_too(same_group, term) is False

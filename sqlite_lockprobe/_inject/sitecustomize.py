@@ -5,7 +5,8 @@ Python imports `sitecustomize` from sys.path at startup (site.py). `lockprobe tr
 this directory first on PYTHONPATH and sets LOCKPROBE_TRACE_DIR. At startup this only adds an
 import hook (no other import): the probe itself is loaded when the program first imports
 sqlite3. Standard library only, and it must never break the program: a failure is one line on
-stderr and the program runs untraced.
+stderr and the program runs untraced. Its syntax stays valid for Python 2.7 too, so an old
+interpreter started by the program only chains to its own sitecustomize.
 """
 
 import os
@@ -70,13 +71,26 @@ def _trace(dbapi2):
 
         install_from_environment(dbapi2)
     except Exception as exc:  # noqa: BLE001 - the program must run even if the probe cannot
-        sys.stderr.write(f"lockprobe: the probe is not active in this process ({exc!r})\n")
+        sys.stderr.write("lockprobe: the probe is not active in this process (%r)\n" % (exc,))
 
 
 def _chain():
     """Run the next sitecustomize on sys.path, the one this module shadows."""
     here = os.path.dirname(os.path.abspath(__file__))
     rest = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    if sys.version_info < (3, 4):
+        import imp
+
+        try:
+            found = imp.find_module("sitecustomize", rest)
+        except ImportError:
+            return
+        try:
+            imp.load_module("_lockprobe_chained_sitecustomize", *found)
+        finally:
+            if found[0] is not None:
+                found[0].close()
+        return
     import importlib.machinery
     import importlib.util
 
@@ -96,4 +110,4 @@ if os.environ.get("LOCKPROBE_TRACE_DIR") and sys.version_info >= (3, 10):
 try:
     _chain()
 except Exception as _exc:  # noqa: BLE001 - as site.py does for a failing sitecustomize
-    sys.stderr.write(f"Error in sitecustomize; set PYTHONVERBOSE for traceback:\n{_exc!r}\n")
+    sys.stderr.write("Error in sitecustomize; set PYTHONVERBOSE for traceback:\n%r\n" % (_exc,))
