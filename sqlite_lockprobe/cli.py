@@ -283,7 +283,7 @@ def trace(
     if events_path:
         write_events(events_path, result.events)
     analysis = analyze(result.events)
-    header = tracereport.trace_header(result)
+    header = tracereport.trace_header(result, analysis)
     if result.nothing_recorded:
         emit_report("trace", header, analysis, dataclasses.replace(outputs, quiet=True))
         if not outputs.quiet and outputs.json_path != "-":

@@ -232,7 +232,9 @@ class Tracer:
         self._recording: _Recording | None = None
         self._recording_lock = threading.Lock()
         self._conn_numbers = itertools.count(1)
-        self._local = threading.local()  # per thread: (worker label, native thread id)
+        # Per thread: me = (worker label, native thread id, serves tasks); behalf = who a
+        # driver's thread is running the current call for (aiosqlite).
+        self._local = threading.local()
         self._task_workers: dict[tuple[int, str], str] = {}
         self._process_label: str | None = None
         self._places: dict[str, tuple[int, str]] = {}
@@ -244,6 +246,7 @@ class Tracer:
         self._original_connect: Callable[..., Any] | None = None
         self._sqlite3: Any = None
         self._capi_ready = False
+        self._aiosqlite_bridged = False
         self._capi_loader = 0  # thread ident loading the C API: its connects are not traced
         self._exit_hooked = False
         self._first_db: str | None = None
@@ -311,6 +314,8 @@ class Tracer:
             return args, kwargs
         if not self._capi_ready:
             self._load_capi()
+        if not self._aiosqlite_bridged and "aiosqlite.core" in _modules:
+            self.bridge_aiosqlite()
         if len(args) > 5:
             base = args[5]
             args = (*args[:5], self.connection_class(base), *args[6:])
@@ -419,7 +424,7 @@ class Tracer:
         probe = ConnectionProbe(conn, conn_id, self.emit, timeout_ms=timeout_ms)
         state = _Connection(conn_id, probe, path)
         journal_mode, _ = read_header(path)
-        worker, _, _ = self._who()
+        worker, _, _, _ = self._who()
         self.emit(
             (
                 "open",
@@ -484,14 +489,20 @@ class Tracer:
                 stmts = tuple(statements)
                 statements.clear()
             # Who: the thread's part is cached per thread; the task is looked up (C calls).
+            local = self._local
             try:
-                worker, thread = self._local.me
+                worker, thread, serves_tasks = local.me
             except AttributeError:
-                worker, thread = self._local.me = self._new_thread()
-            task = None
-            asyncio = _modules.get("asyncio")
-            if asyncio is not None and asyncio._get_running_loop() is not None:
-                worker, thread, task = self._who()
+                worker, thread, serves_tasks = local.me = self._new_thread()
+            task = site = None
+            if serves_tasks:  # a driver's thread (aiosqlite) running a task's call
+                behalf = local.behalf
+                if behalf is not None:
+                    worker, task, site = behalf
+            else:
+                asyncio = _modules.get("asyncio")
+                if asyncio is not None and asyncio._get_running_loop() is not None:
+                    worker, thread, task, _ = self._who()
             (self._recording or self.recording).append(
                 (
                     "call",
@@ -509,7 +520,7 @@ class Tracer:
                     None,
                     None,
                     conn.in_transaction,
-                    self._site(),
+                    site or self._site(),
                 )
             )
             if "ournal_mode" in sql or "OURNAL_MODE" in sql:
@@ -543,7 +554,7 @@ class Tracer:
                 in_txn = bool(conn.in_transaction)
             except Exception:  # closed meanwhile
                 in_txn = False
-            worker, thread, task = self._who()
+            worker, thread, task, site = self._who()
             self.emit(
                 (
                     "call",
@@ -561,7 +572,7 @@ class Tracer:
                     ext,
                     msg,
                     in_txn,
-                    self._site(),
+                    site or self._site(),
                 )
             )
         except Exception:  # a recording problem must never surface in the program
@@ -592,13 +603,17 @@ class Tracer:
 
     # --------------------------------------------------------------------- identity
 
-    def _who(self) -> tuple[str, int, str | None]:
-        """(worker label, native thread id, asyncio task name) of the calling code. The
-        thread's part is computed once per thread (threading.local: never reused)."""
+    def _who(self) -> tuple[str, int, str | None, str | None]:
+        """(worker label, native thread id, asyncio task name, call site if already known) of
+        the calling code. The thread's part is computed once per thread (threading.local)."""
+        local = self._local
         try:
-            worker, thread = self._local.me
+            worker, thread, serves_tasks = local.me
         except AttributeError:
-            worker, thread = self._local.me = self._new_thread()
+            worker, thread, serves_tasks = local.me = self._new_thread()
+        if serves_tasks and local.behalf is not None:
+            worker, task, site = local.behalf
+            return worker, thread, task, site
         asyncio = _modules.get("asyncio")
         if asyncio is not None:
             loop = asyncio._get_running_loop()
@@ -609,12 +624,49 @@ class Tracer:
                     label = self._task_workers.get((thread, name))
                     if label is None:
                         label = self._new_worker(thread, name, "coroutine")
-                    return label, thread, name
-        return worker, thread, None
+                    return label, thread, name, None
+        return worker, thread, None, None
 
-    def _new_thread(self) -> tuple[str, int]:
+    def _new_thread(self) -> tuple[str, int, bool]:
         thread = threading.get_native_id()
-        return self._new_worker(thread, threading.current_thread().name, "thread"), thread
+        return self._new_worker(thread, threading.current_thread().name, "thread"), thread, False
+
+    def bridge_aiosqlite(self) -> None:
+        """aiosqlite runs every call on its own thread: wrap its `Connection._execute` (which
+        runs in the caller's task) so the call is recorded with that task's name and the
+        application's call site, as if made there. Its thread stays the real one."""
+        self._aiosqlite_bridged = True
+        core = _modules.get("aiosqlite.core")
+        cls = getattr(core, "Connection", None)
+        original = getattr(cls, "_execute", None)
+        code = getattr(original, "__code__", None)
+        if code is None or not code.co_flags & 0x80:  # CO_COROUTINE: the shape we know
+            return
+        tracer = self
+
+        async def _execute(self: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            worker, _, task, _ = tracer._who()
+            behalf = (worker, task, tracer._site())
+            local = tracer._local
+
+            def on_behalf(*a: Any, **k: Any) -> Any:
+                try:
+                    me = local.me
+                except AttributeError:
+                    me = local.me = tracer._new_thread()
+                if not me[2]:
+                    local.me = (me[0], me[1], True)
+                local.behalf = behalf
+                try:
+                    return fn(*a, **k)
+                finally:
+                    local.behalf = None
+
+            return await original(self, on_behalf, *args, **kwargs)
+
+        _execute.__wrapped__ = original  # type: ignore[attr-defined]
+        _execute.__doc__ = original.__doc__
+        cls._execute = _execute  # type: ignore[union-attr]
 
     def _new_worker(self, thread: int, name: str, kind: str) -> str:
         """A worker label (the thread or task name, after the process's name for processes

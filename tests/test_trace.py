@@ -319,6 +319,60 @@ def test_healthy_program_has_no_findings(tmp_path) -> None:
     assert "Diagnosis: no lock problems found" in traced.proc.stdout  # --json FILE + terminal
 
 
+AIOSQLITE = """
+import asyncio
+import sys
+
+import aiosqlite
+
+DB = sys.argv[1]
+
+
+async def write(number, holds, release):
+    async with aiosqlite.connect(DB, timeout=0.3) as db:
+        if number == 0:
+            await db.execute("INSERT INTO person (name) VALUES ('holder')")  # MARK: holder
+            holds.set()
+            await release.wait()  # an await while it holds the write lock
+            await db.commit()
+        else:
+            await holds.wait()
+            try:
+                await db.execute("INSERT INTO person (name) VALUES ('waiter')")  # MARK: waiter
+            except aiosqlite.OperationalError as exc:
+                print("waiter:", exc)
+            release.set()
+
+
+async def main():
+    async with aiosqlite.connect(DB) as db:
+        await db.execute("CREATE TABLE IF NOT EXISTS person (id INTEGER PRIMARY KEY, name TEXT)")
+        await db.commit()
+    holds, release = asyncio.Event(), asyncio.Event()
+    await asyncio.gather(
+        *(asyncio.create_task(write(n, holds, release), name=f"writer-{n}") for n in range(2))
+    )
+
+
+asyncio.run(main())
+"""
+
+
+def test_aiosqlite_calls_are_attributed_to_the_awaiting_task_and_its_line(tmp_path) -> None:
+    pytest.importorskip("aiosqlite")
+    traced = trace_python(tmp_path, "aio.py", AIOSQLITE, "app.db", options=("-q",))
+    assert traced.proc.returncode == 0, traced.proc.stderr
+    # aiosqlite's own thread waits, not the event loop: a long hold, not a self-deadlock.
+    assert traced.patterns == ["long-write-transaction"]
+    evidence = traced.evidence()
+    assert f"aio.py:{line_of(AIOSQLITE, 'holder')} write" in evidence
+    assert f"aio.py:{line_of(AIOSQLITE, 'waiter')} write" in evidence
+    assert "task writer-0" in evidence and "task writer-1" in evidence
+    loop_thread = {e["thread"] for e in traced.events if e["k"] == "worker" and e["task"]}
+    call_threads = {e["thread"] for e in traced.events if e["k"] == "call"}
+    assert not loop_thread & call_threads  # the calls ran on aiosqlite's threads
+
+
 # ----------------------------------------------------------------------- exit codes, bad input
 
 

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from sqlite_lockprobe.analysis import Analysis
 from sqlite_lockprobe.report.runreport import ReportHeader
 from sqlite_lockprobe.tracing import TraceResult
 
 NOTHING_TO_TRACE = "nothing to trace (no sqlite3 connection recorded)"
 
 
-def trace_header(result: TraceResult) -> ReportHeader:
+def trace_header(result: TraceResult, analysis: Analysis) -> ReportHeader:
     meta = next((e for e in reversed(result.events) if e["k"] == "meta"), {})
-    journal = next(
-        (e.get("journal_mode") for e in reversed(result.events) if e["k"] == "meta"),
-        None,
-    ) or next((e.get("journal_mode") for e in result.events if e["k"] == "open"), None)
+    journal = analysis.timeline.journal_mode if not result.nothing_recorded else None
     processes = ", ".join(str(p) for p in result.pids) or "none"
     facts = [
         ("command", result.command),
