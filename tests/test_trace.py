@@ -722,3 +722,67 @@ def test_only_a_terminal_ctrl_c_to_our_own_process_group_is_not_passed_on() -> N
     assert _program_got_it_too(same_group, terminal) is True
     assert _program_got_it_too(same_group, kill) is False
     assert _program_got_it_too(same_group, term) is False
+
+
+# ------------------------------------------------------------------ helpers of the probe itself
+
+
+def test_database_path_follows_plain_names_uris_and_skips_memory_databases(tmp_path) -> None:
+    from sqlite_lockprobe.tracer import database_path
+
+    target = str((tmp_path / "app.db").resolve())
+    assert database_path(tmp_path / "app.db", False) == target
+    assert database_path(str(tmp_path / "app.db").encode(), False) == target
+    assert database_path(f"file:{tmp_path}/app.db?mode=ro", True) == target
+    assert database_path(f"file://{tmp_path}/app%2Edb", True) == target
+    assert database_path("file:shared?mode=memory&cache=shared", True) is None
+    assert database_path(":memory:", False) is None
+    assert database_path("", False) is None
+    # Without uri=True a "file:" name is a plain file name, as SQLite reads it.
+    assert database_path("file:x.db", False) == os.path.realpath("file:x.db")
+
+
+def test_read_header_tells_wal_from_rollback_without_opening_the_database(tmp_path) -> None:
+    import sqlite3
+
+    from sqlite_lockprobe.tracer import read_header
+
+    wal, rollback = tmp_path / "wal.db", tmp_path / "rollback.db"
+    for path, mode in ((wal, "WAL"), (rollback, "DELETE")):
+        conn = sqlite3.connect(path)
+        conn.execute(f"PRAGMA journal_mode={mode}")
+        conn.execute("CREATE TABLE t (x)")
+        conn.close()
+    assert read_header(str(wal)) == ("wal", 4096)
+    assert read_header(str(rollback)) == ("delete", 4096)
+    assert read_header(str(tmp_path / "missing.db")) == (None, None)
+    (tmp_path / "empty.db").write_bytes(b"")
+    assert read_header(str(tmp_path / "empty.db")) == (None, None)
+
+
+def test_call_sites_skip_libraries_and_generated_code_but_not_the_users_scripts(tmp_path) -> None:
+    from sqlite_lockprobe.tracer import _LIBRARY, _SKIP, _USER, TraceConfig, Tracer
+
+    tracer = Tracer(TraceConfig(str(tmp_path)))
+    tracer.cwd = "/srv/app/"
+    site = "/venv/lib/python3.11/site-packages"
+    cases = {
+        "/srv/app/views.py": (_USER, "views.py"),
+        "/home/me/other/job.py": (_USER, "/home/me/other/job.py"),
+        "<string>": (_USER, "<string>"),
+        f"{site}/django/db/models/query.py": (_LIBRARY, "django/db/models/query.py"),
+        f"{site}/django/contrib/sessions/backends/db.py": (
+            _USER,
+            "django/contrib/sessions/backends/db.py",
+        ),
+        f"{site}/sqlalchemy/orm/session.py": (_LIBRARY, "sqlalchemy/orm/session.py"),
+        "<sqlalchemy generated warned() wrapper for Session._flush>": (
+            _LIBRARY,
+            "<sqlalchemy generated warned() wrapper for Session._flush>",
+        ),
+        f"{site}/aiosqlite/core.py": (_LIBRARY, "aiosqlite/core.py"),
+        tracer.stdlib + "threading.py": (_LIBRARY, tracer.stdlib + "threading.py"),
+    }
+    for filename, expected in cases.items():
+        assert tracer._classify(filename) == expected, filename
+    assert tracer._classify(tracer.own_dirs[0] + "tracer.py")[0] == _SKIP
