@@ -494,9 +494,9 @@ class Tracer:
             # Who: the thread's part is cached per thread; the task is looked up (C calls).
             local = self._local
             try:
-                worker, thread, serves_tasks = local.me
+                worker, thread, serves_tasks, announced = local.me
             except AttributeError:
-                worker, thread, serves_tasks = local.me = self._new_thread()
+                worker, thread, serves_tasks, announced = local.me = self._new_thread()
             task = site = None
             if serves_tasks:  # a driver's thread (aiosqlite) running a task's call
                 behalf = local.behalf
@@ -506,6 +506,8 @@ class Tracer:
                 asyncio = _modules.get("asyncio")
                 if asyncio is not None and asyncio._get_running_loop() is not None:
                     worker, thread, task, _ = self._who()
+            if task is None and not announced:
+                self._announce_thread()
             (self._recording or self.recording).append(
                 (
                     "call",
@@ -611,9 +613,9 @@ class Tracer:
         the calling code. The thread's part is computed once per thread (threading.local)."""
         local = self._local
         try:
-            worker, thread, serves_tasks = local.me
+            worker, thread, serves_tasks, announced = local.me
         except AttributeError:
-            worker, thread, serves_tasks = local.me = self._new_thread()
+            worker, thread, serves_tasks, announced = local.me = self._new_thread()
         if serves_tasks and local.behalf is not None:
             worker, task, site = local.behalf
             return worker, thread, task, site
@@ -626,13 +628,23 @@ class Tracer:
                     name = task.get_name()
                     label = self._task_workers.get((thread, name))
                     if label is None:
-                        label = self._new_worker(thread, name, "coroutine")
+                        label = self._new_task_worker(thread, name)
                     return label, thread, name, None
+        if not announced:
+            self._announce_thread()
         return worker, thread, None, None
 
-    def _new_thread(self) -> tuple[str, int, bool]:
-        thread = threading.get_native_id()
-        return self._new_worker(thread, threading.current_thread().name, "thread"), thread, False
+    def _new_thread(self) -> tuple[str, int, bool, bool]:
+        """This thread's (worker label, native id, serves tasks, announced): its `worker`
+        event waits until a call is made for the thread itself, not for one of its tasks."""
+        prefix = self._process()
+        name = threading.current_thread().name
+        return (f"{prefix}/{name}" if prefix else name), threading.get_native_id(), False, False
+
+    def _announce_thread(self) -> None:
+        worker, thread, serves_tasks, _ = self._local.me
+        self._local.me = (worker, thread, serves_tasks, True)
+        self._announce(worker, "thread", thread, None)
 
     def bridge_aiosqlite(self) -> None:
         """aiosqlite runs every call on its own thread: wrap its `Connection._execute` (which
@@ -658,7 +670,7 @@ class Tracer:
                 except AttributeError:
                     me = local.me = tracer._new_thread()
                 if not me[2]:
-                    local.me = (me[0], me[1], True)
+                    local.me = (me[0], me[1], True, me[3])
                 local.behalf = behalf
                 try:
                     return fn(*a, **k)
@@ -671,21 +683,23 @@ class Tracer:
         _execute.__doc__ = original.__doc__
         cls._execute = _execute  # type: ignore[union-attr]
 
-    def _new_worker(self, thread: int, name: str, kind: str) -> str:
-        """A worker label (the thread or task name, after the process's name for processes
-        the program started) and its `worker` event; the group drops numbering."""
+    def _new_task_worker(self, thread: int, task: str) -> str:
+        """The worker label of an asyncio task (after the process's name for processes the
+        program started), announced by its `worker` event."""
+        prefix = self._process()
+        worker = f"{prefix}/{task}" if prefix else task
+        if len(self._task_workers) >= _WORKER_CACHE_LIMIT:
+            self._task_workers.clear()
+        self._task_workers[(thread, task)] = worker
+        self._announce(worker, "coroutine", thread, task)
+        return worker
+
+    def _announce(self, worker: str, kind: str, thread: int, task: str | None) -> None:
+        """The `worker` event: its group is the label without numbering (Thread-3 -> Thread)."""
         import re
 
-        prefix = self._process()
-        worker = f"{prefix}/{name}" if prefix else name
-        if kind == "coroutine":
-            if len(self._task_workers) >= _WORKER_CACHE_LIMIT:
-                self._task_workers.clear()
-            self._task_workers[(thread, name)] = worker
         group = re.sub(r"[-_#]?\d+", "", worker) or worker
-        task = name if kind == "coroutine" else None
         self.emit(("worker", time.monotonic_ns(), worker, group, kind, os.getpid(), thread, task))
-        return worker
 
     def _process(self) -> str:
         """'' for the traced program's own process; a name for the processes it started."""
