@@ -760,29 +760,31 @@ def test_read_header_tells_wal_from_rollback_without_opening_the_database(tmp_pa
     assert read_header(str(tmp_path / "empty.db")) == (None, None)
 
 
-def test_call_sites_skip_libraries_and_generated_code_but_not_the_users_scripts(tmp_path) -> None:
-    from sqlite_lockprobe.tracer import _LIBRARY, _SKIP, _USER, TraceConfig, Tracer
+def test_call_sites_skip_libraries_and_generated_code_but_not_the_users_scripts() -> None:
+    from sqlite_lockprobe.callsite import LIBRARY, SKIP, USER, CallSites
 
-    tracer = Tracer(TraceConfig(str(tmp_path)))
-    tracer.cwd = "/srv/app/"
+    sites = CallSites(("/opt/lockprobe/sqlite_lockprobe/",), cwd="/srv/app/")
     site = "/venv/lib/python3.11/site-packages"
     cases = {
-        "/srv/app/views.py": (_USER, "views.py"),
-        "/home/me/other/job.py": (_USER, "/home/me/other/job.py"),
-        "<string>": (_USER, "<string>"),
-        f"{site}/django/db/models/query.py": (_LIBRARY, "django/db/models/query.py"),
+        "/srv/app/views.py": (USER, "views.py"),
+        "/home/me/other/job.py": (USER, "/home/me/other/job.py"),
+        "<string>": (USER, "<string>"),
+        f"{site}/django/db/models/query.py": (LIBRARY, "django/db/models/query.py"),
         f"{site}/django/contrib/sessions/backends/db.py": (
-            _USER,
+            USER,
             "django/contrib/sessions/backends/db.py",
         ),
-        f"{site}/sqlalchemy/orm/session.py": (_LIBRARY, "sqlalchemy/orm/session.py"),
+        f"{site}/sqlalchemy/orm/session.py": (LIBRARY, "sqlalchemy/orm/session.py"),
         "<sqlalchemy generated warned() wrapper for Session._flush>": (
-            _LIBRARY,
+            LIBRARY,
             "<sqlalchemy generated warned() wrapper for Session._flush>",
         ),
-        f"{site}/aiosqlite/core.py": (_LIBRARY, "aiosqlite/core.py"),
-        tracer.stdlib + "threading.py": (_LIBRARY, tracer.stdlib + "threading.py"),
+        f"{site}/aiosqlite/core.py": (LIBRARY, "aiosqlite/core.py"),
+        sites.stdlib + "threading.py": (LIBRARY, sites.stdlib + "threading.py"),
+        "/opt/lockprobe/sqlite_lockprobe/tracer.py": (
+            SKIP,
+            "/opt/lockprobe/sqlite_lockprobe/tracer.py",
+        ),
     }
     for filename, expected in cases.items():
-        assert tracer._classify(filename) == expected, filename
-    assert tracer._classify(tracer.own_dirs[0] + "tracer.py")[0] == _SKIP
+        assert sites._classify(filename) == expected, filename

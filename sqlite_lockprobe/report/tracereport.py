@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 
 from sqlite_lockprobe.analysis import Analysis
@@ -12,7 +14,7 @@ NOTHING_TO_TRACE = "nothing to trace (no sqlite3 connection recorded)"
 
 
 def trace_header(result: TraceResult, analysis: Analysis) -> ReportHeader:
-    meta = next((e for e in reversed(result.events) if e["k"] == "meta"), {})
+    meta: dict[str, Any] = next((e for e in reversed(result.events) if e["k"] == "meta"), {})
     journal = analysis.timeline.journal_mode if not result.nothing_recorded else None
     processes = ", ".join(str(p) for p in result.pids) or "none"
     facts = [
