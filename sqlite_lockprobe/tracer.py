@@ -33,6 +33,9 @@ ENV_DIR = "LOCKPROBE_TRACE_DIR"
 ENV_DB = "LOCKPROBE_TRACE_DB"
 ENV_COMMAND = "LOCKPROBE_TRACE_COMMAND"
 ENV_PARENT = "LOCKPROBE_TRACE_PARENT"
+# "pid:n" set by a traced process just before exec: the new program keeps the pid, so its
+# connections are numbered on from n (connection ids are "c<pid>.<n>").
+ENV_NEXT_CONN = "LOCKPROBE_TRACE_NEXT_CONN"
 
 SQL_LIMIT = 4096
 _WORKER_CACHE_LIMIT = 10_000
@@ -120,7 +123,7 @@ class Tracer:
         self.config = config
         self._recording: EventFile | None = None
         self._recording_lock = threading.Lock()
-        self._conn_numbers = itertools.count(1)
+        self._conn_numbers = itertools.count(_first_conn_number())
         # Per thread: me = (worker label, native thread id, serves tasks); behalf = who a
         # driver's thread is running the current call for (aiosqlite).
         self._local = threading.local()
@@ -253,6 +256,12 @@ class Tracer:
     def flush(self) -> None:
         if self._recording is not None:
             self._recording.flush()
+
+    def before_exec(self) -> str:
+        """Write what is recorded (an exec that fails, as execvp's tries do, keeps tracing);
+        returns the ENV_NEXT_CONN value for the new program."""
+        self.flush()
+        return f"{os.getpid()}:{next(self._conn_numbers)}"
 
     def flush_at_exit(self) -> None:
         recording = self._recording
@@ -600,31 +609,45 @@ def _sql_text(sql: Any) -> str:
     return text if len(text) <= SQL_LIMIT else text[:SQL_LIMIT] + "..."
 
 
+def _first_conn_number() -> int:
+    pid, _, number = os.environ.get(ENV_NEXT_CONN, "").partition(":")
+    return int(number) if pid == str(os.getpid()) and number.isdigit() else 1
+
+
 def _wrap_os_exits(tracer: Tracer) -> None:
     """Flush before os._exit (multiprocessing's forked children end that way, skipping atexit)
-    and before exec* (the new program replaces this one and its unwritten events)."""
+    and before exec (the new program replaces this one and its unwritten events; it gets the
+    next connection number). os.execl/execlp/execvp/execle/execvpe all end in these two."""
+    if getattr(os._exit, "__lockprobe__", False):
+        return
+    original_exit, original_execv, original_execve = os._exit, os.execv, os.execve
 
-    def wrap(name: str, flush: Callable[[], None]) -> None:
-        original = getattr(os, name, None)
-        if original is None or getattr(original, "__lockprobe__", False):
-            return
+    def _exit(*args: Any, **kwargs: Any) -> Any:
+        tracer.flush_at_exit()
+        return original_exit(*args, **kwargs)
 
-        def flushed(*args: Any, **kwargs: Any) -> Any:
-            flush()  # an exec that fails (execvp tries each PATH entry) keeps tracing
-            return original(*args, **kwargs)
+    def execv(*args: Any, **kwargs: Any) -> Any:
+        os.environ[ENV_NEXT_CONN] = tracer.before_exec()
+        return original_execv(*args, **kwargs)
 
-        flushed.__lockprobe__ = True  # type: ignore[attr-defined]
-        flushed.__wrapped__ = original  # type: ignore[attr-defined]
-        flushed.__name__ = name
-        flushed.__doc__ = original.__doc__
-        setattr(os, name, flushed)
+    def execve(*args: Any, **kwargs: Any) -> Any:
+        marker = tracer.before_exec()
+        with contextlib.suppress(Exception):  # a bad env argument fails in execve, as untraced
+            if len(args) >= 3:
+                args = (*args[:2], {**args[2], ENV_NEXT_CONN: marker}, *args[3:])
+            elif "env" in kwargs:
+                kwargs = {**kwargs, "env": {**kwargs["env"], ENV_NEXT_CONN: marker}}
+        return original_execve(*args, **kwargs)
 
-    for name, flush in (
-        ("_exit", tracer.flush_at_exit),
-        ("execv", tracer.flush),
-        ("execve", tracer.flush),
+    for wrapper, original in (
+        (_exit, original_exit),
+        (execv, original_execv),
+        (execve, original_execve),
     ):
-        wrap(name, flush)
+        wrapper.__lockprobe__ = True  # type: ignore[attr-defined]
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+        wrapper.__doc__ = original.__doc__
+        setattr(os, original.__name__, wrapper)
 
 
 _modules = sys.modules

@@ -497,6 +497,36 @@ def test_sigint_to_lockprobe_is_passed_to_the_program_and_the_report_follows(tmp
     assert data["connections"] == 1
 
 
+def test_a_program_that_execs_another_keeps_both_recordings_apart(tmp_path) -> None:
+    # exec keeps the pid: the first program's events are flushed before it is replaced, and
+    # the second numbers its connections on, so the two connections stay two.
+    write_program(
+        tmp_path,
+        "second.py",
+        """
+        import sqlite3
+        conn = sqlite3.connect("app.db")
+        conn.execute("INSERT INTO t VALUES ('second')")  # MARK: second
+        conn.commit()
+        """,
+    )
+    source = """
+    import os, sqlite3, sys
+    conn = sqlite3.connect("app.db")
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES ('first')")  # MARK: first
+    conn.commit()
+    os.execv(sys.executable, [sys.executable, "second.py"])
+    """
+    traced = trace_python(tmp_path, "first.py", source)
+    assert traced.proc.returncode == 0, traced.proc.stderr
+    opens = [e for e in traced.events if e["k"] == "open"]
+    assert len({e["conn"] for e in opens}) == 2 and len({e["pid"] for e in opens}) == 1
+    sites = {e["site"] for e in traced.events if e["k"] == "call"}
+    assert f"first.py:{line_of(source, 'first')} <module>" in sites
+    assert "second.py:3 <module>" in sites
+
+
 # --------------------------------------------------------------------- the program is unchanged
 
 
