@@ -354,6 +354,8 @@ class Tracer:
         exception are the original objects: the exception is re-raised unchanged.
 
         The hot path: everything here runs for every statement the program executes."""
+        if type(sql) is str and ("imeout" in sql or "IMEOUT" in sql) and reads_busy_timeout(sql):
+            method = self._reporting_busy_timeout(state, conn, method)
         previous = state.active
         state.active = get_ident()
         probe = state.probe
@@ -426,6 +428,31 @@ class Tracer:
         if probe.interrupted is not None:
             raise probe.take_interrupt()  # type: ignore[misc]  # Ctrl-C during a wait
         return result
+
+    def _reporting_busy_timeout(
+        self, state: _Connection, conn: Any, method: Callable[..., Any]
+    ) -> Callable[..., Any]:
+        """`method`, run with SQLite's own busy handler: installing the probe's makes SQLite
+        report a busy_timeout of 0 (sqlite3_busy_handler resets it, main.c), so a statement
+        that reads it runs with SQLite's handler and the same timeout, then the probe's is
+        installed again."""
+        probe = state.probe
+        raw_execute = self._sqlite3.Connection.execute
+
+        def reporting(target: Any, *args: Any, **kwargs: Any) -> Any:
+            restore = f"PRAGMA busy_timeout = {int(probe.timeout_ms)}"
+            try:
+                raw_execute(conn, restore)
+                if probe.statements and probe.statements[-1] == restore:
+                    probe.statements.pop()  # not the program's statement
+            except Exception:  # closed: the program's own call fails the same way
+                return method(target, *args, **kwargs)
+            try:
+                return method(target, *args, **kwargs)
+            finally:
+                probe.set_busy_timeout(probe.timeout_ms)
+
+        return reporting
 
     def _record_failure(
         self,
@@ -607,6 +634,15 @@ class Tracer:
 def _sql_text(sql: Any) -> str:
     text = sql if type(sql) is str else repr(sql)
     return text if len(text) <= SQL_LIMIT else text[:SQL_LIMIT] + "..."
+
+
+def reads_busy_timeout(sql: str) -> bool:
+    """A statement that reads busy_timeout (`PRAGMA busy_timeout`, `pragma_busy_timeout`)
+    rather than setting it."""
+    text = sql.lower().replace(" ", "").replace("\n", "").replace("\t", "")
+    if "busy_timeout" not in text:
+        return False
+    return "pragma_busy_timeout" in text or "=" not in text and "busy_timeout(" not in text
 
 
 def _first_conn_number() -> int:

@@ -565,6 +565,9 @@ conn.execute("SELECT 1")
 conn.set_trace_callback(None)
 print("trace callback saw", seen)
 print("in transaction", conn.in_transaction, "total changes", conn.total_changes)
+print("busy_timeout", conn.execute("PRAGMA busy_timeout").fetchone()[0])
+conn.execute("PRAGMA busy_timeout = 1234")
+print("busy_timeout", conn.execute("SELECT * FROM pragma_busy_timeout").fetchone()[0])
 print("dump lines", len(list(conn.iterdump())))
 try:
     conn.execute("INSERT INTO t (name) VALUES ('a')")
@@ -605,6 +608,8 @@ def test_the_program_behaves_the_same_with_and_without_trace(tmp_path) -> None:
     assert {e["op"] for e in recorded} >= {"execute", "executemany", "executescript", "commit"}
     assert any(e["op"] == "rollback" for e in recorded)  # the context manager's rollback
     assert any(e["err"] == 19 for e in recorded)  # SQLITE_CONSTRAINT, recorded as it happened
+    assert "busy_timeout 5000\nbusy_timeout 1234\n" in traced.proc.stdout
+    assert not any("= 5000" in s for e in recorded for s in e["stmts"])  # lockprobe's own
 
 
 def test_db_limits_recording_to_one_database(tmp_path) -> None:
@@ -683,6 +688,7 @@ def test_ctrl_c_during_a_busy_wait_reaches_the_program(tmp_path) -> None:
 
     threading.Thread(target=interrupt_once_waiting, daemon=True).start()
     waiter = sqlite3.connect(sys.argv[1], timeout=600)
+    print("busy_timeout", waiter.execute("PRAGMA busy_timeout").fetchone()[0])
     try:
         waiter.execute("INSERT INTO t VALUES (2)")
     except KeyboardInterrupt:
@@ -691,6 +697,7 @@ def test_ctrl_c_during_a_busy_wait_reaches_the_program(tmp_path) -> None:
     traced = trace_python(tmp_path, "wait.py", source, "app.db", options=("-q",))
     assert traced.proc.returncode == 0, traced.proc.stderr
     assert "program: Ctrl-C while waiting" in traced.proc.stdout
+    assert "busy_timeout 600000" in traced.proc.stdout  # as untraced, not 0
     assert "Exception ignored" not in traced.proc.stderr
     waits = [e for e in traced.events if e["k"] == "call" and e["busy"]]
     assert len(waits) == 1 and waits[0]["msg"].startswith("KeyboardInterrupt")
