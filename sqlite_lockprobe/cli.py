@@ -34,7 +34,7 @@ from sqlite_lockprobe.report.progress import live_progress
 from sqlite_lockprobe.report.runreport import ReportHeader
 from sqlite_lockprobe.runner import run_scenario
 from sqlite_lockprobe.scenario import builtin_names, load_scenario
-from sqlite_lockprobe.tracing import trace_program
+from sqlite_lockprobe.tracing import GRACE_SECONDS, trace_program
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -267,6 +267,15 @@ def report(events_file: Path, outputs: ReportOutputs) -> None:
     help="Exit 1 when the diagnosis finds PATTERN (repeatable; 'any': any finding), "
     "instead of the program's own exit code.",
 )
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=GRACE_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="After a second Ctrl-C, time the program has to exit before lockprobe sends SIGTERM "
+    "(and as long again before SIGKILL).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @user_errors
 def trace(
@@ -274,12 +283,13 @@ def trace(
     events_path: Path | None,
     outputs: ReportOutputs,
     fail_on: tuple[str, ...],
+    grace: float,
     command: tuple[str, ...],
 ) -> None:
     """Run your own program with every sqlite3 connection instrumented, then report like
     `run`: lockprobe trace [OPTIONS] -- python app.py ARGS. Ctrl-C goes to the program
     first; lockprobe exits with the program's exit code."""
-    result = trace_program(list(command), db=db)
+    result = trace_program(list(command), db=db, grace_seconds=grace)
     if events_path:
         write_events(events_path, result.events)
     analysis = analyze(result.events)

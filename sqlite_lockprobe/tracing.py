@@ -99,9 +99,14 @@ def trace_environment(
     return env
 
 
-def trace_program(argv: list[str], db: str | os.PathLike[str] | None = None) -> TraceResult:
+def trace_program(
+    argv: list[str],
+    db: str | os.PathLike[str] | None = None,
+    grace_seconds: float = GRACE_SECONDS,
+) -> TraceResult:
     """Run `argv` with every sqlite3 connection instrumented (only those to `db` if given),
-    wait for it to end, and return what its processes recorded.
+    wait for it to end, and return what its processes recorded. After a second Ctrl-C the
+    program has `grace_seconds` to exit before SIGTERM, and as long again before SIGKILL.
 
     Raises LockprobeError (exit code 127 or 126) when the command cannot be started."""
     if not argv:
@@ -114,7 +119,7 @@ def trace_program(argv: list[str], db: str | os.PathLike[str] | None = None) -> 
         # Started before lockprobe blocks signals: a child inherits the signal mask.
         proc = _start(argv, env)
         with _signals_held():
-            ending = _wait(proc)
+            ending = _wait(proc, grace_seconds)
         wall = time.monotonic() - started
         files = sorted(Path(trace_dir).glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"))
         events = merge_events(read_trace_file(f) for f in files)
@@ -170,10 +175,10 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _wait(proc: subprocess.Popen[bytes]) -> _Ending:
+def _wait(proc: subprocess.Popen[bytes], grace: float) -> _Ending:
     """Wait for the program. Ctrl-C and SIGTERM go to the program first: a terminal's Ctrl-C
     already reached it (same process group), a signal sent to lockprobe alone is passed on.
-    From the second one on, the program has GRACE_SECONDS to end, then SIGTERM, then SIGKILL."""
+    From the second one on, the program has `grace` seconds to end, then SIGTERM, then SIGKILL."""
     ending = _Ending()
     if not hasattr(signal, "sigtimedwait"):
         return _wait_with_handlers(proc, ending)
@@ -187,9 +192,9 @@ def _wait(proc: subprocess.Popen[bytes]) -> _Ending:
             if not _program_got_it_too(proc, info):
                 _send(proc, info.si_signo)
             if ending.interrupts >= 2 and deadline is None:
-                deadline = time.monotonic() + GRACE_SECONDS
+                deadline = time.monotonic() + grace
         if deadline is not None and time.monotonic() >= deadline and proc.poll() is None:
-            deadline = _escalate(proc, ending)
+            deadline = _escalate(proc, ending, grace)
     return ending
 
 
@@ -209,12 +214,12 @@ def _send(proc: subprocess.Popen[bytes], signum: int) -> None:
         proc.send_signal(signum)
 
 
-def _escalate(proc: subprocess.Popen[bytes], ending: _Ending) -> float | None:
+def _escalate(proc: subprocess.Popen[bytes], ending: _Ending, grace: float) -> float | None:
     """Past the grace period: SIGTERM first, SIGKILL after another grace period."""
     if ending.escalated is None:
         ending.escalated = "SIGTERM"
         _send(proc, signal.SIGTERM)
-        return time.monotonic() + GRACE_SECONDS
+        return time.monotonic() + grace
     ending.escalated = "SIGKILL"
     _send(proc, signal.SIGKILL)
     return None

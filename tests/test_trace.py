@@ -747,6 +747,58 @@ def test_ctrl_c_in_a_terminal_reaches_the_program_and_the_report_follows(tmp_pat
     assert data["escalated"] is None
 
 
+def test_a_program_that_ignores_ctrl_c_is_stopped_after_the_grace_period(tmp_path) -> None:
+    # The program counts SIGINTs and ignores SIGTERM; the test sends the second Ctrl-C only
+    # after the program has seen the first, so the two are never merged into one signal.
+    source = """
+    import signal, sqlite3, sys, threading
+    conn = sqlite3.connect(sys.argv[1])
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    seen = []
+    def count(signum, frame):
+        seen.append(signum)
+        open(f"got-{len(seen)}", "w").close()
+    signal.signal(signal.SIGINT, count)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    open("ready", "w").close()
+    while True:
+        threading.Event().wait(3600)
+    """
+    program = write_program(tmp_path, "stubborn.py", source)
+    report = tmp_path / "report.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sqlite_lockprobe", "trace", "-q", "--grace", "0.2"]
+        + ["--json", str(report), "--", sys.executable, program.name, "app.db"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def wait_for(name: str) -> None:
+        deadline = time.monotonic() + SAFETY_TIMEOUT
+        while not (tmp_path / name).exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"{name} never appeared"
+            time.sleep(0.01)
+
+    try:
+        wait_for("ready")
+        proc.send_signal(signal.SIGINT)
+        wait_for("got-1")
+        proc.send_signal(signal.SIGINT)
+        wait_for("got-2")
+        _, err = proc.communicate(timeout=SAFETY_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGKILL, err
+    data = json.loads(report.read_text())["trace"]
+    assert data["escalated"] == "SIGKILL" and data["signal"] == signal.SIGKILL
+    assert data["connections"] == 1
+
+
 def test_only_a_terminal_ctrl_c_to_our_own_process_group_is_not_passed_on() -> None:
     from types import SimpleNamespace
 
