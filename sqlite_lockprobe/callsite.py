@@ -58,7 +58,8 @@ class CallSites:
                 place = places[code.co_filename] = self._classify(code.co_filename)
             kind = place[0]
             if kind == USER:
-                return self._site_of(frame, code, place[1])
+                known = self._sites.get((id(code), frame.f_lasti))  # the common case, inline
+                return known[1] if known is not None else self._site_of(frame, code, place[1])
             if kind == LIBRARY and fallback is None:
                 fallback = frame
             frame = frame.f_back
