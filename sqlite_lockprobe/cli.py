@@ -6,6 +6,7 @@ No SQLite, analysis or formatting lives here; each command is a few lines over t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import signal
@@ -23,11 +24,12 @@ from sqlite_lockprobe import __version__
 from sqlite_lockprobe.analysis import Analysis, analyze
 from sqlite_lockprobe.checking import check_scenario, load_targets
 from sqlite_lockprobe.comparefix import compare_fix as run_with_fixes
+from sqlite_lockprobe.diagnose.detectors import DETECTORS
 from sqlite_lockprobe.errors import LockprobeError
 from sqlite_lockprobe.events import stream_event_log, write_events
 from sqlite_lockprobe.inspect_watch import watch_inspections
 from sqlite_lockprobe.inspection import inspect_database, inspection_findings
-from sqlite_lockprobe.report import runreport
+from sqlite_lockprobe.report import runreport, tracereport
 from sqlite_lockprobe.report.checkreport import check_document, check_table
 from sqlite_lockprobe.report.html import render_html
 from sqlite_lockprobe.report.inspect_json import inspection_document
@@ -40,6 +42,7 @@ from sqlite_lockprobe.report.timeline import chrome_trace
 from sqlite_lockprobe.runner import run_scenario
 from sqlite_lockprobe.scenario import builtin_names, load_scenario
 from sqlite_lockprobe.thresholds import Thresholds, pattern_ids
+from sqlite_lockprobe.tracing import GRACE_SECONDS, trace_program
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -413,3 +416,67 @@ def check(
     if results and results[-1].outcome.interrupted:
         sys.exit(130)
     sys.exit(0 if all(r.passed for r in results) else 1)
+
+
+# ------------------------------------------------------------------------------- trace
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Record only connections to this database file (others run untouched).",
+)
+@click.option(
+    "--events",
+    "events_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keep the full event log (JSON lines) in this file.",
+)
+@report_outputs
+@click.option(
+    "--fail-on",
+    multiple=True,
+    type=click.Choice([*DETECTORS, "any"]),
+    metavar="PATTERN",
+    help="Exit 1 when the diagnosis finds PATTERN (repeatable; 'any': any finding), "
+    "instead of the program's own exit code.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=GRACE_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="After a second Ctrl-C, time the program has to exit before lockprobe sends SIGTERM "
+    "(and as long again before SIGKILL).",
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@user_errors
+def trace(
+    db: Path | None,
+    events_path: Path | None,
+    outputs: ReportOutputs,
+    fail_on: tuple[str, ...],
+    grace: float,
+    command: tuple[str, ...],
+) -> None:
+    """Run your own program with every sqlite3 connection instrumented, then report like
+    `run`: lockprobe trace [OPTIONS] -- python app.py ARGS. Ctrl-C goes to the program
+    first; lockprobe exits with the program's exit code."""
+    result = trace_program(list(command), db=db, grace_seconds=grace)
+    if events_path:
+        write_events(events_path, result.events)
+    analysis = analyze(result.events)
+    header = tracereport.trace_header(result, analysis)
+    if result.nothing_recorded:
+        emit_report("trace", header, analysis, dataclasses.replace(outputs, quiet=True))
+        if not outputs.quiet and outputs.json_path != "-":
+            tracereport.render_nothing_recorded(Console(), header)
+    else:
+        emit_report("trace", header, analysis, outputs)
+    failed = [p for p in analysis.pattern_ids if p in fail_on or "any" in fail_on]
+    if failed:
+        click.echo(f"lockprobe: found {', '.join(failed)} (--fail-on)", err=True)
+        sys.exit(1)
+    sys.exit(result.exit_code)

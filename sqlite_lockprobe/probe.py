@@ -174,6 +174,7 @@ class ConnectionProbe:
         "db_path",
         "holder_samples",
         "_wait_started_ns",
+        "interrupted",
         "_emit",
         "_api",
         "_db",
@@ -193,6 +194,7 @@ class ConnectionProbe:
         self.timeout_ms = read_busy_timeout(conn) if timeout_ms is None else timeout_ms
         self.busy_calls = 0
         self.statements: list[str] = []
+        self.interrupted: BaseException | None = None
         self._emit = emit
         self._conn = conn
         self._callback: Any = None
@@ -216,17 +218,30 @@ class ConnectionProbe:
 
     def _on_busy(self, _arg: int | None, count: int) -> int:
         """Called by SQLite (GIL re-acquired by ctypes) before each retry of a busy lock."""
-        delay = busy_delay_ms(count, self.timeout_ms)
-        self.busy_calls += 1
-        now = time.monotonic_ns()
-        self._emit(("busy", now, self.conn_id, count, delay))
-        if count == 0:
-            self._wait_started_ns = now
-        spent_ns = self._maybe_sample_holders(now) if count >= HOLDERS_FIRST_RETRY else 0
-        if delay <= 0:
+        try:
+            delay = busy_delay_ms(count, self.timeout_ms)
+            self.busy_calls += 1
+            now = time.monotonic_ns()
+            self._emit(("busy", now, self.conn_id, count, delay))
+            if count == 0:
+                self._wait_started_ns = now
+            spent_ns = self._maybe_sample_holders(now) if count >= HOLDERS_FIRST_RETRY else 0
+            if delay <= 0:
+                return 0
+            # The time spent reading the lock table comes off this retry's sleep, so the
+            # wait keeps SQLite's schedule.
+            time.sleep(max(0.0, delay / 1000 - spent_ns / 1e9))
+            return 1
+        except BaseException as exc:
+            # An exception cannot cross SQLite's C frames (ctypes would print and drop it, and
+            # a Ctrl-C would be lost): stop waiting and keep it for the caller to re-raise.
+            self.interrupted = exc
             return 0
-        time.sleep(max(0.0, delay / 1000 - spent_ns / 1e9))
-        return 1
+
+    def take_interrupt(self) -> BaseException | None:
+        """The exception (KeyboardInterrupt...) that ended a wait inside the busy handler."""
+        exc, self.interrupted = self.interrupted, None
+        return exc
 
     def _maybe_sample_holders(self, now: int) -> int:
         """Read the lock table during a wait unless a reading already covers it (see

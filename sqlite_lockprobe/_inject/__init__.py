@@ -1,0 +1,1 @@
+"""The directory `lockprobe trace` puts first on the traced program's PYTHONPATH."""

@@ -1,0 +1,51 @@
+"""The header of a `trace` report: what ran, how it ended, what was recorded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+from sqlite_lockprobe.analysis import Analysis
+from sqlite_lockprobe.report.runreport import ReportHeader
+from sqlite_lockprobe.tracing import TraceResult
+
+NOTHING_TO_TRACE = "nothing to trace (no sqlite3 connection recorded)"
+
+
+def trace_header(result: TraceResult, analysis: Analysis) -> ReportHeader:
+    meta: dict[str, Any] = next((e for e in reversed(result.events) if e["k"] == "meta"), {})
+    journal = analysis.timeline.journal_mode if not result.nothing_recorded else None
+    processes = ", ".join(str(p) for p in result.pids) or "none"
+    facts = [
+        ("command", result.command),
+        ("program", result.outcome),
+        ("recorded", f"{result.connections} connection(s) in {len(result.pids)} process(es)"),
+        ("processes", processes),
+        ("database", result.db or str(meta.get("db") or "every database opened")),
+        ("journal mode", str(journal or "?")),
+        ("wall time", f"{result.wall_seconds:.2f} s"),
+    ]
+    data = {
+        "trace": {
+            "command": list(result.argv),
+            "exit_code": result.exit_code,
+            "signal": result.signal,
+            "interrupted": result.interrupted,
+            "escalated": result.escalated,
+            "wall_seconds": round(result.wall_seconds, 3),
+            "pids": list(result.pids),
+            "connections": result.connections,
+            "nothing_recorded": result.nothing_recorded,
+        },
+        "database": {"path": result.db or meta.get("db"), "journal_mode": journal},
+    }
+    return ReportHeader(f"trace {result.command}", tuple(facts), data)
+
+
+def render_nothing_recorded(console: Console, header: ReportHeader) -> None:
+    """The terminal report when the program opened no (matching) sqlite3 connection."""
+    console.rule(f"[bold]lockprobe[/bold] · {header.title}", align="left")
+    for label, value in header.facts[:2]:
+        console.print(f"[dim]{label}[/dim]  {value}", highlight=False)
+    console.print(NOTHING_TO_TRACE, style="yellow", highlight=False)

@@ -1,0 +1,117 @@
+"""The event file of one traced process: the probe appends event tuples to a deque, a
+background thread writes them every FLUSH_SECONDS as one chunk (8-byte length, then
+`marshal.dumps(list_of_tuples)`), and the parent reads every process's file back as event dicts.
+
+marshal costs 0.25 us per event where JSON costs 10 us; version 4 is read by every Python since
+3.4, so the parent reads what any supported child wrote. Standard library only (it runs in the
+traced program).
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import marshal
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+FLUSH_SECONDS = 0.25
+FILE_PREFIX = "events-"
+FILE_SUFFIX = ".lpk"
+MARSHAL_VERSION = 4
+
+
+class EventFile:
+    """This process's event file, and the background thread that flushes it.
+
+    Events are appended to a deque (thread-safe, C-level) and written by the flusher every
+    FLUSH_SECONDS as one chunk: 8-byte length, then `marshal.dumps(list_of_tuples)`. A
+    process killed mid-write leaves at most a torn last chunk, which the reader skips.
+
+    The flusher is a bare `_thread` thread: it is not in `threading.enumerate()` or
+    `active_count()`, so the program sees the same threads as untraced."""
+
+    def __init__(self, trace_dir: str) -> None:
+        # exec keeps the pid: the time makes the name unique
+        name = f"{FILE_PREFIX}{os.getpid()}-{time.monotonic_ns()}{FILE_SUFFIX}"
+        self.path = os.path.join(trace_dir, name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        self.fd = os.open(self.path, flags, 0o600)
+        self.pending: deque[tuple[Any, ...]] = deque()
+        self.append = self.pending.append
+        self._lock = _thread.allocate_lock()
+        self._running: tuple[Any, Any] | None = None  # (stop, stopped) locks of the flusher
+
+    def start_flusher(self) -> None:
+        if self._running is not None:
+            return
+        stop, stopped = _thread.allocate_lock(), _thread.allocate_lock()
+        stop.acquire()
+        stopped.acquire()
+        self._running = (stop, stopped)
+        _thread.start_new_thread(self._loop, (stop, stopped))
+
+    def stop_flusher(self) -> bool:
+        """Stop the flusher (before fork, at exit); returns whether it was running."""
+        running, self._running = self._running, None
+        if running is None:
+            return False
+        stop, stopped = running
+        stop.release()
+        stopped.acquire()  # it has finished its last flush
+        return True
+
+    def _loop(self, stop: Any, stopped: Any) -> None:
+        try:
+            while not stop.acquire(timeout=FLUSH_SECONDS):
+                self.flush()
+        finally:
+            stopped.release()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending = self.pending
+            batch: list[tuple[Any, ...]] = []
+            take, keep = pending.popleft, batch.append
+            while pending:
+                keep(take())
+            if not batch:
+                return
+            data = marshal.dumps(batch, MARSHAL_VERSION)
+            chunk = len(data).to_bytes(8, "little") + data
+            # The trace directory may be gone (lockprobe killed): the program goes on.
+            with contextlib.suppress(OSError):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self.fd, view) :]
+
+    def forget(self) -> None:
+        """In a forked child: drop the parent's file and events (the parent writes them)."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.pending = deque()
+
+
+def read_trace_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The events of one process's file, as event dicts; stops at a torn last chunk."""
+    from sqlite_lockprobe.events import EVENT_FIELDS, to_dict
+
+    with open(path, "rb") as src:
+        data = src.read()
+    offset = 0
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset : offset + 8], "little")
+        end = offset + 8 + size
+        if end > len(data):
+            return
+        try:
+            records = marshal.loads(data[offset + 8 : end])
+        except (ValueError, EOFError, TypeError):
+            return
+        offset = end
+        for record in records:
+            if isinstance(record, tuple) and record and record[0] in EVENT_FIELDS:
+                yield to_dict(record)

@@ -1,0 +1,707 @@
+"""The probe inside a traced program (`lockprobe trace`): every `sqlite3.connect` returns an
+instrumented connection, and every execute/commit/rollback is recorded as a `call` event with
+who made it (process, thread, asyncio task) and where (the first frame in the user's code).
+
+Standard library only: this runs inside the user's interpreter, which may lack lockprobe's
+dependencies. `_inject/sitecustomize.py` loads it when the program first imports sqlite3 (and
+LOCKPROBE_TRACE_DIR is set). Each process writes its own event file into that directory
+(tracefile.py); the instrumented classes are in traced.py, the call-site finder in callsite.py.
+
+What the program sees does not change: connections are instances of a subclass of the class it
+asked for (its own `factory=` included), results and exceptions are the original objects, and
+the probe keeps SQLite's busy_timeout schedule (probe.py).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlite_lockprobe.callsite import CallSites
+from sqlite_lockprobe.probe import ConnectionProbe, error_codes, load_capi
+from sqlite_lockprobe.traced import connection_subclass, cursor_subclass
+from sqlite_lockprobe.tracefile import EventFile
+
+ENV_DIR = "LOCKPROBE_TRACE_DIR"
+ENV_DB = "LOCKPROBE_TRACE_DB"
+ENV_COMMAND = "LOCKPROBE_TRACE_COMMAND"
+ENV_PARENT = "LOCKPROBE_TRACE_PARENT"
+# "pid:n" set by a traced process just before exec: the new program keeps the pid, so its
+# connections are numbered on from n (connection ids are "c<pid>.<n>").
+ENV_NEXT_CONN = "LOCKPROBE_TRACE_NEXT_CONN"
+
+SQL_LIMIT = 4096
+_WORKER_CACHE_LIMIT = 10_000
+
+
+class TraceConfig:
+    """What the parent `lockprobe trace` asked for, passed down in the environment."""
+
+    def __init__(
+        self, trace_dir: str, db: str | None = None, command: str = "", parent_pid: int = 0
+    ) -> None:
+        self.trace_dir = trace_dir
+        self.db = db  # realpath of the one database to record, None for all
+        self.command = command
+        self.parent_pid = parent_pid
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str] | None = None) -> TraceConfig | None:
+        env = os.environ if environ is None else environ
+        trace_dir = env.get(ENV_DIR)
+        if not trace_dir:
+            return None
+        parent = env.get(ENV_PARENT, "")
+        return cls(
+            trace_dir=trace_dir,
+            db=env.get(ENV_DB) or None,
+            command=env.get(ENV_COMMAND, ""),
+            parent_pid=int(parent) if parent.isdigit() else 0,
+        )
+
+
+def database_path(database: Any, uri: bool) -> str | None:
+    """The file a connect() argument names, or None for in-memory and temporary databases."""
+    try:
+        name = os.fsdecode(database)
+    except TypeError:
+        return None
+    if uri and name.startswith("file:"):
+        from urllib.parse import parse_qs, unquote
+
+        rest, _, query = name[5:].partition("?")
+        rest = rest.split("#", 1)[0]
+        if rest.startswith("//"):
+            rest = "/" + rest[2:].partition("/")[2]  # file://host/path: the authority is empty
+        if parse_qs(query.split("#", 1)[0]).get("mode") == ["memory"]:
+            return None
+        name = unquote(rest)
+    if name in ("", ":memory:"):
+        return None
+    return os.path.realpath(name)
+
+
+def read_header(path: str | None) -> tuple[str | None, int | None]:
+    """(journal mode, page size) from the database header, read as a plain file: no SQLite
+    call, no lock (fileformat2.html: bytes 16-17 page size, 18-19 are 2 in WAL mode)."""
+    if not path:
+        return None, None
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError:
+        return None, None
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return None, None
+    page_size = int.from_bytes(header[16:18], "big")
+    return ("wal" if header[18] == 2 else "delete"), (65536 if page_size == 1 else page_size)
+
+
+class _Connection:
+    """Per-connection state (one object per connection, as SQLite's callbacks force)."""
+
+    __slots__ = ("conn_id", "probe", "active", "path")
+
+    def __init__(self, conn_id: str, probe: ConnectionProbe, path: str | None) -> None:
+        self.conn_id = conn_id
+        self.probe = probe
+        self.active = 0  # thread ident inside a recorded call: nested calls are not recorded
+        self.path = path
+
+
+class Tracer:
+    """Patches sqlite3.connect in this interpreter and records what every connection does."""
+
+    def __init__(self, config: TraceConfig) -> None:
+        self.config = config
+        self._recording: EventFile | None = None
+        self._recording_lock = threading.Lock()
+        self._conn_numbers = itertools.count(_first_conn_number())
+        # Per thread: me = (worker label, native thread id, serves tasks); behalf = who a
+        # driver's thread is running the current call for (aiosqlite).
+        self._local = threading.local()
+        self._task_workers: dict[tuple[int, str], str] = {}
+        self._process_label: str | None = None
+        self._connection_classes: dict[type, type] = {}
+        self._cursor_classes: dict[type, type] = {}
+        self._original_connect: Callable[..., Any] | None = None
+        self._sqlite3: Any = None
+        self._capi_ready = False
+        self._aiosqlite_bridged = False
+        self._capi_loader = 0  # thread ident loading the C API: its connects are not traced
+        self._exit_hooked = False
+        self._first_db: str | None = None
+        self.call_sites = CallSites((os.path.dirname(os.path.abspath(__file__)) + os.sep,))
+        self._site = self.call_sites.find
+
+    # ------------------------------------------------------------------ install / uninstall
+
+    def install(self, sqlite3_module: Any) -> None:
+        """Patch `sqlite3.connect` and `sqlite3.dbapi2.connect` (the same C function; Django and
+        SQLAlchemy call it through dbapi2, aiosqlite through sqlite3)."""
+        if self._original_connect is not None:
+            return
+        dbapi2 = sys.modules.get("sqlite3.dbapi2", sqlite3_module)
+        self._sqlite3 = dbapi2
+        self._original_connect = dbapi2.connect
+        sites = self.call_sites
+        sites.skip_dirs = (*sites.skip_dirs, os.path.dirname(dbapi2.__file__) + os.sep)
+        connect = self._make_connect(dbapi2.connect)
+        for module in {id(m): m for m in (sqlite3_module, dbapi2)}.values():
+            module.connect = connect
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(
+                before=self._before_fork,
+                after_in_parent=self._after_fork_in_parent,
+                after_in_child=self._after_fork_in_child,
+            )
+
+    def uninstall(self) -> None:
+        """Restore sqlite3.connect (connections already made stay instrumented)."""
+        if self._original_connect is None:
+            return
+        for name in ("sqlite3", "sqlite3.dbapi2"):
+            module = sys.modules.get(name)
+            if module is not None:
+                setattr(module, "connect", self._original_connect)  # noqa: B010 - a module
+        self._original_connect = None
+
+    def _make_connect(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        tracer = self
+
+        def connect(*args: Any, **kwargs: Any) -> Any:
+            if tracer._capi_loader == threading.get_ident():
+                return original(*args, **kwargs)
+            with contextlib.suppress(Exception):  # never let the probe break a connect
+                args, kwargs = tracer._with_traced_factory(args, kwargs)
+            return original(*args, **kwargs)
+
+        connect.__doc__ = original.__doc__
+        connect.__name__ = getattr(original, "__name__", "connect")
+        connect.__qualname__ = connect.__name__
+        connect.__wrapped__ = original  # type: ignore[attr-defined]
+        return connect
+
+    def _with_traced_factory(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """connect()'s arguments with `factory` replaced by its instrumented subclass, or
+        unchanged for databases that are not recorded (or arguments connect() will refuse)."""
+        database = args[0] if args else kwargs.get("database")
+        uri = args[7] if len(args) > 7 else kwargs.get("uri", False)
+        if database is None:
+            return args, kwargs
+        if self.config.db is not None and database_path(database, bool(uri)) != self.config.db:
+            return args, kwargs
+        if not self._capi_ready:
+            self._load_capi()
+        if not self._aiosqlite_bridged and "aiosqlite.core" in _modules:
+            self.bridge_aiosqlite()
+        if len(args) > 5:
+            base = args[5]
+            args = (*args[:5], self.connection_class(base), *args[6:])
+        else:
+            base = kwargs.get("factory", self._sqlite3.Connection)
+            kwargs = {**kwargs, "factory": self.connection_class(base)}
+        return args, kwargs
+
+    def _load_capi(self) -> None:
+        """Load and self-test the C API once; its own scratch connection is not traced."""
+        self._capi_loader = threading.get_ident()
+        try:
+            load_capi()
+        finally:
+            self._capi_loader = 0
+            self._capi_ready = True
+
+    # --------------------------------------------------------------------- recording
+
+    @property
+    def recording(self) -> EventFile:
+        recording = self._recording
+        if recording is None:
+            with self._recording_lock:
+                if self._recording is None:
+                    self._recording = self._start_recording()
+                recording = self._recording
+        return recording
+
+    def emit(self, record: tuple[Any, ...]) -> None:
+        """Record one event; never raises (it also runs inside SQLite's busy handler)."""
+        recording = self._recording
+        try:  # noqa: SIM105 - the hot path: a try costs nothing there, suppress() does
+            (recording or self.recording).append(record)
+        except Exception:
+            pass
+
+    def _start_recording(self) -> EventFile:
+        recording = EventFile(self.config.trace_dir)
+        db = self.config.db or self._first_db
+        journal_mode, page_size = read_header(db)
+        recording.append(self._meta(db, journal_mode if self.config.db else None, page_size))
+        if not self._exit_hooked:
+            self._exit_hooked = True
+            atexit.register(self.flush_at_exit)
+            _wrap_os_exits(self)
+        recording.start_flusher()
+        return recording
+
+    def flush(self) -> None:
+        if self._recording is not None:
+            self._recording.flush()
+
+    def before_exec(self) -> str:
+        """Write what is recorded (an exec that fails, as execvp's tries do, keeps tracing);
+        returns the ENV_NEXT_CONN value for the new program."""
+        self.flush()
+        return f"{os.getpid()}:{next(self._conn_numbers)}"
+
+    def flush_at_exit(self) -> None:
+        recording = self._recording
+        if recording is not None:
+            recording.stop_flusher()
+            recording.flush()
+
+    def _before_fork(self) -> None:
+        # No flusher thread may hold the recorder's lock across fork, and a process with no
+        # extra thread forks without Python 3.12's multi-threaded fork warning.
+        recording = self._recording
+        self._flusher_was_running = recording.stop_flusher() if recording else False
+
+    def _after_fork_in_parent(self) -> None:
+        if self._recording is not None and self._flusher_was_running:
+            self._recording.start_flusher()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent writes what it recorded; this process starts its own file on first use.
+        if self._recording is not None:
+            self._recording.forget()
+        self._recording = None
+        self._recording_lock = threading.Lock()
+        self._local = threading.local()
+        self._task_workers = {}
+        self._process_label = None
+
+    # ------------------------------------------------------------------ connections
+
+    def connection_class(self, base: type) -> type:
+        """The instrumented subclass of a connection class (cached per class)."""
+        cls = self._connection_classes.get(base)
+        if cls is None:
+            cls = self._connection_classes[base] = connection_subclass(self, base)
+        return cls
+
+    def cursor_class(self, base: type) -> type:
+        cls = self._cursor_classes.get(base)
+        if cls is None:
+            cls = self._cursor_classes[base] = cursor_subclass(self, base)
+        return cls
+
+    def on_open(self, conn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Instrument a new connection and record its `open` event."""
+        database = args[0] if args else kwargs.get("database")
+        uri = args[7] if len(args) > 7 else kwargs.get("uri", False)
+        timeout = args[1] if len(args) > 1 else kwargs.get("timeout", 5.0)
+        path = database_path(database, bool(uri))
+        if self._first_db is None and path is not None:
+            self._first_db = path
+        self.recording  # noqa: B018 - the process's meta event comes first
+        conn_id = f"c{os.getpid()}.{next(self._conn_numbers)}"
+        timeout_ms = max(0, int(float(timeout) * 1000))
+        probe = ConnectionProbe(conn, conn_id, self.emit, timeout_ms=timeout_ms)
+        state = _Connection(conn_id, probe, path)
+        journal_mode, _ = read_header(path)
+        worker, _, _, _ = self._who()
+        self.emit(
+            (
+                "open",
+                time.monotonic_ns(),
+                conn_id,
+                worker,
+                "",
+                os.getpid(),
+                timeout_ms,
+                conn.isolation_level,
+                journal_mode,
+                probe.instrumented,
+                None if probe.instrumented else probe.reduced_reason,
+            )
+        )
+        conn._lockprobe = state
+
+    def on_close(self, state: _Connection) -> None:
+        self.emit(("close", time.monotonic_ns(), state.conn_id))
+
+    def call(
+        self,
+        state: _Connection,
+        target: Any,
+        conn: Any,
+        op: str,
+        sql: Any,
+        method: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run one call into sqlite3 exactly as asked and record it. The result and any
+        exception are the original objects: the exception is re-raised unchanged.
+
+        The hot path: everything here runs for every statement the program executes."""
+        if type(sql) is str and ("imeout" in sql or "IMEOUT" in sql) and reads_busy_timeout(sql):
+            method = self._reporting_busy_timeout(state, conn, method)
+        previous = state.active
+        state.active = get_ident()
+        probe = state.probe
+        busy_before = probe.busy_calls
+        t0 = monotonic_ns()
+        try:
+            result = method(target, *args, **kwargs)
+        except BaseException as exc:
+            t1 = monotonic_ns()
+            state.active = previous
+            interrupt = probe.take_interrupt()
+            # An interrupted wait is recorded as what the program sees: the interruption,
+            # not the SQLITE_BUSY that ending the wait early produced.
+            self._record_failure(state, conn, op, sql, t0, t1, busy_before, interrupt or exc)
+            if interrupt is not None:
+                raise interrupt  # noqa: B904 - chained to the SQLite error, as untraced
+            raise
+        t1 = monotonic_ns()
+        state.active = previous
+        try:
+            if type(sql) is not str or len(sql) > SQL_LIMIT:
+                sql = _sql_text(sql)
+            if "imeout" in sql or "IMEOUT" in sql:
+                stmts = probe.take_statements()  # follows PRAGMA busy_timeout = N
+            else:
+                statements = probe.statements
+                stmts = tuple(statements)
+                statements.clear()
+            # Who: the thread's part is cached per thread; the task is looked up (C calls).
+            local = self._local
+            try:
+                worker, thread, serves_tasks, announced = local.me
+            except AttributeError:
+                worker, thread, serves_tasks, announced = local.me = self._new_thread()
+            task = site = None
+            if serves_tasks:  # a driver's thread (aiosqlite) running a task's call
+                behalf = local.behalf
+                if behalf is not None:
+                    worker, task, site = behalf
+            else:
+                asyncio = _modules.get("asyncio")
+                if asyncio is not None and asyncio._get_running_loop() is not None:
+                    worker, thread, task, _ = self._who()
+            if task is None and not announced:
+                self._announce_thread()
+            (self._recording or self.recording).append(
+                (
+                    "call",
+                    t0,
+                    t1,
+                    state.conn_id,
+                    worker,
+                    thread,
+                    task,
+                    op,
+                    sql,
+                    stmts,
+                    probe.busy_calls - busy_before,
+                    None,
+                    None,
+                    None,
+                    conn.in_transaction,
+                    site or self._site(),
+                )
+            )
+            if "ournal_mode" in sql or "OURNAL_MODE" in sql:
+                self._follow_journal_mode(state)
+        except Exception:  # noqa: S110 - a recording problem must never surface in the program
+            pass
+        if probe.interrupted is not None:
+            raise probe.take_interrupt()  # type: ignore[misc]  # Ctrl-C during a wait
+        return result
+
+    def _reporting_busy_timeout(
+        self, state: _Connection, conn: Any, method: Callable[..., Any]
+    ) -> Callable[..., Any]:
+        """`method`, run with SQLite's own busy handler: installing the probe's makes SQLite
+        report a busy_timeout of 0 (sqlite3_busy_handler resets it, main.c), so a statement
+        that reads it runs with SQLite's handler and the same timeout, then the probe's is
+        installed again."""
+        probe = state.probe
+        raw_execute = self._sqlite3.Connection.execute
+
+        def reporting(target: Any, *args: Any, **kwargs: Any) -> Any:
+            restore = f"PRAGMA busy_timeout = {int(probe.timeout_ms)}"
+            try:
+                raw_execute(conn, restore)
+                if probe.statements and probe.statements[-1] == restore:
+                    probe.statements.pop()  # not the program's statement
+            except Exception:  # closed: the program's own call fails the same way
+                return method(target, *args, **kwargs)
+            try:
+                return method(target, *args, **kwargs)
+            finally:
+                probe.set_busy_timeout(probe.timeout_ms)
+
+        return reporting
+
+    def _record_failure(
+        self,
+        state: _Connection,
+        conn: Any,
+        op: str,
+        sql: Any,
+        t0: int,
+        t1: int,
+        busy_before: int,
+        exc: BaseException,
+    ) -> None:
+        try:
+            probe = state.probe
+            err = ext = None
+            if isinstance(exc, self._sqlite3.Error):
+                msg = str(exc)
+                err, ext = probe.error_codes(exc) if probe.instrumented else error_codes(exc)
+            else:
+                msg = f"{type(exc).__name__}: {exc}"
+            try:
+                in_txn = bool(conn.in_transaction)
+            except Exception:  # closed meanwhile
+                in_txn = False
+            worker, thread, task, site = self._who()
+            self.emit(
+                (
+                    "call",
+                    t0,
+                    t1,
+                    state.conn_id,
+                    worker,
+                    thread,
+                    task,
+                    op,
+                    _sql_text(sql),
+                    probe.take_statements(),
+                    probe.busy_calls - busy_before,
+                    err,
+                    ext,
+                    msg,
+                    in_txn,
+                    site or self._site(),
+                )
+            )
+        except Exception:  # a recording problem must never surface in the program
+            pass
+
+    def _meta(
+        self, db: str | None, journal_mode: str | None, page_size: int | None
+    ) -> tuple[Any, ...]:
+        return (
+            "meta",
+            time.monotonic_ns(),
+            os.getpid(),
+            f"trace {self.config.command}".rstrip(),
+            db,
+            journal_mode,
+            page_size,
+            None,
+            "{}.{}.{}".format(*sys.version_info[:3]),
+            self._sqlite3.sqlite_version if self._sqlite3 else None,
+            sys.platform,
+        )
+
+    def _follow_journal_mode(self, state: _Connection) -> None:
+        """After `PRAGMA journal_mode=...`, record the database's mode from its header."""
+        journal_mode, page_size = read_header(state.path)
+        if journal_mode is not None:
+            self.emit(self._meta(state.path, journal_mode, page_size))
+
+    # --------------------------------------------------------------------- identity
+
+    def _who(self) -> tuple[str, int, str | None, str | None]:
+        """(worker label, native thread id, asyncio task name, call site if already known) of
+        the calling code. The thread's part is computed once per thread (threading.local)."""
+        local = self._local
+        try:
+            worker, thread, serves_tasks, announced = local.me
+        except AttributeError:
+            worker, thread, serves_tasks, announced = local.me = self._new_thread()
+        if serves_tasks and local.behalf is not None:
+            worker, task, site = local.behalf
+            return worker, thread, task, site
+        asyncio = _modules.get("asyncio")
+        if asyncio is not None:
+            loop = asyncio._get_running_loop()
+            if loop is not None:
+                task = asyncio.current_task(loop)
+                if task is not None:
+                    name = task.get_name()
+                    label = self._task_workers.get((thread, name))
+                    if label is None:
+                        label = self._new_task_worker(thread, name)
+                    return label, thread, name, None
+        if not announced:
+            self._announce_thread()
+        return worker, thread, None, None
+
+    def _new_thread(self) -> tuple[str, int, bool, bool]:
+        """This thread's (worker label, native id, serves tasks, announced): its `worker`
+        event waits until a call is made for the thread itself, not for one of its tasks."""
+        prefix = self._process()
+        name = threading.current_thread().name
+        return (f"{prefix}/{name}" if prefix else name), threading.get_native_id(), False, False
+
+    def _announce_thread(self) -> None:
+        worker, thread, serves_tasks, _ = self._local.me
+        self._local.me = (worker, thread, serves_tasks, True)
+        self._announce(worker, "thread", thread, None)
+
+    def bridge_aiosqlite(self) -> None:
+        """aiosqlite runs every call on its own thread: wrap its `Connection._execute` (which
+        runs in the caller's task) so the call is recorded with that task's name and the
+        application's call site, as if made there. Its thread stays the real one."""
+        self._aiosqlite_bridged = True
+        core = _modules.get("aiosqlite.core")
+        cls = getattr(core, "Connection", None)
+        original: Any = getattr(cls, "_execute", None)
+        code = getattr(original, "__code__", None)
+        if code is None or not code.co_flags & 0x80:  # CO_COROUTINE: the shape we know
+            return
+        tracer = self
+
+        async def _execute(self: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            worker, _, task, _ = tracer._who()
+            behalf = (worker, task, tracer._site())
+            local = tracer._local
+
+            def on_behalf(*a: Any, **k: Any) -> Any:
+                try:
+                    me = local.me
+                except AttributeError:
+                    me = local.me = tracer._new_thread()
+                if not me[2]:
+                    local.me = (me[0], me[1], True, me[3])
+                local.behalf = behalf
+                try:
+                    return fn(*a, **k)
+                finally:
+                    local.behalf = None
+
+            return await original(self, on_behalf, *args, **kwargs)
+
+        _execute.__wrapped__ = original  # type: ignore[attr-defined]
+        _execute.__doc__ = original.__doc__
+        cls._execute = _execute  # type: ignore[union-attr]
+
+    def _new_task_worker(self, thread: int, task: str) -> str:
+        """The worker label of an asyncio task (after the process's name for processes the
+        program started), announced by its `worker` event."""
+        prefix = self._process()
+        worker = f"{prefix}/{task}" if prefix else task
+        if len(self._task_workers) >= _WORKER_CACHE_LIMIT:
+            self._task_workers.clear()
+        self._task_workers[(thread, task)] = worker
+        self._announce(worker, "coroutine", thread, task)
+        return worker
+
+    def _announce(self, worker: str, kind: str, thread: int, task: str | None) -> None:
+        """The `worker` event: its group is the label without numbering (Thread-3 -> Thread)."""
+        import re
+
+        group = re.sub(r"[-_#]?\d+", "", worker) or worker
+        self.emit(("worker", time.monotonic_ns(), worker, group, kind, os.getpid(), thread, task))
+
+    def _process(self) -> str:
+        """'' for the traced program's own process; a name for the processes it started."""
+        if self._process_label is None:
+            label = ""
+            if os.getppid() != self.config.parent_pid:
+                mp = sys.modules.get("multiprocessing")
+                name = mp.current_process().name if mp is not None else "MainProcess"
+                label = name if name != "MainProcess" else f"pid {os.getpid()}"
+            self._process_label = label
+        return self._process_label
+
+
+def _sql_text(sql: Any) -> str:
+    text = sql if type(sql) is str else repr(sql)
+    return text if len(text) <= SQL_LIMIT else text[:SQL_LIMIT] + "..."
+
+
+def reads_busy_timeout(sql: str) -> bool:
+    """A statement that reads busy_timeout (`PRAGMA busy_timeout`, `pragma_busy_timeout`)
+    rather than setting it."""
+    text = sql.lower().replace(" ", "").replace("\n", "").replace("\t", "")
+    if "busy_timeout" not in text:
+        return False
+    return "pragma_busy_timeout" in text or "=" not in text and "busy_timeout(" not in text
+
+
+def _first_conn_number() -> int:
+    pid, _, number = os.environ.get(ENV_NEXT_CONN, "").partition(":")
+    return int(number) if pid == str(os.getpid()) and number.isdigit() else 1
+
+
+def _wrap_os_exits(tracer: Tracer) -> None:
+    """Flush before os._exit (multiprocessing's forked children end that way, skipping atexit)
+    and before exec (the new program replaces this one and its unwritten events; it gets the
+    next connection number). os.execl/execlp/execvp/execle/execvpe all end in these two."""
+    if getattr(os._exit, "__lockprobe__", False):
+        return
+    original_exit, original_execv, original_execve = os._exit, os.execv, os.execve
+
+    def _exit(*args: Any, **kwargs: Any) -> Any:
+        tracer.flush_at_exit()
+        return original_exit(*args, **kwargs)
+
+    def execv(*args: Any, **kwargs: Any) -> Any:
+        os.environ[ENV_NEXT_CONN] = tracer.before_exec()
+        return original_execv(*args, **kwargs)
+
+    def execve(*args: Any, **kwargs: Any) -> Any:
+        marker = tracer.before_exec()
+        with contextlib.suppress(Exception):  # a bad env argument fails in execve, as untraced
+            if len(args) >= 3:
+                args = (*args[:2], {**args[2], ENV_NEXT_CONN: marker}, *args[3:])
+            elif "env" in kwargs:
+                kwargs = {**kwargs, "env": {**kwargs["env"], ENV_NEXT_CONN: marker}}
+        return original_execve(*args, **kwargs)
+
+    for wrapper, original in (
+        (_exit, original_exit),
+        (execv, original_execv),
+        (execve, original_execve),
+    ):
+        wrapper.__lockprobe__ = True  # type: ignore[attr-defined]
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+        wrapper.__doc__ = original.__doc__
+        setattr(os, original.__name__, wrapper)
+
+
+_modules = sys.modules
+_getframe = sys._getframe
+get_ident = threading.get_ident
+monotonic_ns = time.monotonic_ns
+_tracer: Tracer | None = None
+
+
+def install_from_environment(sqlite3_module: Any) -> Tracer | None:
+    """Trace this interpreter if LOCKPROBE_TRACE_DIR is set. Called by the injected
+    sitecustomize once `sqlite3.dbapi2` has been imported, before `sqlite3` copies its names,
+    so programs that never use sqlite3 pay nothing."""
+    global _tracer
+    config = TraceConfig.from_environment()
+    if config is None:
+        return None
+    if _tracer is None:
+        _tracer = Tracer(config)
+    _tracer.install(sqlite3_module)
+    return _tracer
