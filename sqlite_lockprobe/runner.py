@@ -26,8 +26,9 @@ from sqlite_lockprobe.workers.processes import SPAWN, ProcessGroup
 from sqlite_lockprobe.workers.program import RunControl, load_generator_gc
 from sqlite_lockprobe.workers.threads import ThreadGroup
 
-# Time for spawned worker processes to import and report ready before the run is abandoned.
-_PROCESS_READY_SECONDS = 60.0
+# Time for every worker (spawned processes import first) to open its connection and report
+# ready before the run is abandoned.
+_READY_SECONDS = 60.0
 # Grace after the scenario's max_seconds before stuck workers are given up on.
 _JOIN_GRACE_SECONDS = 10.0
 
@@ -155,9 +156,13 @@ def _execute(
     process_groups = [
         ProcessGroup(control, g, workdir, ready) for g in scenario.groups if g.kind == "process"
     ]
-    thread_groups = [ThreadGroup(control, g, emit) for g in scenario.groups if g.kind == "thread"]
+    thread_groups = [
+        ThreadGroup(control, g, emit, ready) for g in scenario.groups if g.kind == "thread"
+    ]
     coroutine_groups = [g for g in scenario.groups if g.kind == "coroutine"]
-    loop_groups = [CoroutineGroups(control, coroutine_groups, emit)] if coroutine_groups else []
+    loop_groups = (
+        [CoroutineGroups(control, coroutine_groups, emit, ready)] if coroutine_groups else []
+    )
     runners: list[Any] = [*process_groups, *thread_groups, *loop_groups]
     sampler = WalSampler(db_path, emit) if settings["journal_mode"] == "wal" else None
 
@@ -167,9 +172,7 @@ def _execute(
         try:
             for group in runners:
                 group.start()
-            _wait_for_processes(
-                ready, sum(len(p.processes) for p in process_groups), process_groups
-            )
+            _wait_until_ready(ready, sum(g.count for g in scenario.groups), runners, control)
             # Everyone is at the gate: start together, a little ahead so all see the same start.
             control.start_ns.value = time.monotonic_ns() + 20_000_000
             control.start_gate.set()
@@ -195,7 +198,10 @@ def _execute(
             for p in process_groups:
                 p.terminate()
             if sampler:
-                sampler.stop()
+                # A worker thread still finishing a busy wait has its connection open: then
+                # -shm stays open until this process exits (see WalSampler).
+                in_process = [r for r in runners if not isinstance(r, ProcessGroup)]
+                sampler.stop(close=not any(r.alive() for r in in_process))
     wall = time.monotonic() - started
     own = recorder.records()
     streams = [own] + [read_events(f) for p in process_groups for f in p.existing_event_files()]
@@ -237,13 +243,21 @@ def _deaths(
     return deaths
 
 
-def _wait_for_processes(ready: Any, expected: int, groups: list[ProcessGroup]) -> None:
-    deadline = time.monotonic() + _PROCESS_READY_SECONDS
+def _wait_until_ready(ready: Any, expected: int, runners: list[Any], control: RunControl) -> None:
+    """Every worker has opened its connection and waits at the gate (a worker that failed to
+    open reports ready too: it ends at once and the report shows why)."""
+    deadline = time.monotonic() + _READY_SECONDS
     for _ in range(expected):
         while not ready.acquire(timeout=0.2):
-            if time.monotonic() > deadline or not all(
-                p.is_alive() for g in groups for p in g.processes
-            ):
-                for g in groups:
-                    g.terminate()
-                raise LockprobeError("worker processes failed to start")
+            died = any(
+                p.exitcode is not None
+                for r in runners
+                if isinstance(r, ProcessGroup)
+                for p in r.processes
+            )
+            if time.monotonic() > deadline or died or not any(r.alive() for r in runners):
+                control.request_stop()
+                for r in runners:
+                    if isinstance(r, ProcessGroup):
+                        r.terminate()
+                raise LockprobeError("workers failed to start (no report from some of them)")

@@ -88,14 +88,25 @@ def database_path(database: Any, uri: bool) -> str | None:
     return os.path.realpath(name)
 
 
+# One read-only descriptor per database file, kept for the life of the process. POSIX locks
+# belong to the process, and closing *any* descriptor of a file drops every lock the process
+# holds on it (fcntl(2)): opening and closing the database to read its header would silently
+# release the program's own SHARED/RESERVED/PENDING locks. SQLite defers its own closes for
+# the same reason (os_unix.c, unixInodeInfo.pUnused). So the header is read with pread on a
+# descriptor that is never closed.
+_header_fds: dict[str, int] = {}
+
+
 def read_header(path: str | None) -> tuple[str | None, int | None]:
     """(journal mode, page size) from the database header, read as a plain file: no SQLite
     call, no lock (fileformat2.html: bytes 16-17 page size, 18-19 are 2 in WAL mode)."""
     if not path:
         return None, None
     try:
-        with open(path, "rb") as f:
-            header = f.read(100)
+        fd = _header_fds.get(path)
+        if fd is None:
+            fd = _header_fds[path] = os.open(path, os.O_RDONLY)
+        header = os.pread(fd, 100, 0)
     except OSError:
         return None, None
     if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):

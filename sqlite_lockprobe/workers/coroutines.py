@@ -68,7 +68,12 @@ class _Connections:
 
 
 async def _run_worker(
-    control: RunControl, group: Group, index: int, emit: Emit, shared: Session | None
+    control: RunControl,
+    group: Group,
+    index: int,
+    emit: Emit,
+    shared: Session | None,
+    ready: Any,
 ) -> None:
     name = worker_name(group, index)
     stats = WorkerStats()
@@ -88,7 +93,16 @@ async def _run_worker(
         )
     )
     try:
-        program = worker_program(control, group, index, emit, shared, stats)
+        first = None
+        try:
+            if group.connection == "per-worker":
+                first = await connections.run(None, Session, control.spec(group), emit, name)
+                opened.append(first)
+        finally:
+            ready.release()
+        while not control.start_gate.is_set():
+            await asyncio.sleep(_WAIT_POLL_SECONDS)
+        program = worker_program(control, group, index, emit, shared, stats, first)
         result: Any = None
         while True:
             try:
@@ -124,7 +138,7 @@ async def _run_worker(
         control.worker_finished(group.name)
 
 
-async def _run_groups(control: RunControl, groups: list[Group], emit: Emit) -> None:
+async def _run_groups(control: RunControl, groups: list[Group], emit: Emit, ready: Any) -> None:
     shared: list[Session] = []
     tasks = []
     try:
@@ -134,7 +148,7 @@ async def _run_groups(control: RunControl, groups: list[Group], emit: Emit) -> N
                 session = Session(control.spec(group), emit, f"{group.name}#shared", shared=True)
                 shared.append(session)
             for i in range(group.count):
-                coro = _run_worker(control, group, i, emit, session)
+                coro = _run_worker(control, group, i, emit, session, ready)
                 tasks.append(asyncio.create_task(coro, name=worker_name(group, i)))
         await asyncio.gather(*tasks)
     finally:
@@ -145,16 +159,19 @@ async def _run_groups(control: RunControl, groups: list[Group], emit: Emit) -> N
 class CoroutineGroups:
     """All coroutine groups of a run share one event loop, on one thread."""
 
-    def __init__(self, control: RunControl, groups: list[Group], emit: Emit) -> None:
+    def __init__(self, control: RunControl, groups: list[Group], emit: Emit, ready: Any) -> None:
         self.groups = groups
         self.thread = threading.Thread(
-            target=self._main, args=(control, groups, emit), name="lockprobe-loop", daemon=True
+            target=self._main,
+            args=(control, groups, emit, ready),
+            name="lockprobe-loop",
+            daemon=True,
         )
 
     @staticmethod
-    def _main(control: RunControl, groups: list[Group], emit: Emit) -> None:
-        control.start_gate.wait()
-        asyncio.run(_run_groups(control, groups, emit))
+    def _main(control: RunControl, groups: list[Group], emit: Emit, ready: Any) -> None:
+        """Each task opens its connection, reports ready and waits for the gate itself."""
+        asyncio.run(_run_groups(control, groups, emit, ready))
 
     def start(self) -> None:
         self.thread.start()

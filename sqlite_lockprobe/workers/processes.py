@@ -29,9 +29,10 @@ def _process_main(
     recorder = EventRecorder(events_path)
     recorder.start_background_flush()
     try:
-        ready.release()
         with load_generator_gc():
-            run_worker_sync(control, group, index, recorder.emit, None, "process", recorder.flush)
+            run_worker_sync(
+                control, group, index, recorder.emit, None, "process", ready, recorder.flush
+            )
     finally:
         recorder.close()
 

@@ -150,9 +150,11 @@ def worker_program(
     emit: Emit,
     shared: Session | None,
     stats: WorkerStats,
+    first: Session | None = None,
 ) -> Generator[Action, Any, None]:
     """The steps of one worker, iteration after iteration, as actions to perform. Sessions it
-    opens it closes at its end; a driver that stops early closes what is left open."""
+    opens it closes at its end, and `first` (its per-worker connection, opened before the
+    start gate); a driver that stops early closes what is left open."""
     name = worker_name(group, index)
     begin_at = control.start_ns.value + int((group.start_after + group.stagger * index) * 1e9)
     delay = (begin_at - time.monotonic_ns()) / 1e9
@@ -162,7 +164,7 @@ def worker_program(
     run_until = deadline
     if group.duration is not None:
         run_until = min(deadline, time.monotonic_ns() + int(group.duration * 1e9))
-    session = shared
+    session = shared if shared is not None else first
     params = {"worker": index, "group": group.name, "pid": os.getpid(), "iteration": 0}
     while not control.stopping() and time.monotonic_ns() < run_until:
         if group.repeat is not None and stats.iterations >= group.repeat:
@@ -257,6 +259,15 @@ def _compiled(group: Group) -> tuple[tuple[Step, str, str], ...]:
     return tuple(out)
 
 
+def open_first_connection(
+    control: RunControl, group: Group, name: str, emit: Emit
+) -> Session | None:
+    """A per-worker connection, opened before the start gate (as a pool would have it)."""
+    if group.connection != "per-worker":
+        return None
+    return Session(control.spec(group), emit, name)
+
+
 # ---- the synchronous driver (threads and processes)
 
 
@@ -267,9 +278,12 @@ def run_worker_sync(
     emit: Emit,
     shared: Session | None,
     kind: str,
+    ready: Any,
     before_crash: Callable[[], None] | None = None,
 ) -> None:
-    """Run one worker to its end on the current thread, recording its start and end."""
+    """Run one worker to its end on the current thread, recording its start and end. Its
+    per-worker connection is opened first, then it reports ready and waits at the start gate:
+    when a connection opens is never a race with other workers' locks."""
     name = worker_name(group, index)
     stats = WorkerStats()
     error = None
@@ -277,8 +291,14 @@ def run_worker_sync(
     thread = threading.get_native_id()
     emit(("worker", time.monotonic_ns(), name, group.name, kind, os.getpid(), thread, None))
     try:
+        try:
+            first = open_first_connection(control, group, name, emit)
+            if first is not None:
+                opened.append(first)
+        finally:
+            ready.release()
         control.start_gate.wait()
-        program = worker_program(control, group, index, emit, shared, stats)
+        program = worker_program(control, group, index, emit, shared, stats, first)
         result: Any = None
         while True:
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from sqlite_lockprobe.probe import Emit
 from sqlite_lockprobe.scenario import Group
@@ -13,7 +14,7 @@ from sqlite_lockprobe.workers.session import Session
 class ThreadGroup:
     """Starts a group's threads (they wait at the start gate) and joins them."""
 
-    def __init__(self, control: RunControl, group: Group, emit: Emit) -> None:
+    def __init__(self, control: RunControl, group: Group, emit: Emit, ready: Any) -> None:
         self.group = group
         self.shared = (
             Session(control.spec(group), emit, f"{group.name}#shared", shared=True)
@@ -23,7 +24,7 @@ class ThreadGroup:
         self.threads = [
             threading.Thread(
                 target=run_worker_sync,
-                args=(control, group, i, emit, self.shared, "thread"),
+                args=(control, group, i, emit, self.shared, "thread", ready),
                 name=worker_name(group, i),
                 daemon=True,
             )
