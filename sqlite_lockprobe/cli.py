@@ -155,6 +155,14 @@ def sigterm_interrupts() -> Iterator[list[int]]:
         signal.signal(signal.SIGTERM, previous)
 
 
+events_option = click.option(
+    "--events",
+    "events_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keep the full event log (JSON lines) in this file.",
+)
+
+
 @dataclass(frozen=True)
 class ReportOutputs:
     """Where a diagnosis goes, for every command that produces one (run, report, trace)."""
@@ -254,12 +262,7 @@ def emit_report(
     help="Database file to run against: created if missing; an existing one is copied "
     "first and never modified.",
 )
-@click.option(
-    "--events",
-    "events_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Keep the full event log (JSON lines) in this file.",
-)
+@events_option
 @click.option(
     "--compare-fix",
     is_flag=True,
@@ -427,12 +430,7 @@ def check(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Record only connections to this database file (others run untouched).",
 )
-@click.option(
-    "--events",
-    "events_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Keep the full event log (JSON lines) in this file.",
-)
+@events_option
 @report_outputs
 @click.option(
     "--fail-on",

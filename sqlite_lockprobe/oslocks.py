@@ -1,16 +1,7 @@
-"""The live OS lock table of a database, decoded into SQLite's lock names, plus the processes
-that hold the locks or have the files open, and the filesystem the database lives on.
-
-SQLite's unix VFS locks with fcntl() POSIX advisory locks (src/os_unix.c):
-- on the database file, bytes from PENDING_BYTE: SHARED is a read lock on the 510-byte shared
-  range, RESERVED a write lock on RESERVED_BYTE, PENDING a write lock on PENDING_BYTE, and
-  EXCLUSIVE a write lock on the whole shared range (the lower locks stay held);
-- in WAL mode, on the -shm file: one byte per WAL lock from UNIX_SHM_BASE = 120 (WAL_WRITE_LOCK,
-  WAL_CKPT_LOCK, WAL_RECOVER_LOCK, WAL_READ_LOCK(0..4), wal.c), and the "dead-man switch" byte
-  UNIX_SHM_DMS = 128 that every connection holds a read lock on while the -shm is mapped.
-POSIX locks belong to a process, not a connection: the kernel merges the locks of all
-connections in one process, so this can name a process, never a connection.
-
+"""The live OS lock table of a database, decoded into SQLite's lock names (locktable.py says
+how SQLite's POSIX locks map to SHARED, RESERVED, PENDING, EXCLUSIVE and the WAL locks), plus
+the processes that hold the locks or have the files open (psutil), and the filesystem the
+database lives on. POSIX locks belong to a process: this names a process, never a connection.
 Reading the table takes no lock: /proc/locks on Linux, else fcntl(F_GETLK), which only asks.
 """
 
