@@ -68,6 +68,7 @@ class Session:
         self._lock = threading.RLock() if shared else None
         if not shared:
             self.call = self._call  # type: ignore[method-assign]  # the hot path: no lock
+        self._sets_timeout: dict[str, bool] = {}
         # Cursors of open_read steps, kept unfinished until close_reads: (cursor, sql).
         self.open_reads: list[tuple[sqlite3.Cursor, str]] = []
         # Opening is set-up, not the workload: settle it under a generous timeout. With WAL,
@@ -166,8 +167,17 @@ class Session:
         else:
             t1 = time.monotonic_ns()
         if probe is not None:
-            stmts = probe.take_statements(scan=False)
-            probe.follow_sql(sql)  # only the application's SQL can set the busy timeout
+            # The statements SQLite ran (drained inline: this is the hot path). Only the
+            # application's SQL can set the busy timeout; whether it does is worked out once
+            # per SQL text.
+            traced = probe.statements
+            stmts = tuple(traced)
+            traced.clear()
+            sets_timeout = self._sets_timeout.get(sql)
+            if sets_timeout is None:
+                sets_timeout = self._sets_timeout[sql] = "busy_timeout" in sql.lower()
+            if sets_timeout:
+                probe.follow_sql(sql)
         else:
             stmts = ()
         self.emit(
