@@ -156,6 +156,11 @@ class EventRecorder:
             self._out.close()
             self._out = None
 
+    @property
+    def recorded(self) -> int:
+        """How many events were emitted so far, written or not."""
+        return self.count + len(self._pending)
+
     def records(self) -> list[dict[str, Any]]:
         """Everything recorded, as dicts (in memory only when there is no path)."""
         self.flush()

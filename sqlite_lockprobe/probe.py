@@ -305,17 +305,16 @@ class ConnectionProbe:
         if self._db:
             self._install_busy_handler()
 
-    def take_statements(self, scan: bool = True) -> tuple[str, ...]:
-        """The statements traced since the last call, and forget them. With `scan`, follow a
-        PRAGMA busy_timeout among them; a caller that knows the SQL it ran can pass
-        scan=False and call `follow_sql` on that SQL alone (cheaper: one string per call)."""
+    def take_statements(self) -> tuple[str, ...]:
+        """The statements traced since the last call, and forget them, following a PRAGMA
+        busy_timeout among them. (The run engine knows the SQL it ran: it drains
+        `statements` itself and calls `follow_sql` on that SQL alone, which is cheaper.)"""
         if not self.statements:
             return ()
         taken = tuple(self.statements)
         self.statements.clear()
-        if scan:
-            for sql in taken:
-                self.follow_sql(sql)
+        for sql in taken:
+            self.follow_sql(sql)
         return taken
 
     def follow_sql(self, sql: str) -> None:

@@ -37,7 +37,7 @@ _JOIN_GRACE_SECONDS = 10.0
 class Progress:
     elapsed: float
     workers_running: int
-    calls: int
+    events: int  # recorded in this process so far (worker processes keep their own)
 
 
 @dataclass
@@ -187,7 +187,7 @@ def _execute(
                     r.join(0.1)
                 if progress:
                     alive = sum(r.alive() for r in runners)
-                    progress(Progress(time.monotonic() - started, alive, len(recorder._pending)))
+                    progress(Progress(time.monotonic() - started, alive, recorder.recorded))
         except KeyboardInterrupt:
             interrupted = True
             control.request_stop()

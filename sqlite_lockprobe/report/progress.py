@@ -29,7 +29,7 @@ def live_progress(enabled: bool, title: str) -> Iterator[Callable[[Progress], No
             live.update(
                 Text(
                     f"{title}: {p.elapsed:5.1f}s  workers running {p.workers_running}  "
-                    f"events pending {p.calls}"
+                    f"events recorded {p.events:,}"
                 )
             )
 
