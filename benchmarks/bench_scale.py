@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from sqlite_lockprobe.analysis import analyze
-from sqlite_lockprobe.events import EventRecorder
+from sqlite_lockprobe.eventfile import EventFile
 from sqlite_lockprobe.runner import run_scenario
 from sqlite_lockprobe.scenario import builtin_dir, parse_scenario
 
@@ -70,29 +70,36 @@ def run(label: str, scenario_text: str) -> None:
 
 def recorder_cost(n: int = 500_000) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "events.jsonl"
-        recorder = EventRecorder(path)
-        record = (
-            "call",
-            1,
-            2,
-            "c1.1",
-            "w#0",
-            123,
-            None,
-            "write",
-            "INSERT INTO t (v) VALUES (1)",
-            ("INSERT INTO t (v) VALUES (1)",),
-            0,
-            None,
-            None,
-            None,
-            True,
-            None,
-        )
+        path = Path(tmp) / "events.lpk"
+        recorder = EventFile(path)
+        sql = "INSERT INTO t (v) VALUES (:iteration)"
+        t = time.monotonic_ns()
+        # Distinct tuples with real clock values, as the workers emit them (marshal writes a
+        # repeated object once: one tuple emitted n times would understate the size).
+        records = [
+            (
+                "call",
+                t + 10_000 * i,
+                t + 10_000 * i + 7_000,
+                "c1.1",
+                "w#0",
+                123,
+                None,
+                "write",
+                sql,
+                (f"INSERT INTO t (v) VALUES ({i})",),  # the trace hook's expanded SQL
+                0,
+                None,
+                None,
+                None,
+                True,
+                None,
+            )
+            for i in range(n)
+        ]
         start = time.perf_counter_ns()
-        for _ in range(n):
-            recorder.emit(record)
+        for record in records:
+            recorder.append(record)
         emitted = time.perf_counter_ns()
         recorder.close()
         done = time.perf_counter_ns()

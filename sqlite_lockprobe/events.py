@@ -1,5 +1,6 @@
-"""The event model: flat tuples recorded cheaply while the workload runs, written as JSON
-lines (one file per process), loaded and merged by monotonic time afterwards.
+"""The event model: flat tuples recorded cheaply while the workload runs (eventfile.py writes
+them, one file per process), turned into dicts, merged by monotonic time, and saved and read
+back as JSON lines (the `--events` log).
 
 Standard library only: the `trace` probe records with it inside users' interpreters.
 `time.monotonic_ns()` is system-wide on Linux, so events from several processes merge.
@@ -9,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 EVENT_FORMAT = 1
 
@@ -94,79 +93,11 @@ def event_time(event: dict[str, Any]) -> int:
 # ("k", field, field, ...) per kind: a recorded tuple starts with its kind, so one zip builds
 # the whole dict.
 _KEYS = {kind: ("k", *fields) for kind, fields in EVENT_FIELDS.items()}
-_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def to_dict(record: tuple[Any, ...]) -> dict[str, Any]:
     """A recorded tuple as a JSON-ready dict: {"k": kind, field: value, ...}."""
     return dict(zip(_KEYS[record[0]], record, strict=False))
-
-
-class EventRecorder:
-    """Collects event tuples from any thread and writes them as JSON lines.
-
-    `emit` is `deque.append`: thread-safe and cheap enough for the hot path. Nothing is
-    formatted until `flush`, which can run periodically on a background thread so memory
-    stays bounded on long runs."""
-
-    def __init__(self, path: str | os.PathLike[str] | None) -> None:
-        self.path = Path(path) if path is not None else None
-        self._pending: deque[tuple[Any, ...]] = deque()
-        self.emit = self._pending.append
-        self._kept: list[tuple[Any, ...]] = []
-        self._lock = threading.Lock()
-        self._out: IO[str] | None = None
-        self._stop = threading.Event()
-        self._flusher: threading.Thread | None = None
-        self.count = 0
-        if self.path is not None:
-            self._out = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
-
-    def flush(self) -> None:
-        """Write (or keep, without a path) everything emitted so far."""
-        with self._lock:
-            pending = self._pending
-            lines = []
-            while pending:
-                record = pending.popleft()
-                self.count += 1
-                if self._out is None:
-                    self._kept.append(record)
-                else:
-                    lines.append(_encode(to_dict(record)))
-            if self._out is not None and lines:
-                self._out.write("\n".join(lines))
-                self._out.write("\n")
-                self._out.flush()
-
-    def start_background_flush(self, interval: float = 0.5) -> None:
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                self.flush()
-
-        self._flusher = threading.Thread(target=loop, name="lockprobe-flush", daemon=True)
-        self._flusher.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._flusher is not None:
-            self._flusher.join()
-        self.flush()
-        if self._out is not None:
-            self._out.close()
-            self._out = None
-
-    @property
-    def recorded(self) -> int:
-        """How many events were emitted so far, written or not."""
-        return self.count + len(self._pending)
-
-    def records(self) -> list[dict[str, Any]]:
-        """Everything recorded, as dicts (in memory only when there is no path)."""
-        self.flush()
-        if self.path is not None:
-            return list(read_events(self.path))
-        return [to_dict(r) for r in self._kept]
 
 
 def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

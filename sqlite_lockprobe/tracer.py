@@ -5,7 +5,7 @@ who made it (process, thread, asyncio task) and where (the first frame in the us
 Standard library only: this runs inside the user's interpreter, which may lack lockprobe's
 dependencies. `_inject/sitecustomize.py` loads it when the program first imports sqlite3 (and
 LOCKPROBE_TRACE_DIR is set). Each process writes its own event file into that directory
-(tracefile.py); the instrumented classes are in traced.py, the call-site finder in callsite.py.
+(eventfile.py); the instrumented classes are in traced.py, the call-site finder in callsite.py.
 
 What the program sees does not change: connections are instances of a subclass of the class it
 asked for (its own `factory=` included), results and exceptions are the original objects, and
@@ -25,9 +25,9 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlite_lockprobe.callsite import CallSites
+from sqlite_lockprobe.eventfile import EventFile
 from sqlite_lockprobe.probe import ConnectionProbe, error_codes, load_capi
 from sqlite_lockprobe.traced import connection_subclass, cursor_subclass
-from sqlite_lockprobe.tracefile import EventFile
 
 ENV_DIR = "LOCKPROBE_TRACE_DIR"
 ENV_DB = "LOCKPROBE_TRACE_DB"
@@ -253,7 +253,7 @@ class Tracer:
             pass
 
     def _start_recording(self) -> EventFile:
-        recording = EventFile(self.config.trace_dir)
+        recording = EventFile.in_directory(self.config.trace_dir)
         db = self.config.db or self._first_db
         journal_mode, page_size = read_header(db)
         recording.append(self._meta(db, journal_mode if self.config.db else None, page_size))

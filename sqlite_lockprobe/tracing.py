@@ -23,8 +23,8 @@ from typing import Any
 
 from sqlite_lockprobe import _inject
 from sqlite_lockprobe.errors import LockprobeError
+from sqlite_lockprobe.eventfile import FILE_PREFIX, FILE_SUFFIX, read_event_file
 from sqlite_lockprobe.events import merge_events
-from sqlite_lockprobe.tracefile import FILE_PREFIX, FILE_SUFFIX, read_trace_file
 from sqlite_lockprobe.tracer import ENV_COMMAND, ENV_DB, ENV_DIR, ENV_PARENT
 
 INJECT_DIR = str(Path(_inject.__file__).resolve().parent)
@@ -122,7 +122,7 @@ def trace_program(
             ending = _wait(proc, grace_seconds)
         wall = time.monotonic() - started
         files = sorted(Path(trace_dir).glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"))
-        events = merge_events(read_trace_file(f) for f in files)
+        events = merge_events(read_event_file(f) for f in files)
     finally:
         shutil.rmtree(trace_dir, ignore_errors=True)
     code = proc.returncode

@@ -18,7 +18,7 @@ from typing import Any
 from sqlite_lockprobe.probe import Emit
 from sqlite_lockprobe.scenario import Group
 from sqlite_lockprobe.workers.program import (
-    Call,
+    Calls,
     Close,
     Open,
     RunControl,
@@ -67,6 +67,23 @@ class _Connections:
         self.executors.clear()
 
 
+async def _make_calls(connections: _Connections, name: str, action: Calls) -> tuple[int, bool]:
+    """On the loop, a run of calls goes at once (nothing awaits between them); on a thread
+    per connection each call is awaited on its own, as aiosqlite does, so other tasks run
+    between the calls of one transaction."""
+    s = action.session
+    if connections.blocking:
+        return s.run_calls(name, name, action.calls, action.params, action.stop_on_error)
+    made = 0
+    for op, sql, with_params in action.calls:
+        made += 1
+        params = action.params if with_params else ()
+        ok = await connections.run(s, s.call, name, name, op, sql, params)
+        if not ok and action.stop_on_error:
+            return made, False
+    return made, True
+
+
 async def _run_worker(
     control: RunControl,
     group: Group,
@@ -109,11 +126,8 @@ async def _run_worker(
                 action = program.send(result)
             except StopIteration:
                 break
-            if isinstance(action, Call):
-                s = action.session
-                result = await connections.run(
-                    s, s.call, name, name, action.op, action.sql, action.params
-                )
+            if isinstance(action, Calls):
+                result = await _make_calls(connections, name, action)
             elif isinstance(action, Sleep):
                 await asyncio.sleep(action.seconds)
                 result = None

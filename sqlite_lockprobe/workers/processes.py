@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from sqlite_lockprobe.events import EventRecorder
+from sqlite_lockprobe.eventfile import FILE_SUFFIX, EventFile
 from sqlite_lockprobe.scenario import Group
 from sqlite_lockprobe.workers.program import (
     RunControl,
@@ -26,15 +26,15 @@ SPAWN = multiprocessing.get_context("spawn")
 def _process_main(
     control: RunControl, group: Group, index: int, events_path: str, ready: Any
 ) -> None:
-    recorder = EventRecorder(events_path)
-    recorder.start_background_flush()
+    events = EventFile(events_path)
+    events.start_flusher()
     try:
         with load_generator_gc():
             run_worker_sync(
-                control, group, index, recorder.emit, None, "process", ready, recorder.flush
+                control, group, index, events.append, None, "process", ready, events.flush
             )
     finally:
-        recorder.close()
+        events.close()
 
 
 class ProcessGroup:
@@ -42,7 +42,8 @@ class ProcessGroup:
 
     def __init__(self, control: RunControl, group: Group, event_dir: Path, ready: Any) -> None:
         self.group = group
-        self.event_files = [event_dir / f"{group.name}-{i}.jsonl" for i in range(group.count)]
+        names = [f"{group.name}-{i}{FILE_SUFFIX}" for i in range(group.count)]
+        self.event_files = [event_dir / name for name in names]
         self.processes = [
             SPAWN.Process(
                 target=_process_main,

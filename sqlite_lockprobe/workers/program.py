@@ -16,8 +16,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlite_lockprobe.probe import Emit
 from sqlite_lockprobe.scenario import SQL_ACTIONS, Group, Scenario, Step
@@ -98,15 +97,32 @@ def load_generator_gc() -> Iterator[None]:
         gc.set_threshold(*previous)
 
 
-@dataclass(slots=True)
-class Call:
-    """One sqlite call to make. Made once per call on the hot path: slots, not frozen (a
-    frozen dataclass's __init__ goes through object.__setattr__, several times slower)."""
+class SqlCall(NamedTuple):
+    """One call a step makes: the operation, its SQL, and whether it binds the parameters."""
 
-    session: Session
     op: str
     sql: str
+    with_params: bool
+
+
+CLOSE_READS = SqlCall("close_reads", "", False)
+ROLLBACK = SqlCall("rollback", "ROLLBACK", False)
+
+
+@dataclass(slots=True)
+class Calls:
+    """Consecutive sqlite calls to make on one session, in order: a run of SQL steps is one
+    action, so the trip through the driver is paid once per run, not once per call (it was a
+    third of the engine's own cost per call). With `stop_on_error` the first refused call
+    ends the run. The driver answers (calls made, whether the run went through).
+
+    Slots, not frozen: a frozen dataclass's __init__ goes through object.__setattr__, several
+    times slower, and one is made per run on the hot path."""
+
+    session: Session
+    calls: tuple[SqlCall, ...]
     params: Any
+    stop_on_error: bool
 
 
 @dataclass(frozen=True)
@@ -130,7 +146,9 @@ class Crash:
     """Die at once (SIGKILL), as a crashed or OOM-killed worker process would."""
 
 
-Action = Open | Call | Close | Sleep | Wait | Crash
+Action = Open | Calls | Close | Sleep | Wait | Crash
+# What a group's steps compile to: runs of consecutive SQL calls, and the other steps.
+Segment = tuple[SqlCall, ...] | Step
 
 
 @dataclass
@@ -165,6 +183,7 @@ def worker_program(
     if group.duration is not None:
         run_until = min(deadline, time.monotonic_ns() + int(group.duration * 1e9))
     session = shared if shared is not None else first
+    plan = _compiled(group)
     params = {"worker": index, "group": group.name, "pid": os.getpid(), "iteration": 0}
     while not control.stopping() and time.monotonic_ns() < run_until:
         if group.repeat is not None and stats.iterations >= group.repeat:
@@ -173,10 +192,10 @@ def worker_program(
         if session is None:
             session = yield Open()
         stop_worker = yield from _one_pass(
-            control, group, name, session, params, deadline, emit, stats
+            control, group, plan, name, session, params, deadline, emit, stats
         )
         if session.open_reads:  # open_read cursors last until close_reads or the pass's end
-            yield Call(session, "close_reads", "", ())
+            yield Calls(session, (CLOSE_READS,), (), True)
         stats.iterations += 1
         if group.connection == "per-iteration" and session is not shared:
             yield Close(session)
@@ -190,6 +209,7 @@ def worker_program(
 def _one_pass(
     control: RunControl,
     group: Group,
+    plan: tuple[Segment, ...],
     name: str,
     session: Session,
     params: dict[str, Any],
@@ -198,9 +218,21 @@ def _one_pass(
     stats: WorkerStats,
 ) -> Generator[Action, Any, bool]:
     """One pass over the group's steps. Returns True when the worker should stop."""
-    for step, op, sql in _compiled(group):
+    stop_on_error = group.on_error != "continue"
+    for step in plan:
         if control.stopping():
             return True
+        if isinstance(step, tuple):
+            made, ok = yield Calls(session, step, params, stop_on_error)
+            stats.ops += made
+            if ok:
+                continue
+            if group.on_error == "rollback":
+                if session.in_transaction:
+                    made, _ = yield Calls(session, (ROLLBACK,), (), True)
+                    stats.ops += made
+                return False
+            return True  # on_error = "stop"
         action = step.action
         if action == "sleep":
             t0 = time.monotonic_ns()
@@ -226,37 +258,40 @@ def _one_pass(
                 # A bounded wait gave up: this handshake cannot happen under these settings.
                 # Set the event so no other worker waits for it again.
                 control.events[step.event].set()
-            continue
-        ok = yield Call(session, op, sql, params if action in SQL_ACTIONS else ())
-        stats.ops += 1
-        if ok:
-            continue
-        if group.on_error == "continue":
-            continue
-        if group.on_error == "rollback":
-            if session.in_transaction:
-                yield Call(session, "rollback", "ROLLBACK", ())
-                stats.ops += 1
-            return False
-        return True  # on_error = "stop"
     return False
 
 
-@lru_cache(maxsize=256)
-def _compiled(group: Group) -> tuple[tuple[Step, str, str], ...]:
-    """Each step with the call it makes (op, SQL), worked out once per group, not per pass."""
-    out = []
+def _compiled(group: Group) -> tuple[Segment, ...]:
+    """The group's steps with consecutive SQL steps joined into runs of calls, worked out
+    once per worker, not per pass."""
+    segments: list[Segment] = []
+    run: list[SqlCall] = []
     for step in group.steps:
-        if step.action == "begin":
-            op, sql = "begin", f"BEGIN {step.mode.upper()}" if step.mode else "BEGIN"
-        elif step.action in ("commit", "rollback"):
-            op, sql = step.action, step.action.upper()
-        elif step.action == "close_reads":
-            op, sql = step.action, ""
-        else:
-            op, sql = step.action, step.sql or ""
-        out.append((step, op, sql))
-    return tuple(out)
+        call = _sql_call(step)
+        if call is not None:
+            run.append(call)
+            continue
+        if run:
+            segments.append(tuple(run))
+            run = []
+        segments.append(step)
+    if run:
+        segments.append(tuple(run))
+    return tuple(segments)
+
+
+def _sql_call(step: Step) -> SqlCall | None:
+    """The call a step makes, or None for the steps that make none (sleep, wait...)."""
+    action = step.action
+    if action == "begin":
+        return SqlCall("begin", f"BEGIN {step.mode.upper()}" if step.mode else "BEGIN", False)
+    if action in ("commit", "rollback"):
+        return SqlCall(action, action.upper(), False)
+    if action == "close_reads":
+        return CLOSE_READS
+    if action in SQL_ACTIONS:
+        return SqlCall(action, step.sql or "", True)
+    return None
 
 
 def open_first_connection(
@@ -305,8 +340,10 @@ def run_worker_sync(
                 action = program.send(result)
             except StopIteration:
                 break
-            if isinstance(action, Call):
-                result = action.session.call(name, None, action.op, action.sql, action.params)
+            if isinstance(action, Calls):
+                result = action.session.run_calls(
+                    name, None, action.calls, action.params, action.stop_on_error
+                )
             elif isinstance(action, Sleep):
                 control.stop.wait(action.seconds)
                 result = None

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ _ISOLATION = {"deferred": "DEFERRED", "immediate": "IMMEDIATE", "exclusive": "EX
 _conn_numbers = itertools.count(1)
 SQLITE_BUSY = 5
 _OPEN_TIMEOUT_MS = 5000
+# Each thread's OS id, asked of the OS once per thread: gettid() is a system call, and asking
+# on every call cost a sixth of the engine's own time per call.
+_this_thread = threading.local()
 
 
 def isolation_level(transaction_mode: str) -> str | None:
@@ -67,7 +71,7 @@ class Session:
         self.conn_id = f"c{os.getpid()}.{next(_conn_numbers)}"
         self._lock = threading.RLock() if shared else None
         if not shared:
-            self.call = self._call  # type: ignore[method-assign]  # the hot path: no lock
+            self.call = self._record  # type: ignore[method-assign]  # the hot path: no lock
         self._sets_timeout: dict[str, bool] = {}
         # Cursors of open_read steps, kept unfinished until close_reads: (cursor, sql).
         self.open_reads: list[tuple[sqlite3.Cursor, str]] = []
@@ -115,16 +119,33 @@ class Session:
         (A connection used by one worker replaces this with `_call` itself: no lock.)"""
         assert self._lock is not None
         with self._lock:
-            return self._call(worker, task, op, sql, params)
+            return self._record(worker, task, op, sql, params)
 
-    def _call(self, worker: str, task: str | None, op: str, sql: str, params: Any) -> bool:
-        if op == "close_reads":
-            ok = True
-            while self.open_reads:
-                cursor, read_sql = self.open_reads.pop(0)
-                ok = self._record(worker, task, "close_read", read_sql, (), cursor) and ok
-            return ok
-        return self._record(worker, task, op, sql, params)
+    def run_calls(
+        self,
+        worker: str,
+        task: str | None,
+        calls: Iterable[tuple[str, str, bool]],
+        params: Any,
+        stop_on_error: bool,
+    ) -> tuple[int, bool]:
+        """Make calls (op, SQL, whether it binds `params`) in order; with `stop_on_error`
+        the first refused one ends the run. Returns (calls made, whether the run went
+        through)."""
+        call = self.call
+        made = 0
+        for op, sql, with_params in calls:
+            made += 1
+            if not call(worker, task, op, sql, params if with_params else ()) and stop_on_error:
+                return made, False
+        return made, True
+
+    def _close_reads(self, worker: str, task: str | None) -> bool:
+        ok = True
+        while self.open_reads:
+            cursor, read_sql = self.open_reads.pop(0)
+            ok = self._record(worker, task, "close_read", read_sql, (), cursor) and ok
+        return ok
 
     def _record(
         self,
@@ -135,6 +156,8 @@ class Session:
         params: Any,
         cursor: sqlite3.Cursor | None = None,
     ) -> bool:
+        if op == "close_reads":
+            return self._close_reads(worker, task)
         probe = self.probe
         busy_before = probe.busy_calls if probe else 0
         samples_before = probe.holder_samples if probe else 0
@@ -180,6 +203,10 @@ class Session:
                 probe.follow_sql(sql)
         else:
             stmts = ()
+        try:
+            thread = _this_thread.native_id
+        except AttributeError:
+            thread = _this_thread.native_id = threading.get_native_id()
         self.emit(
             (
                 "call",
@@ -187,7 +214,7 @@ class Session:
                 t1,
                 self.conn_id,
                 worker,
-                threading.get_native_id(),
+                thread,
                 task,
                 op,
                 sql,

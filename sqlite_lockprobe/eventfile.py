@@ -1,10 +1,12 @@
-"""The event file of one traced process: the probe appends event tuples to a deque, a
-background thread writes them every FLUSH_SECONDS as one chunk (8-byte length, then
-`marshal.dumps(list_of_tuples)`), and the parent reads every process's file back as event dicts.
+"""The event file of one process (a traced program's, or one of a run's): the recording
+appends event tuples to a deque, a background thread writes them every FLUSH_SECONDS as one
+chunk (8-byte length, then `marshal.dumps(list_of_tuples)`), and lockprobe reads every
+process's file back as event dicts.
 
-marshal costs 0.25 us per event where JSON costs 10 us; version 4 is read by every Python since
-3.4, so the parent reads what any supported child wrote. Standard library only (it runs in the
-traced program).
+marshal costs 0.25 us per event where JSON costs 5 to 10 us, and the flusher shares the GIL
+with the workload it records; version 4 is read by every Python since 3.4, so lockprobe reads
+what any supported child wrote. Writing as it goes also keeps a long run's memory flat.
+Standard library only (it runs in the traced program).
 """
 
 from __future__ import annotations
@@ -34,16 +36,27 @@ class EventFile:
     The flusher is a bare `_thread` thread: it is not in `threading.enumerate()` or
     `active_count()`, so the program sees the same threads as untraced."""
 
-    def __init__(self, trace_dir: str) -> None:
-        # exec keeps the pid: the time makes the name unique
-        name = f"{FILE_PREFIX}{os.getpid()}-{time.monotonic_ns()}{FILE_SUFFIX}"
-        self.path = os.path.join(trace_dir, name)
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         self.fd = os.open(self.path, flags, 0o600)
         self.pending: deque[tuple[Any, ...]] = deque()
         self.append = self.pending.append
         self._lock = _thread.allocate_lock()
         self._running: tuple[Any, Any] | None = None  # (stop, stopped) locks of the flusher
+        self.written = 0
+
+    @classmethod
+    def in_directory(cls, directory: str) -> EventFile:
+        """A new file in `directory` named after this process (exec keeps the pid: the time
+        makes the name unique)."""
+        name = f"{FILE_PREFIX}{os.getpid()}-{time.monotonic_ns()}{FILE_SUFFIX}"
+        return cls(os.path.join(directory, name))
+
+    @property
+    def recorded(self) -> int:
+        """How many events were appended so far, written or not."""
+        return self.written + len(self.pending)
 
     def start_flusher(self) -> None:
         if self._running is not None:
@@ -78,8 +91,9 @@ class EventFile:
             take, keep = pending.popleft, batch.append
             while pending:
                 keep(take())
-            if not batch:
+            if not batch or self.fd < 0:
                 return
+            self.written += len(batch)
             data = marshal.dumps(batch, MARSHAL_VERSION)
             chunk = len(data).to_bytes(8, "little") + data
             # The trace directory may be gone (lockprobe killed): the program goes on.
@@ -88,14 +102,27 @@ class EventFile:
                 while view:
                     view = view[os.write(self.fd, view) :]
 
+    def close(self) -> None:
+        """Stop the flusher, write what is left, close the file."""
+        self.stop_flusher()
+        self.flush()
+        self._close_fd()
+
     def forget(self) -> None:
         """In a forked child: drop the parent's file and events (the parent writes them)."""
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        self._close_fd()
         self.pending = deque()
 
+    def _close_fd(self) -> None:
+        """Close the file, and never write to its number again: the OS may give it to
+        another file (the database itself) next."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
-def read_trace_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+
+def read_event_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """The events of one process's file, as event dicts; stops at a torn last chunk."""
     from sqlite_lockprobe.events import EVENT_FIELDS, to_dict
 
