@@ -21,6 +21,8 @@ _OPEN_TIMEOUT_MS = 5000
 # Each thread's OS id, asked of the OS once per thread: gettid() is a system call, and asking
 # on every call cost a sixth of the engine's own time per call.
 _this_thread = threading.local()
+# The operations that run their SQL with execute() and finish it.
+_STATEMENTS = frozenset({"begin", "write", "read"})
 
 
 def isolation_level(transaction_mode: str) -> str | None:
@@ -162,25 +164,29 @@ class Session:
         busy_before = probe.busy_calls if probe else 0
         samples_before = probe.holder_samples if probe else 0
         err = ext = msg = None
+        conn = self.conn
         t0 = time.monotonic_ns()
         try:
-            if op == "commit":
-                self.conn.commit()
+            if op in _STATEMENTS:  # the common case first: one compare, not four
+                cursor = conn.execute(sql, params)
+                if op == "read":
+                    cursor.fetchall()
+                cursor.close()
+            elif op == "commit":
+                conn.commit()
             elif op == "rollback":
-                self.conn.rollback()
-            elif op == "close_read" and cursor is not None:
+                conn.rollback()
+            elif op == "close_read":
+                assert cursor is not None
                 cursor.close()
             elif op == "open_read":
                 # One step of the query: the statement stays unfinished, holding its read
                 # (a SHARED lock or WAL snapshot; in a shared cache, a read lock on the table).
-                opened = self.conn.execute(sql, params)
+                opened = conn.execute(sql, params)
                 opened.fetchone()
                 self.open_reads.append((opened, sql))
             else:
-                cursor = self.conn.execute(sql, params)
-                if op == "read":
-                    cursor.fetchall()
-                cursor.close()
+                raise ValueError(f"unknown call {op!r}")
         except sqlite3.Error as exc:
             t1 = time.monotonic_ns()
             msg = str(exc)
@@ -223,7 +229,7 @@ class Session:
                 err,
                 ext,
                 msg,
-                self.conn.in_transaction,
+                conn.in_transaction,
                 None,
             )
         )
