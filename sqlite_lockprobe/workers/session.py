@@ -74,7 +74,8 @@ class Session:
         self._lock = threading.RLock() if shared else None
         if not shared:
             self.call = self._record  # type: ignore[method-assign]  # the hot path: no lock
-        self._sets_timeout: dict[str, bool] = {}
+        # Per SQL text: (its statement tuple, whether it sets the busy timeout).
+        self._own_statement: dict[str, tuple[tuple[str], bool]] = {}
         # Cursors of open_read steps, kept unfinished until close_reads: (cursor, sql).
         self.open_reads: list[tuple[sqlite3.Cursor, str]] = []
         # Opening is set-up, not the workload: settle it under a generous timeout. With WAL,
@@ -196,16 +197,19 @@ class Session:
         else:
             t1 = time.monotonic_ns()
         if probe is not None:
-            # The statements SQLite ran (drained inline: this is the hot path). Only the
-            # application's SQL can set the busy timeout; whether it does is worked out once
-            # per SQL text.
+            # The statements SQLite ran (drained inline: this is the hot path). One statement
+            # is the call's own: execute() runs one (an implicit BEGIN or a trigger makes more)
+            # and commit() and rollback() run theirs. It is recorded as one tuple shared by
+            # every call with this SQL, not as the trace's fresh text with the parameters
+            # expanded: cheaper to keep, write and read back, and no application data in the
+            # log. Whether the SQL sets the busy timeout is worked out once per text too.
+            own = self._own_statement.get(sql)
+            if own is None:
+                own = self._own_statement[sql] = ((sql,), "busy_timeout" in sql.lower())
             traced = probe.statements
-            stmts = tuple(traced)
+            stmts = own[0] if len(traced) == 1 else tuple(traced)
             traced.clear()
-            sets_timeout = self._sets_timeout.get(sql)
-            if sets_timeout is None:
-                sets_timeout = self._sets_timeout[sql] = "busy_timeout" in sql.lower()
-            if sets_timeout:
+            if own[1]:
                 probe.follow_sql(sql)
         else:
             stmts = ()
