@@ -172,7 +172,7 @@ class ConnectionProbe:
         "instrumented",
         "reduced_reason",
         "db_path",
-        "holder_samples",
+        "last_sample_ns",
         "_wait_started_ns",
         "interrupted",
         "_emit",
@@ -203,7 +203,7 @@ class ConnectionProbe:
         self._db = api.handle(conn) if api else 0
         self.instrumented = bool(self._db)
         self.db_path = self._database_file()
-        self.holder_samples = 0
+        self.last_sample_ns = 0  # when this connection last read the lock table
         self._wait_started_ns = 0
         self.reduced_reason = why
         if self._db:
@@ -285,7 +285,7 @@ class ConnectionProbe:
                 described.add(lock.pid)  # on its first lock only: events stay small
                 entry.update(locktable.describe_pid(lock.pid))
             locks.append(entry)
-        self.holder_samples += 1
+        self.last_sample_ns = t
         self._emit(("holders", t, self.conn_id, self.db_path, sample.source, locks, sample.note))
 
     def _database_file(self) -> str | None:

@@ -163,7 +163,6 @@ class Session:
             return self._close_reads(worker, task)
         probe = self.probe
         busy_before = probe.busy_calls if probe else 0
-        samples_before = probe.holder_samples if probe else 0
         err = ext = msg = None
         conn = self.conn
         t0 = time.monotonic_ns()
@@ -192,7 +191,7 @@ class Session:
             t1 = time.monotonic_ns()
             msg = str(exc)
             err, ext = probe.error_codes(exc) if probe is not None else error_codes(exc)
-            if err == SQLITE_BUSY and probe is not None and probe.holder_samples == samples_before:
+            if err == SQLITE_BUSY and probe is not None and probe.last_sample_ns < t0:
                 probe.sample_after_failure()  # refused without a wait: who holds it now?
         else:
             t1 = time.monotonic_ns()
