@@ -16,10 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_probe_overhead import WORKLOAD, commits_per_second
+from bench_probe_overhead import WORKLOAD, measure
 
 
-def hand_written(commits: int) -> float:
+def hand_written(commits: int) -> tuple[float, float]:
+    """(commits per second, CPU microseconds per commit) of the minimal loop."""
     with tempfile.TemporaryDirectory() as tmp:
         conn = sqlite3.connect(Path(tmp) / "hand.db", isolation_level=None)
         conn.execute("PRAGMA journal_mode = WAL")
@@ -27,16 +28,16 @@ def hand_written(commits: int) -> float:
         conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
         conn.execute("INSERT INTO t (v) VALUES (0)")
         params = {"worker": 0, "group": "writer", "pid": 0, "iteration": 0}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(commits):
             params["iteration"] = i
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("INSERT INTO t (v) VALUES (:iteration)", params)
             conn.execute("UPDATE t SET v = v + 1 WHERE id = 1", params)
             conn.commit()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         conn.close()
-    return commits / elapsed
+    return commits / elapsed, cpu / commits * 1e6
 
 
 def main() -> None:
@@ -45,21 +46,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     assert "BEGIN" in WORKLOAD.upper()
-    hand, bare, probed = [], [], []
+    runs: dict[str, list[tuple[float, float]]] = {"hand": [], "bare": [], "probed": []}
     hand_written(1000)
     for _ in range(args.rounds):
-        hand.append(hand_written(args.commits))
-        bare.append(commits_per_second(args.commits, False))
-        probed.append(commits_per_second(args.commits, True))
-    print(f"{'hand-written loop':18} median {statistics.median(hand):8,.0f} commits/s")
-    for name, values in (("engine, no probe", bare), ("engine, probed", probed)):
-        # Each round's ratio to the hand-written loop run just before it: load on a shared
+        runs["hand"].append(hand_written(args.commits))
+        runs["bare"].append(measure(args.commits, False))
+        runs["probed"].append(measure(args.commits, True))
+    hand = runs["hand"]
+    print(
+        f"{'hand-written loop':18} median {statistics.median(r for r, _ in hand):8,.0f} "
+        f"commits/s, {statistics.median(c for _, c in hand):.1f} us CPU per commit"
+    )
+    for name, key in (("engine, no probe", "bare"), ("engine, probed", "probed")):
+        # Each round against the hand-written loop run just before it: load on a shared
         # machine drifts between rounds, much less within one.
-        ratios = [v / h for v, h in zip(values, hand, strict=True)]
+        rates = [r / h[0] for (r, _), h in zip(runs[key], hand, strict=True)]
+        cpus = [h[1] / c for (_, c), h in zip(runs[key], hand, strict=True)]
         print(
-            f"{name:18} median {statistics.median(values):8,.0f} commits/s  ratio to "
-            f"hand-written: median {statistics.median(ratios):.3f} "
-            f"(rounds {', '.join(f'{r:.2f}' for r in ratios)})"
+            f"{name:18} median {statistics.median(r for r, _ in runs[key]):8,.0f} commits/s; "
+            f"ratio to hand-written: throughput {statistics.median(rates):.3f} "
+            f"(rounds {', '.join(f'{r:.2f}' for r in rates)}), by CPU per commit "
+            f"{statistics.median(cpus):.3f} (rounds {', '.join(f'{r:.2f}' for r in cpus)})"
         )
     print("target: engine >= 0.9 of the hand-written loop")
 
