@@ -26,45 +26,94 @@ from sqlite_lockprobe.diagnose.model import (
 from sqlite_lockprobe.diagnose.statements import statement_kind
 
 
-@dataclass
 class _OpenHold:
-    actor: Actor
-    kind: str
-    t0: int
-    taken_by: str
-    implicit_begin: bool
-    autocommit_false: bool = False
-    failed_commit: Call | None = None
-    in_statements_ns: int = 0
-    app_idle_ns: int | None = None
-    own_wait_ns: int = 0
-    last_end: int = 0
-    last_sql: str = ""
-    longest_idle: IdleGap | None = None
+    """A lock hold still open: what `add_call` learns per call, until `close` makes it a
+    LockHold. Slots and raw values: it sees every call of its transaction."""
 
-    def add_call(self, call: Call) -> None:
-        start = max(call.t0, self.t0)
-        if self.last_end and call.t0 > self.last_end:
-            gap = IdleGap(self.last_end, call.t0, self.last_sql, call.sql)
-            if (
-                self.longest_idle is None
-                or gap.t1 - gap.t0 > self.longest_idle.t1 - self.longest_idle.t0
-            ):
-                self.longest_idle = gap
-        self.in_statements_ns += max(0, call.t1 - start)
-        if call.busy_calls and call.t0 >= self.t0:
-            self.own_wait_ns += call.t1 - call.t0
-        self.last_end = call.t1
-        self.last_sql = call.sql
+    __slots__ = (
+        "actor",
+        "kind",
+        "t0",
+        "taken_by",
+        "implicit_begin",
+        "autocommit_false",
+        "failed_commit_t",
+        "failed_commit_code",
+        "in_statements_ns",
+        "app_idle_ns",
+        "own_wait_ns",
+        "last_end",
+        "last_sql",
+        "idle_ns",
+        "idle_t0",
+        "idle_before",
+        "idle_after",
+    )
+
+    def __init__(
+        self,
+        actor: Actor,
+        kind: str,
+        t0: int,
+        taken_by: str,
+        implicit_begin: bool,
+        autocommit_false: bool,
+        app_idle_ns: int | None,
+    ) -> None:
+        self.actor = actor
+        self.kind = kind
+        self.t0 = t0
+        self.taken_by = taken_by
+        self.implicit_begin = implicit_begin
+        self.autocommit_false = autocommit_false
+        self.failed_commit_t: int | None = None
+        self.failed_commit_code: int | None = None
+        self.in_statements_ns = 0
+        self.app_idle_ns = app_idle_ns
+        self.own_wait_ns = 0
+        self.last_end = 0
+        self.last_sql = ""
+        # The longest time idle between two calls so far (an IdleGap only once closed).
+        self.idle_ns = 0
+        self.idle_t0 = 0
+        self.idle_before = ""
+        self.idle_after = ""
+
+    def add_call(self, t0: int, t1: int, sql: str, busy_calls: int) -> None:
+        last_end = self.last_end
+        if last_end and t0 - last_end > self.idle_ns:
+            self._idle(last_end, t0, sql)
+        start = t0 if t0 > self.t0 else self.t0
+        if t1 > start:
+            self.in_statements_ns += t1 - start
+        if busy_calls and t0 >= self.t0:
+            self.own_wait_ns += t1 - t0
+        self.last_end = t1
+        self.last_sql = sql
+
+    def _idle(self, t0: int, t1: int, after_sql: str) -> None:
+        """A new longest gap in the application, from t0 until a call of after_sql (or
+        whatever ended the hold) at t1."""
+        self.idle_ns = t1 - t0
+        self.idle_t0 = t0
+        self.idle_before = self.last_sql
+        self.idle_after = after_sql
+
+    def fail_commit(self, t: int, code: int | None) -> None:
+        """A failed COMMIT leaves the transaction open: the first one is what the hold shows."""
+        if self.failed_commit_t is None:
+            self.failed_commit_t = t
+            self.failed_commit_code = code
 
     def close(self, t1: int, released_by: str) -> LockHold:
-        if self.last_end and t1 > self.last_end:
+        if self.last_end and t1 - self.last_end > self.idle_ns:
             # Idle until the end that was no call (a close, the end of the run): a gap too.
-            trailing = IdleGap(self.last_end, t1, self.last_sql, released_by)
-            if self.longest_idle is None or t1 - self.last_end > (
-                self.longest_idle.t1 - self.longest_idle.t0
-            ):
-                self.longest_idle = trailing
+            self._idle(self.last_end, t1, released_by)
+        longest_idle = None
+        if self.idle_ns:
+            longest_idle = IdleGap(
+                self.idle_t0, self.idle_t0 + self.idle_ns, self.idle_before, self.idle_after
+            )
         return LockHold(
             holder=self.actor,
             kind=self.kind,
@@ -74,16 +123,12 @@ class _OpenHold:
             released_by=released_by,
             implicit_begin=self.implicit_begin,
             in_statements_ns=self.in_statements_ns,
-            longest_idle=self.longest_idle,
+            longest_idle=longest_idle,
             app_idle_ns=self.app_idle_ns,
             own_wait_ns=self.own_wait_ns,
             autocommit_false=self.autocommit_false,
-            failed_commit_t=self.failed_commit.t1 if self.failed_commit else None,
-            failed_commit_code=(
-                (self.failed_commit.ext_error or self.failed_commit.error)
-                if self.failed_commit
-                else None
-            ),
+            failed_commit_t=self.failed_commit_t,
+            failed_commit_code=self.failed_commit_code,
         )
 
     def add_app_idle(self, t0: int, t1: int) -> None:
@@ -92,7 +137,7 @@ class _OpenHold:
         self.app_idle_ns = (self.app_idle_ns or 0) + overlap
 
 
-@dataclass
+@dataclass(slots=True)
 class _ConnState:
     info: ConnectionInfo
     track_app_idle: bool = False
@@ -107,17 +152,15 @@ class _ConnState:
     open_cursors: list[tuple[Actor, str, int]] = field(default_factory=list)
     closed_cursors: list[OpenStatement] = field(default_factory=list)
 
-    def track_cursor(self, call: Call) -> None:
+    def track_cursor(self, plan: _CallPlan, actor: Actor, t1: int, ok: bool) -> None:
         """open_read leaves a statement unfinished; close_read ends the oldest with its SQL."""
-        if call.op == "open_read" and call.error is None:
-            self.open_cursors.append((call.actor, call.sql, call.t1))
-        elif call.op == "close_read":
-            for i, (actor, sql, t0) in enumerate(self.open_cursors):
-                if sql == call.sql:
+        if plan.op == "open_read" and ok:
+            self.open_cursors.append((actor, plan.sql, t1))
+        elif plan.op == "close_read":
+            for i, (opener, sql, t0) in enumerate(self.open_cursors):
+                if sql == plan.sql:
                     del self.open_cursors[i]
-                    self.closed_cursors.append(
-                        OpenStatement(actor, sql, t0, call.t1, "cursor closed")
-                    )
+                    self.closed_cursors.append(OpenStatement(opener, sql, t0, t1, "cursor closed"))
                     break
 
     def end_cursors(self, t: int, closed_by: str) -> None:
@@ -153,24 +196,34 @@ def build_timeline(
     last_t = 0
     for event in events:
         kind = event["k"]
-        last_t = max(last_t, int(event.get("t1") or event.get("t") or 0))
+        t_end = int(event.get("t1") or event.get("t") or 0)
+        if t_end > last_t:
+            last_t = t_end
         if kind == "call":
             state = conns.get(event["conn"])
             if state is None:
                 continue  # a call on a connection opened before recording began
-            call = _call(event, state.info, workers, interned)
-            last_call_t0[call.conn] = call.t0
-            notable = call.error is not None or call.busy_calls
-            if notable or calls_complete:
+            plan = interned.plan(event)
+            actor = interned.call_actor(event, state.info, workers)
+            t0 = int(event["t0"])
+            t1 = int(event["t1"])
+            busy = int(event.get("busy") or 0)
+            error = event.get("err")
+            last_call_t0[actor.conn] = t0
+            # Past keep_all_calls_up_to, a call that neither failed nor waited is never built.
+            if error is not None or busy or calls_complete:
+                call = _call(event, actor, plan, t0, t1, busy, error)
                 calls.append(call)
                 if calls_complete and len(calls) > keep_all_calls_up_to:
                     calls_complete = False
                     calls = [c for c in calls if c.error is not None or c.busy_calls]
-            wait = _busy_wait(call, state)
-            if wait is not None:
-                waits.append(wait)
-            _advance(state, call)
-            state.track_cursor(call)
+                if busy > 0 or error == SQLITE_BUSY:
+                    waits.append(_busy_wait(call, state, plan))
+            in_txn = bool(event.get("in_txn"))
+            failed_code = None if error is None else (event.get("ext") or error)
+            _advance(state, plan, actor, t0, t1, busy, failed_code, in_txn)
+            if plan.tracks_cursor:
+                state.track_cursor(plan, actor, t1, error is None)
         elif kind == "open":
             info = ConnectionInfo(
                 conn=event["conn"],
@@ -187,6 +240,7 @@ def build_timeline(
             conns[info.conn] = _ConnState(
                 info, str(meta.get("source", "")).startswith("run "), event.get("worker") or ""
             )
+            interned.forget_call_actors()  # they carry the connection's group and pid
         elif kind == "close":
             state = conns.get(event["conn"])
             if state is not None:
@@ -194,6 +248,7 @@ def build_timeline(
                 state.end_cursors(int(event["t"]), "connection closed")
         elif kind == "worker":
             workers[event["worker"]] = event
+            interned.forget_call_actors()  # they carry the worker's group
             if event.get("pid"):
                 pids.add(int(event["pid"]))
         elif kind == "worker_end" and str(event.get("error") or "").startswith("killed by"):
@@ -329,13 +384,17 @@ def _most_common_journal(infos: dict[str, ConnectionInfo]) -> str | None:
 
 
 class _Interner:
-    """One object per distinct actor, SQL text and statement list: a long log repeats the same
-    few thousand of each millions of times."""
+    """One object per distinct actor, SQL text, statement list and call plan: a long log
+    repeats the same few thousand of each millions of times."""
 
     def __init__(self) -> None:
         self.actors: dict[tuple[Any, ...], Actor] = {}
         self.texts: dict[str, str] = {}
         self.statements: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.plans: dict[tuple[Any, ...], _CallPlan] = {}
+        # A call's actor by the raw fields it is made of: only valid until the next open or
+        # worker event, which can change a connection's or a worker's group.
+        self.call_actors: dict[tuple[Any, ...], Actor] = {}
 
     def actor(self, key: tuple[Any, ...]) -> Actor:
         actor = self.actors.get(key)
@@ -352,52 +411,138 @@ class _Interner:
         key = tuple(stmts)
         return self.statements.setdefault(key, key)
 
+    def plan(self, event: dict[str, Any]) -> _CallPlan:
+        op = event.get("op") or "execute"
+        sql = event.get("sql") or ""
+        stmts = event.get("stmts")
+        key = (op, sql, tuple(stmts) if stmts else ())
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.plans[key] = _plan(op, self.text(sql), self.statement_list(stmts))
+        return plan
 
-def _call(
-    event: dict[str, Any],
-    info: ConnectionInfo,
-    workers: dict[str, dict[str, Any]],
-    interned: _Interner,
-) -> Call:
-    worker = event.get("worker") or info.conn
-    actor = interned.actor(
-        (
+    def call_actor(
+        self, event: dict[str, Any], info: ConnectionInfo, workers: dict[str, dict[str, Any]]
+    ) -> Actor:
+        raw = (
             info.conn,
-            worker,
-            info.group or (workers.get(worker) or {}).get("group", ""),
-            info.pid,
-            int(event.get("thread") or 0),
+            event.get("worker"),
+            event.get("thread"),
             event.get("task"),
             event.get("site"),
         )
+        actor = self.call_actors.get(raw)
+        if actor is None:
+            actor = self.call_actors[raw] = self.actor(_actor_key(event, info, workers))
+        return actor
+
+    def forget_call_actors(self) -> None:
+        self.call_actors.clear()
+
+
+def _actor_key(
+    event: dict[str, Any], info: ConnectionInfo, workers: dict[str, dict[str, Any]]
+) -> tuple[Any, ...]:
+    worker = event.get("worker") or info.conn
+    return (
+        info.conn,
+        worker,
+        info.group or (workers.get(worker) or {}).get("group", ""),
+        info.pid,
+        int(event.get("thread") or 0),
+        event.get("task"),
+        event.get("site"),
     )
+
+
+@dataclass(frozen=True)
+class _CallPlan:
+    """What a call does to its connection's locks, worked out once per distinct (op, SQL,
+    statements) so that no statement is classified per call. The write and read holds it
+    takes depend only on whether a write hold was already open (see `_plan`)."""
+
+    op: str
+    sql: str
+    statements: tuple[str, ...]  # as recorded (Call.statements)
+    phase: str  # of a busy wait in this call
+    write_taken_by: str | None  # takes the write lock, naming this statement
+    write_explicit: bool  # by BEGIN IMMEDIATE/EXCLUSIVE, not by a write statement
+    read_if_no_write: bool  # opens a read hold when no write hold was open
+    read_if_write: bool  # opens a read hold when a write hold was open
+    begins_implicitly: bool  # Python's sqlite3 issued BEGIN before this DML
+    reads: bool  # reads or writes: the transaction has read
+    is_commit: bool
+    reopens: str | None  # COMMIT or ROLLBACK then BEGIN in one call (autocommit=False)
+    released: str  # what ended the transaction, if it succeeded and left none open
+    tracks_cursor: bool  # opens or closes a cursor left unfinished
+
+
+def _plan(op: str, sql: str, statements: tuple[str, ...]) -> _CallPlan:
+    ran = statements or _inferred_statements(op, sql)
+    kinds = [statement_kind(s) for s in ran]
+    writes = [i for i, k in enumerate(kinds) if k in ("begin-write", "write")]
+    data = [i for i, k in enumerate(kinds) if k in ("read", "write")]
+    first_write = writes[0] if writes else None
+    explicit = first_write is not None and kinds[first_write] == "begin-write"
+    if "commit" in kinds:
+        released = "COMMIT"
+    elif "rollback" in kinds:
+        released = "ROLLBACK"
+    else:
+        released = "autocommit"
+    return _CallPlan(
+        op=op,
+        sql=sql,
+        statements=statements,
+        phase=_phase(op, sql),
+        write_taken_by=None if first_write is None else ran[first_write] if explicit else sql,
+        write_explicit=explicit,
+        # The statement that takes the write lock does not also open the read hold.
+        read_if_no_write=any(i != first_write for i in data),
+        read_if_write=bool(data),
+        begins_implicitly="begin" in kinds and statement_kind(sql) not in ("begin", "begin-write"),
+        reads=bool(data),
+        is_commit=op == "commit" or "commit" in kinds,
+        reopens=("COMMIT" if "commit" in kinds else "ROLLBACK") if _reopened(kinds) else None,
+        released=released,
+        tracks_cursor=op in ("open_read", "close_read"),
+    )
+
+
+def _call(
+    event: dict[str, Any],
+    actor: Actor,
+    plan: _CallPlan,
+    t0: int,
+    t1: int,
+    busy: int,
+    error: int | None,
+) -> Call:
     return Call(
         actor=actor,
-        t0=int(event["t0"]),
-        t1=int(event["t1"]),
-        op=event.get("op") or "execute",
-        sql=interned.text(event.get("sql") or ""),
-        statements=interned.statement_list(event.get("stmts")),
-        busy_calls=int(event.get("busy") or 0),
-        error=event.get("err"),
+        t0=t0,
+        t1=t1,
+        op=plan.op,
+        sql=plan.sql,
+        statements=plan.statements,
+        busy_calls=busy,
+        error=error,
         ext_error=event.get("ext"),
         message=event.get("msg"),
         in_txn_after=bool(event.get("in_txn")),
     )
 
 
-def _phase(call: Call) -> str:
-    if call.op in ("begin", "commit", "rollback"):
-        return call.op
-    kind = statement_kind(call.sql)
+def _phase(op: str, sql: str) -> str:
+    if op in ("begin", "commit", "rollback"):
+        return op
+    kind = statement_kind(sql)
     if kind in ("begin", "begin-write"):
         return "begin"
     return {"write": "write", "read": "read", "commit": "commit"}.get(kind, "other")
 
 
-def _busy_wait(call: Call, state: _ConnState) -> BusyWait | None:
-    if call.busy_calls <= 0 and call.error != SQLITE_BUSY:
-        return None
+def _busy_wait(call: Call, state: _ConnState, plan: _CallPlan) -> BusyWait:
     return BusyWait(
         waiter=call.actor,
         call=call,
@@ -405,60 +550,54 @@ def _busy_wait(call: Call, state: _ConnState) -> BusyWait | None:
         failed=call.error == SQLITE_BUSY,
         timeout_ms=state.info.timeout_ms,
         had_read=state.had_read,
-        phase=_phase(call),
+        phase=plan.phase,
     )
 
 
-def _advance(state: _ConnState, call: Call) -> None:
-    """Move one connection's lock state past one call."""
-    statements = call.statements or _inferred_statements(call)
-    kinds = [statement_kind(s) for s in statements]
-    ok = call.error is None
-    acquired_at = call.t1 if call.busy_calls else call.t0
-    if state.write is not None:
-        state.write.add_call(call)
-    if state.read is not None and state.read is not state.write:
-        state.read.add_call(call)
+def _advance(
+    state: _ConnState,
+    plan: _CallPlan,
+    actor: Actor,
+    t0: int,
+    t1: int,
+    busy: int,
+    failed_code: int | None,
+    in_txn_after: bool,
+) -> None:
+    """Move one connection's lock state past one call (failed_code: None if it succeeded)."""
+    ok = failed_code is None
+    write, read = state.write, state.read
+    if write is not None:
+        write.add_call(t0, t1, plan.sql, busy)
+    if read is not None:
+        read.add_call(t0, t1, plan.sql, busy)
     if ok:
-        app_kind = statement_kind(call.sql)
-        if any(k == "begin" for k in kinds) and app_kind not in ("begin", "begin-write"):
-            state.implicit_txn = True  # Python's sqlite3 issued BEGIN before this DML
-        for sql, kind in zip(statements, kinds, strict=True):
-            if kind == "begin-write" and state.write is None:
-                state.write = _new_hold(state, call, "write", acquired_at, sql, False)
-            elif kind == "write" and state.write is None:
-                state.write = _new_hold(
-                    state, call, "write", acquired_at, call.sql, state.implicit_txn
-                )
-            elif kind in ("read", "write") and state.read is None:
-                state.read = _new_hold(state, call, "read", call.t0, call.sql, state.implicit_txn)
-        if any(k in ("read", "write") for k in kinds):
+        if plan.begins_implicitly:
+            state.implicit_txn = True
+        if write is None and plan.write_taken_by is not None:
+            implicit = False if plan.write_explicit else state.implicit_txn
+            acquired_at = t1 if busy else t0
+            state.write = _new_hold(
+                state, actor, "write", acquired_at, plan.write_taken_by, implicit
+            )
+            state.write.add_call(t0, t1, plan.sql, busy)
+        if read is None and (plan.read_if_no_write if write is None else plan.read_if_write):
+            state.read = _new_hold(state, actor, "read", t0, plan.sql, state.implicit_txn)
+            state.read.add_call(t0, t1, plan.sql, busy)
+        if plan.reads:
             state.had_read = True
-    if not ok and call.in_txn_after and _is_commit(call, kinds):
+    elif in_txn_after and plan.is_commit:
         # A failed COMMIT leaves the transaction open: until a ROLLBACK, it keeps its locks.
         for hold in (state.write, state.read):
-            if hold is not None and hold.failed_commit is None:
-                hold.failed_commit = call
-    if ok and call.in_txn_after and _reopened(kinds):
+            if hold is not None:
+                hold.fail_commit(t1, failed_code)
+    if ok and in_txn_after and plan.reopens is not None:
         # Python >= 3.12 with autocommit=False runs BEGIN right after COMMIT/ROLLBACK
         # (Modules/_sqlite/connection.c), so a transaction is always open.
-        _end_txn(state, call.t1, "COMMIT" if "commit" in kinds else "ROLLBACK")
+        _end_txn(state, t1, plan.reopens)
         state.implicit_txn = state.autocommit_false = True
-        return
-    if not call.in_txn_after:
-        if ok and "commit" in kinds:
-            released = "COMMIT"
-        elif ok and "rollback" in kinds:
-            released = "ROLLBACK"
-        elif ok:
-            released = "autocommit"
-        else:
-            released = "error"
-        _end_txn(state, call.t1, released)
-
-
-def _is_commit(call: Call, kinds: list[str]) -> bool:
-    return call.op == "commit" or "commit" in kinds
+    elif not in_txn_after:
+        _end_txn(state, t1, plan.released if ok else "error")
 
 
 def _reopened(kinds: list[str]) -> bool:
@@ -473,26 +612,28 @@ def _reopened(kinds: list[str]) -> bool:
 
 
 def _new_hold(
-    state: _ConnState, call: Call, kind: str, t0: int, taken_by: str, implicit: bool
+    state: _ConnState, actor: Actor, kind: str, t0: int, taken_by: str, implicit: bool
 ) -> _OpenHold:
-    hold = _OpenHold(
-        call.actor, kind, t0, taken_by, implicit, autocommit_false=state.autocommit_false
+    return _OpenHold(
+        actor,
+        kind,
+        t0,
+        taken_by,
+        implicit,
+        state.autocommit_false,
+        0 if state.track_app_idle else None,
     )
-    if state.track_app_idle:
-        hold.app_idle_ns = 0
-    hold.add_call(call)
-    return hold
 
 
-def _inferred_statements(call: Call) -> tuple[str, ...]:
+def _inferred_statements(op: str, sql: str) -> tuple[str, ...]:
     """Without the trace hook, the statements are the call's own SQL."""
-    if call.op == "close_read":
+    if op == "close_read":
         return ()  # closing a cursor runs no statement
-    if call.op == "commit":
+    if op == "commit":
         return ("COMMIT",)
-    if call.op == "rollback":
+    if op == "rollback":
         return ("ROLLBACK",)
-    return (call.sql,)
+    return (sql,)
 
 
 def _end_txn(state: _ConnState, t: int, released_by: str) -> None:
