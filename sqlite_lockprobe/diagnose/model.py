@@ -367,11 +367,18 @@ class _SpanIndex:
             size *= 2
         self.size = size
         never = -(2**63)
-        self.max_end = [never] * (2 * size)
-        for i, h in enumerate(holds):
-            self.max_end[size + i] = h.t1
-        for node in range(size - 1, 0, -1):
-            self.max_end[node] = max(self.max_end[2 * node], self.max_end[2 * node + 1])
+        # Node i's children are 2i and 2i+1, the leaves start at `size`. Filled a level at a
+        # time with slices, not a Python loop per node: a long log has a million nodes.
+        max_end = [never] * (2 * size)
+        max_end[size : size + len(holds)] = [h.t1 for h in holds]
+        width = size
+        while width > 1:
+            children = max_end[width : 2 * width]
+            max_end[width // 2 : width] = [
+                a if a >= b else b for a, b in zip(children[0::2], children[1::2], strict=True)
+            ]
+            width //= 2
+        self.max_end = max_end
 
     def overlapping(self, t0: int, t1: int, exclude_conn: str | None = None) -> list[LockHold]:
         """Holds with start < t1 and end > t0, in their original (start) order."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from sqlite_lockprobe.diagnose.model import (
@@ -148,7 +149,8 @@ class _ConnState:
     implicit_txn: bool = False
     # Python >= 3.12 autocommit=False: seen once its commit/rollback ran a BEGIN after itself.
     autocommit_false: bool = False
-    closed_holds: list[LockHold] = field(default_factory=list)
+    write_holds: list[LockHold] = field(default_factory=list)  # closed ones
+    read_holds: list[LockHold] = field(default_factory=list)
     open_cursors: list[tuple[Actor, str, int]] = field(default_factory=list)
     closed_cursors: list[OpenStatement] = field(default_factory=list)
 
@@ -304,10 +306,8 @@ def build_timeline(
     for state in conns.values():
         _end_txn(state, last_t, "end-of-run")
         state.end_cursors(last_t, "end-of-run")
-    holds = [h for s in conns.values() for h in s.closed_holds]
-    holds.sort(key=lambda h: (h.t0, h.t1, h.holder.conn))
-    calls.sort(key=lambda c: (c.t0, c.t1, c.conn))
-    waits.sort(key=lambda w: (w.t0, w.t1, w.waiter.conn))
+    calls.sort(key=_CALL_ORDER)
+    waits.sort(key=_WAIT_ORDER)
     infos = {c: s.info for c, s in conns.items()}
     journal = (meta.get("journal_mode") or _most_common_journal(infos) or "delete").lower()
     return Timeline(
@@ -315,8 +315,8 @@ def build_timeline(
         calls=tuple(calls),
         calls_complete=calls_complete,
         waits=tuple(waits),
-        write_holds=tuple(h for h in holds if h.kind == "write"),
-        read_holds=tuple(h for h in holds if h.kind == "read"),
+        write_holds=_in_time_order(s.write_holds for s in conns.values()),
+        read_holds=_in_time_order(s.read_holds for s in conns.values()),
         wal_samples=tuple(wal),
         journal_mode=journal,
         page_size=int(meta.get("page_size") or 4096),
@@ -333,6 +333,19 @@ def build_timeline(
             )
         ),
     )
+
+
+# Sort keys as C getters: the spans of a long log are hundreds of thousands.
+_HOLD_ORDER = attrgetter("t0", "t1", "holder.conn")
+_CALL_ORDER = attrgetter("t0", "t1", "actor.conn")
+_WAIT_ORDER = attrgetter("call.t0", "call.t1", "waiter.conn")
+
+
+def _in_time_order(per_connection: Iterable[list[LockHold]]) -> tuple[LockHold, ...]:
+    """Every connection's holds, by start (then end, then connection)."""
+    holds = [h for held in per_connection for h in held]
+    holds.sort(key=_HOLD_ORDER)
+    return tuple(holds)
 
 
 def _conn_databases(
@@ -638,9 +651,9 @@ def _inferred_statements(op: str, sql: str) -> tuple[str, ...]:
 
 def _end_txn(state: _ConnState, t: int, released_by: str) -> None:
     if state.write is not None:
-        state.closed_holds.append(state.write.close(t, released_by))
+        state.write_holds.append(state.write.close(t, released_by))
     if state.read is not None:
-        state.closed_holds.append(state.read.close(t, released_by))
+        state.read_holds.append(state.read.close(t, released_by))
     state.write = state.read = None
     state.had_read = False
     state.implicit_txn = False
