@@ -29,7 +29,7 @@ def analyze(events: Iterable[dict[str, Any]]) -> Analysis:
     """One pass over the events (a list, or a stream read from a log): nothing but the
     timeline's spans and the counters is kept."""
     activity = ActivityCounter()
-    timeline = with_process_details(build_timeline(activity.observe(events)))
+    timeline = with_process_details(build_timeline(events, activity=activity))
     return Analysis(timeline, summarize(timeline, activity), diagnose(timeline), activity)
 
 

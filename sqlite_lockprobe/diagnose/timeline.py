@@ -25,6 +25,7 @@ from sqlite_lockprobe.diagnose.model import (
     WalSample,
 )
 from sqlite_lockprobe.diagnose.statements import statement_kind
+from sqlite_lockprobe.stats import ActivityCounter, CallCounts
 
 
 class _OpenHold:
@@ -141,6 +142,7 @@ class _OpenHold:
 @dataclass(slots=True)
 class _ConnState:
     info: ConnectionInfo
+    counts: CallCounts
     track_app_idle: bool = False
     worker: str = ""
     had_read: bool = False
@@ -177,12 +179,17 @@ KEEP_ALL_CALLS_UP_TO = 100_000
 
 
 def build_timeline(
-    events: Iterable[dict[str, Any]], keep_all_calls_up_to: int = KEEP_ALL_CALLS_UP_TO
+    events: Iterable[dict[str, Any]],
+    keep_all_calls_up_to: int = KEEP_ALL_CALLS_UP_TO,
+    activity: ActivityCounter | None = None,
 ) -> Timeline:
     """Build the timeline in one pass over events in time order (each connection's own events
     must be in order; spans are sorted at the end). Spans are kept, and every call up to
     `keep_all_calls_up_to`; past that only the calls that failed or met a busy lock, so
-    memory grows with the problems, not with the log."""
+    memory grows with the problems, not with the log. `activity` counts every event and call
+    on the way, for the summary."""
+    if activity is None:
+        activity = ActivityCounter()
     meta: dict[str, Any] = {}
     workers: dict[str, dict[str, Any]] = {}
     conns: dict[str, _ConnState] = {}
@@ -196,21 +203,37 @@ def build_timeline(
     last_call_t0: dict[str, int] = {}
     pids: set[int] = set()
     last_t = 0
-    for event in events:
+    # Calls on a connection opened before recording began are counted but not drawn.
+    unopened = activity.counts_for("")
+    first_call_t0: int | None = None
+    last_call_t1: int | None = None
+    seen = 0
+    for seen, event in enumerate(events, 1):  # noqa: B007 (the count is used after)
         kind = event["k"]
         t_end = int(event.get("t1") or event.get("t") or 0)
         if t_end > last_t:
             last_t = t_end
         if kind == "call":
-            state = conns.get(event["conn"])
-            if state is None:
-                continue  # a call on a connection opened before recording began
             plan = interned.plan(event)
-            actor = interned.call_actor(event, state.info, workers)
             t0 = int(event["t0"])
             t1 = int(event["t1"])
             busy = int(event.get("busy") or 0)
             error = event.get("err")
+            if first_call_t0 is None or t0 < first_call_t0:
+                first_call_t0 = t0
+            if last_call_t1 is None or t1 > last_call_t1:
+                last_call_t1 = t1
+            state = conns.get(event["conn"])
+            counts = unopened if state is None else state.counts
+            counts.calls += 1
+            counts.handler_calls += busy
+            if error is not None:
+                counts.failed(error, event.get("ext") or error)
+            elif plan.rolls_back:
+                counts.rolled_back()
+            if state is None:
+                continue
+            actor = interned.call_actor(event, state.info, workers)
             last_call_t0[actor.conn] = t0
             # Past keep_all_calls_up_to, a call that neither failed nor waited is never built.
             if error is not None or busy or calls_complete:
@@ -226,7 +249,9 @@ def build_timeline(
             _advance(state, plan, actor, t0, t1, busy, failed_code, in_txn)
             if plan.tracks_cursor:
                 state.track_cursor(plan, actor, t1, error is None)
-        elif kind == "open":
+            continue
+        activity.observe(event)
+        if kind == "open":
             info = ConnectionInfo(
                 conn=event["conn"],
                 group=event.get("group") or "",
@@ -240,7 +265,10 @@ def build_timeline(
             # `run` records every sleep/await/wait step: idle time in a hold that no step
             # explains is then known to be scheduling delay.
             conns[info.conn] = _ConnState(
-                info, str(meta.get("source", "")).startswith("run "), event.get("worker") or ""
+                info,
+                activity.counts_for(info.group),
+                str(meta.get("source", "")).startswith("run "),
+                event.get("worker") or "",
             )
             interned.forget_call_actors()  # they carry the connection's group and pid
         elif kind == "close":
@@ -303,6 +331,7 @@ def build_timeline(
             meta = event
             if event.get("pid"):
                 pids.add(int(event["pid"]))
+    activity.finish(seen, first_call_t0, last_call_t1)
     for state in conns.values():
         _end_txn(state, last_t, "end-of-run")
         state.end_cursors(last_t, "end-of-run")
@@ -486,6 +515,7 @@ class _CallPlan:
     reads: bool  # reads or writes: the transaction has read
     is_commit: bool
     reopens: str | None  # COMMIT or ROLLBACK then BEGIN in one call (autocommit=False)
+    rolls_back: bool  # a rollback, for the summary (by its op or its traced statements)
     released: str  # what ended the transaction, if it succeeded and left none open
     tracks_cursor: bool  # opens or closes a cursor left unfinished
 
@@ -519,6 +549,7 @@ def _plan(op: str, sql: str, statements: tuple[str, ...]) -> _CallPlan:
         reopens=("COMMIT" if "commit" in kinds else "ROLLBACK") if _reopened(kinds) else None,
         released=released,
         tracks_cursor=op in ("open_read", "close_read"),
+        rolls_back=op == "rollback" or any(statement_kind(s) == "rollback" for s in statements),
     )
 
 
