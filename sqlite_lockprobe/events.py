@@ -249,15 +249,15 @@ def stream_event_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         raise LockprobeError(f"{p}: no such event log") from None
     except OSError as exc:
         raise LockprobeError(f"{p}: cannot read event log ({exc.strerror})") from None
-    count = 0
+    events = read_events(p)
     try:
-        for event in read_events(p):
-            count += 1
-            yield event
+        first = next(events, None)
+        if first is None:
+            raise LockprobeError(f"{p}: not a lockprobe event log (no events found)")
+        yield first
+        yield from events  # in C: no Python step per event
     except (OSError, UnicodeDecodeError) as exc:
         raise LockprobeError(f"{p}: cannot read event log ({exc})") from None
-    if count == 0:
-        raise LockprobeError(f"{p}: not a lockprobe event log (no events found)")
 
 
 def load_event_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
