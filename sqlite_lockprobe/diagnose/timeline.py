@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from operator import attrgetter, eq
+from operator import attrgetter, eq, itemgetter
 from typing import Any
 
 from sqlite_lockprobe.diagnose.model import (
@@ -211,20 +211,24 @@ def build_timeline(
     seen = 0
     for seen, event in enumerate(events, 1):  # noqa: B007 (the count is used after)
         kind = event["k"]
-        t_end = int(event.get("t1") or event.get("t") or 0)
-        if t_end > last_t:
-            last_t = t_end
         if kind == "call":
-            plan = interned.plan(event)
-            t0 = int(event["t0"])
-            t1 = int(event["t1"])
-            busy = int(event.get("busy") or 0)
-            error = event.get("err")
+            try:
+                t0, t1, conn, op, sql, stmts, busy, error, in_txn = _CALL_FIELDS(event)
+            except KeyError:  # a log from elsewhere may leave fields out
+                t0, t1, conn, op, sql, stmts, busy, error, in_txn = _call_fields(event)
+            plan = interned.plan(op or "execute", sql or "", stmts)
+            if not t1:  # as for any event: no end, then its "t"
+                last_t = max(last_t, int(event.get("t") or 0))
+            t0 = int(t0)
+            t1 = int(t1)
+            busy = int(busy or 0)
+            if t1 > last_t:
+                last_t = t1
             if first_call_t0 is None or t0 < first_call_t0:
                 first_call_t0 = t0
             if last_call_t1 is None or t1 > last_call_t1:
                 last_call_t1 = t1
-            state = conns.get(event["conn"])
+            state = conns.get(conn)
             counts = unopened if state is None else state.counts
             counts.calls += 1
             counts.handler_calls += busy
@@ -245,12 +249,14 @@ def build_timeline(
                     calls = [c for c in calls if c.error is not None or c.busy_calls]
                 if busy > 0 or error == SQLITE_BUSY:
                     waits.append(_busy_wait(call, state, plan))
-            in_txn = bool(event.get("in_txn"))
             failed_code = None if error is None else (event.get("ext") or error)
-            _advance(state, plan, actor, t0, t1, busy, failed_code, in_txn)
+            _advance(state, plan, actor, t0, t1, busy, failed_code, bool(in_txn))
             if plan.tracks_cursor:
                 state.track_cursor(plan, actor, t1, error is None)
             continue
+        t_end = int(event.get("t1") or event.get("t") or 0)
+        if t_end > last_t:
+            last_t = t_end
         activity.observe(event)
         if kind == "open":
             info = ConnectionInfo(
@@ -438,6 +444,25 @@ def _most_common_journal(infos: dict[str, ConnectionInfo]) -> str | None:
     return max(modes, key=modes.count) if modes else None
 
 
+# A call event's fields in one C call: the recorders write them all, in any order.
+_CALL_FIELDS = itemgetter("t0", "t1", "conn", "op", "sql", "stmts", "busy", "err", "in_txn")
+
+
+def _call_fields(event: dict[str, Any]) -> tuple[Any, ...]:
+    """The same fields where some are missing (a call must still have t0, t1 and conn)."""
+    return (
+        event["t0"],
+        event["t1"],
+        event["conn"],
+        event.get("op"),
+        event.get("sql"),
+        event.get("stmts"),
+        event.get("busy"),
+        event.get("err"),
+        event.get("in_txn"),
+    )
+
+
 class _Interner:
     """One object per distinct actor, SQL text, statement list and call plan: a long log
     repeats the same few thousand of each millions of times."""
@@ -466,10 +491,7 @@ class _Interner:
         key = tuple(stmts)
         return self.statements.setdefault(key, key)
 
-    def plan(self, event: dict[str, Any]) -> _CallPlan:
-        op = event.get("op") or "execute"
-        sql = event.get("sql") or ""
-        stmts = event.get("stmts")
+    def plan(self, op: str, sql: str, stmts: list[str] | None) -> _CallPlan:
         key = (op, sql, tuple(stmts) if stmts else ())
         plan = self.plans.get(key)
         if plan is None:
@@ -575,18 +597,19 @@ def _call(
     busy: int,
     error: int | None,
 ) -> Call:
+    # Positional, in field order: keyword arguments to a class cost several times more.
     return Call(
-        actor=actor,
-        t0=t0,
-        t1=t1,
-        op=plan.op,
-        sql=plan.sql,
-        statements=plan.statements,
-        busy_calls=busy,
-        error=error,
-        ext_error=event.get("ext"),
-        message=event.get("msg"),
-        in_txn_after=bool(event.get("in_txn")),
+        actor,
+        t0,
+        t1,
+        plan.op,
+        plan.sql,
+        plan.statements,
+        busy,
+        error,
+        event.get("ext"),
+        event.get("msg"),
+        bool(event.get("in_txn")),
     )
 
 
