@@ -156,6 +156,24 @@ class _ConnState:
     read_holds: list[LockHold] = field(default_factory=list)
     open_cursors: list[tuple[Actor, str, int]] = field(default_factory=list)
     closed_cursors: list[OpenStatement] = field(default_factory=list)
+    # The actor of the last call, by its raw fields, while no open or worker event came since.
+    actor: Actor | None = None
+    who: tuple[Any, ...] = ()
+    who_seen: int = -1
+
+    def actor_of(
+        self, event: dict[str, Any], interned: _Interner, workers: dict[str, dict[str, Any]]
+    ) -> Actor:
+        """The actor of a call on this connection: mostly the same as the call before's."""
+        try:
+            who = _ACTOR_FIELDS(event)
+        except KeyError:
+            who = tuple(map(event.get, _ACTOR_FIELD_NAMES))
+        if who != self.who or self.who_seen != interned.actors_changed:
+            self.actor = interned.call_actor(event, self.info, workers)
+            self.who = who
+            self.who_seen = interned.actors_changed
+        return self.actor
 
     def track_cursor(self, plan: _CallPlan, actor: Actor, t1: int, ok: bool) -> None:
         """open_read leaves a statement unfinished; close_read ends the oldest with its SQL."""
@@ -238,7 +256,7 @@ def build_timeline(
                 counts.rolled_back()
             if state is None:
                 continue
-            actor = interned.call_actor(event, state.info, workers)
+            actor = state.actor_of(event, interned, workers)
             last_call_t0[actor.conn] = t0
             # Past keep_all_calls_up_to, a call that neither failed nor waited is never built.
             if error is not None or busy or calls_complete:
@@ -444,6 +462,8 @@ def _most_common_journal(infos: dict[str, ConnectionInfo]) -> str | None:
     return max(modes, key=modes.count) if modes else None
 
 
+_ACTOR_FIELD_NAMES = ("worker", "thread", "task", "site")
+_ACTOR_FIELDS = itemgetter(*_ACTOR_FIELD_NAMES)
 # A call event's fields in one C call: the recorders write them all, in any order.
 _CALL_FIELDS = itemgetter("t0", "t1", "conn", "op", "sql", "stmts", "busy", "err", "in_txn")
 
@@ -475,6 +495,7 @@ class _Interner:
         # A call's actor by the raw fields it is made of: only valid until the next open or
         # worker event, which can change a connection's or a worker's group.
         self.call_actors: dict[tuple[Any, ...], Actor] = {}
+        self.actors_changed = 0
 
     def actor(self, key: tuple[Any, ...]) -> Actor:
         actor = self.actors.get(key)
@@ -515,6 +536,7 @@ class _Interner:
 
     def forget_call_actors(self) -> None:
         self.call_actors.clear()
+        self.actors_changed += 1
 
 
 def _actor_key(
