@@ -144,6 +144,7 @@ class _OpenHold:
 class _ConnState:
     info: ConnectionInfo
     counts: CallCounts
+    interned: _Interner
     track_app_idle: bool = False
     worker: str = ""
     had_read: bool = False
@@ -161,18 +162,17 @@ class _ConnState:
     who: tuple[Any, ...] = ()
     who_seen: int = -1
 
-    def actor_of(
-        self, event: dict[str, Any], interned: _Interner, workers: dict[str, dict[str, Any]]
-    ) -> Actor:
-        """The actor of a call on this connection: mostly the same as the call before's."""
+    def actor_of(self, event: dict[str, Any]) -> Actor:
+        """The actor of a call on this connection: mostly the same as the call before's.
+        Asked only where needed (a call kept, a hold opened, a cursor)."""
         try:
             who = _ACTOR_FIELDS(event)
         except KeyError:
             who = tuple(map(event.get, _ACTOR_FIELD_NAMES))
-        if who != self.who or self.who_seen != interned.actors_changed:
-            self.actor = interned.call_actor(event, self.info, workers)
+        if who != self.who or self.who_seen != self.interned.actors_changed:
+            self.actor = self.interned.call_actor(event, self.info)
             self.who = who
-            self.who_seen = interned.actors_changed
+            self.who_seen = self.interned.actors_changed
         return self.actor
 
     def track_cursor(self, plan: _CallPlan, actor: Actor, t1: int, ok: bool) -> None:
@@ -210,7 +210,6 @@ def build_timeline(
     if activity is None:
         activity = ActivityCounter()
     meta: dict[str, Any] = {}
-    workers: dict[str, dict[str, Any]] = {}
     conns: dict[str, _ConnState] = {}
     calls: list[Call] = []
     calls_complete = True
@@ -237,9 +236,8 @@ def build_timeline(
             plan = interned.plan(op or "execute", sql or "", stmts)
             if not t1:  # as for any event: no end, then its "t"
                 last_t = max(last_t, int(event.get("t") or 0))
-            t0 = int(t0)
-            t1 = int(t1)
-            busy = int(busy or 0)
+            if type(t0) is not int or type(t1) is not int or type(busy) is not int:
+                t0, t1, busy = int(t0), int(t1), int(busy or 0)  # as recorded, they are
             if t1 > last_t:
                 last_t = t1
             if first_call_t0 is None or t0 < first_call_t0:
@@ -256,11 +254,10 @@ def build_timeline(
                 counts.rolled_back()
             if state is None:
                 continue
-            actor = state.actor_of(event, interned, workers)
-            last_call_t0[actor.conn] = t0
+            last_call_t0[state.info.conn] = t0
             # Past keep_all_calls_up_to, a call that neither failed nor waited is never built.
             if error is not None or busy or calls_complete:
-                call = _call(event, actor, plan, t0, t1, busy, error)
+                call = _call(event, state.actor_of(event), plan, t0, t1, busy, error)
                 calls.append(call)
                 if calls_complete and len(calls) > keep_all_calls_up_to:
                     calls_complete = False
@@ -268,9 +265,9 @@ def build_timeline(
                 if busy > 0 or error == SQLITE_BUSY:
                     waits.append(_busy_wait(call, state, plan))
             failed_code = None if error is None else (event.get("ext") or error)
-            _advance(state, plan, actor, t0, t1, busy, failed_code, bool(in_txn))
+            _advance(state, plan, event, t0, t1, busy, failed_code, bool(in_txn))
             if plan.tracks_cursor:
-                state.track_cursor(plan, actor, t1, error is None)
+                state.track_cursor(plan, state.actor_of(event), t1, error is None)
             continue
         t_end = int(event.get("t1") or event.get("t") or 0)
         if t_end > last_t:
@@ -292,6 +289,7 @@ def build_timeline(
             conns[info.conn] = _ConnState(
                 info,
                 activity.counts_for(info.group),
+                interned,
                 str(meta.get("source", "")).startswith("run "),
                 event.get("worker") or "",
             )
@@ -302,8 +300,7 @@ def build_timeline(
                 _end_txn(state, int(event["t"]), "close")
                 state.end_cursors(int(event["t"]), "connection closed")
         elif kind == "worker":
-            workers[event["worker"]] = event
-            interned.forget_call_actors()  # they carry the worker's group
+            interned.add_worker(event)
             if event.get("pid"):
                 pids.add(int(event["pid"]))
         elif kind == "worker_end" and str(event.get("error") or "").startswith("killed by"):
@@ -496,6 +493,7 @@ class _Interner:
         # worker event, which can change a connection's or a worker's group.
         self.call_actors: dict[tuple[Any, ...], Actor] = {}
         self.actors_changed = 0
+        self.workers: dict[str, dict[str, Any]] = {}
 
     def actor(self, key: tuple[Any, ...]) -> Actor:
         actor = self.actors.get(key)
@@ -519,9 +517,7 @@ class _Interner:
             plan = self.plans[key] = _plan(op, self.text(sql), self.statement_list(stmts))
         return plan
 
-    def call_actor(
-        self, event: dict[str, Any], info: ConnectionInfo, workers: dict[str, dict[str, Any]]
-    ) -> Actor:
+    def call_actor(self, event: dict[str, Any], info: ConnectionInfo) -> Actor:
         raw = (
             info.conn,
             event.get("worker"),
@@ -531,8 +527,12 @@ class _Interner:
         )
         actor = self.call_actors.get(raw)
         if actor is None:
-            actor = self.call_actors[raw] = self.actor(_actor_key(event, info, workers))
+            actor = self.call_actors[raw] = self.actor(_actor_key(event, info, self.workers))
         return actor
+
+    def add_worker(self, event: dict[str, Any]) -> None:
+        self.workers[event["worker"]] = event
+        self.forget_call_actors()  # they carry the worker's group
 
     def forget_call_actors(self) -> None:
         self.call_actors.clear()
@@ -659,7 +659,7 @@ def _busy_wait(call: Call, state: _ConnState, plan: _CallPlan) -> BusyWait:
 def _advance(
     state: _ConnState,
     plan: _CallPlan,
-    actor: Actor,
+    event: dict[str, Any],
     t0: int,
     t1: int,
     busy: int,
@@ -680,11 +680,11 @@ def _advance(
             implicit = False if plan.write_explicit else state.implicit_txn
             acquired_at = t1 if busy else t0
             state.write = _new_hold(
-                state, actor, "write", acquired_at, plan.write_taken_by, implicit
+                state, event, "write", acquired_at, plan.write_taken_by, implicit
             )
             state.write.add_call(t0, t1, plan.sql, busy)
         if read is None and (plan.read_if_no_write if write is None else plan.read_if_write):
-            state.read = _new_hold(state, actor, "read", t0, plan.sql, state.implicit_txn)
+            state.read = _new_hold(state, event, "read", t0, plan.sql, state.implicit_txn)
             state.read.add_call(t0, t1, plan.sql, busy)
         if plan.reads:
             state.had_read = True
@@ -714,10 +714,10 @@ def _reopened(kinds: list[str]) -> bool:
 
 
 def _new_hold(
-    state: _ConnState, actor: Actor, kind: str, t0: int, taken_by: str, implicit: bool
+    state: _ConnState, event: dict[str, Any], kind: str, t0: int, taken_by: str, implicit: bool
 ) -> _OpenHold:
     return _OpenHold(
-        actor,
+        state.actor_of(event),
         kind,
         t0,
         taken_by,
