@@ -226,6 +226,7 @@ def build_timeline(
     first_call_t0: int | None = None
     last_call_t1: int | None = None
     seen = 0
+    plans = interned.plans
     for seen, event in enumerate(events, 1):  # noqa: B007 (the count is used after)
         kind = event["k"]
         if kind == "call":
@@ -233,7 +234,9 @@ def build_timeline(
                 t0, t1, conn, op, sql, stmts, busy, error, in_txn = _CALL_FIELDS(event)
             except KeyError:  # a log from elsewhere may leave fields out
                 t0, t1, conn, op, sql, stmts, busy, error, in_txn = _call_fields(event)
-            plan = interned.plan(op or "execute", sql or "", stmts)
+            plan = plans.get((op, sql, tuple(stmts) if stmts else ()))
+            if plan is None:  # a call unlike any before
+                plan = interned.add_plan(op, sql, stmts)
             if not t1:  # as for any event: no end, then its "t"
                 last_t = max(last_t, int(event.get("t") or 0))
             if type(t0) is not int or type(t1) is not int or type(busy) is not int:
@@ -510,11 +513,12 @@ class _Interner:
         key = tuple(stmts)
         return self.statements.setdefault(key, key)
 
-    def plan(self, op: str, sql: str, stmts: list[str] | None) -> _CallPlan:
-        key = (op, sql, tuple(stmts) if stmts else ())
-        plan = self.plans.get(key)
-        if plan is None:
-            plan = self.plans[key] = _plan(op, self.text(sql), self.statement_list(stmts))
+    def add_plan(self, op: Any, sql: Any, stmts: list[str] | None) -> _CallPlan:
+        """The plan of a call by its op, SQL and statements as recorded (any may be missing):
+        the builder looks it up itself in `plans` first, as it does once per call."""
+        plan = self.plans[(op, sql, tuple(stmts) if stmts else ())] = _plan(
+            op or "execute", self.text(sql or ""), self.statement_list(stmts)
+        )
         return plan
 
     def call_actor(self, event: dict[str, Any], info: ConnectionInfo) -> Actor:
