@@ -28,118 +28,6 @@ from sqlite_lockprobe.diagnose.statements import statement_kind
 from sqlite_lockprobe.stats import ActivityCounter, CallCounts
 
 
-class _OpenHold:
-    """A lock hold still open: what `add_call` learns per call, until `close` makes it a
-    LockHold. Slots and raw values: it sees every call of its transaction."""
-
-    __slots__ = (
-        "actor",
-        "kind",
-        "t0",
-        "taken_by",
-        "implicit_begin",
-        "autocommit_false",
-        "failed_commit_t",
-        "failed_commit_code",
-        "in_statements_ns",
-        "app_idle_ns",
-        "own_wait_ns",
-        "last_end",
-        "last_sql",
-        "idle_ns",
-        "idle_t0",
-        "idle_before",
-        "idle_after",
-    )
-
-    def __init__(
-        self,
-        actor: Actor,
-        kind: str,
-        t0: int,
-        taken_by: str,
-        implicit_begin: bool,
-        autocommit_false: bool,
-        app_idle_ns: int | None,
-    ) -> None:
-        self.actor = actor
-        self.kind = kind
-        self.t0 = t0
-        self.taken_by = taken_by
-        self.implicit_begin = implicit_begin
-        self.autocommit_false = autocommit_false
-        self.failed_commit_t: int | None = None
-        self.failed_commit_code: int | None = None
-        self.in_statements_ns = 0
-        self.app_idle_ns = app_idle_ns
-        self.own_wait_ns = 0
-        self.last_end = 0
-        self.last_sql = ""
-        # The longest time idle between two calls so far (an IdleGap only once closed).
-        self.idle_ns = 0
-        self.idle_t0 = 0
-        self.idle_before = ""
-        self.idle_after = ""
-
-    def add_call(self, t0: int, t1: int, sql: str, busy_calls: int) -> None:
-        last_end = self.last_end
-        if last_end and t0 - last_end > self.idle_ns:
-            self._idle(last_end, t0, sql)
-        start = t0 if t0 > self.t0 else self.t0
-        if t1 > start:
-            self.in_statements_ns += t1 - start
-        if busy_calls and t0 >= self.t0:
-            self.own_wait_ns += t1 - t0
-        self.last_end = t1
-        self.last_sql = sql
-
-    def _idle(self, t0: int, t1: int, after_sql: str) -> None:
-        """A new longest gap in the application, from t0 until a call of after_sql (or
-        whatever ended the hold) at t1."""
-        self.idle_ns = t1 - t0
-        self.idle_t0 = t0
-        self.idle_before = self.last_sql
-        self.idle_after = after_sql
-
-    def fail_commit(self, t: int, code: int | None) -> None:
-        """A failed COMMIT leaves the transaction open: the first one is what the hold shows."""
-        if self.failed_commit_t is None:
-            self.failed_commit_t = t
-            self.failed_commit_code = code
-
-    def close(self, t1: int, released_by: str) -> LockHold:
-        if self.last_end and t1 - self.last_end > self.idle_ns:
-            # Idle until the end that was no call (a close, the end of the run): a gap too.
-            self._idle(self.last_end, t1, released_by)
-        longest_idle = None
-        if self.idle_ns:
-            longest_idle = IdleGap(
-                self.idle_t0, self.idle_t0 + self.idle_ns, self.idle_before, self.idle_after
-            )
-        # Positional, in field order: keywords cost twice as much, per hold of a long log.
-        return LockHold(
-            self.actor,
-            self.kind,
-            self.t0,
-            max(t1, self.t0),
-            self.taken_by,
-            released_by,
-            self.implicit_begin,
-            self.in_statements_ns,
-            longest_idle,
-            self.app_idle_ns,
-            self.own_wait_ns,
-            self.autocommit_false,
-            self.failed_commit_t,
-            self.failed_commit_code,
-        )
-
-    def add_app_idle(self, t0: int, t1: int) -> None:
-        """Time the application itself spent in a recorded step (sleep, await, wait)."""
-        overlap = max(0, t1 - max(t0, self.t0))
-        self.app_idle_ns = (self.app_idle_ns or 0) + overlap
-
-
 @dataclass(slots=True)
 class _ConnState:
     info: ConnectionInfo
@@ -148,8 +36,12 @@ class _ConnState:
     track_app_idle: bool = False
     worker: str = ""
     had_read: bool = False
-    write: _OpenHold | None = None
-    read: _OpenHold | None = None
+    # The holds open: LockHolds whose end and release `_close_hold` fills in.
+    write: LockHold | None = None
+    read: LockHold | None = None
+    # The last call's end and SQL: where the holds' next idle gap would begin.
+    last_end: int = 0
+    last_sql: str = ""
     implicit_txn: bool = False
     # Python >= 3.12 autocommit=False: seen once its commit/rollback ran a BEGIN after itself.
     autocommit_false: bool = False
@@ -330,7 +222,7 @@ def build_timeline(
             if state is not None:
                 for hold in (state.write, state.read):
                     if hold is not None:
-                        hold.add_app_idle(int(event["t0"]), int(event["t1"]))
+                        _add_app_idle(hold, int(event["t0"]), int(event["t1"]))
         elif kind == "wal":
             wal.append(
                 WalSample(
@@ -673,30 +565,33 @@ def _advance(
     """Move one connection's lock state past one call (failed_code: None if it succeeded)."""
     ok = failed_code is None
     write, read = state.write, state.read
+    last_end, last_sql, sql = state.last_end, state.last_sql, plan.sql
     if write is not None:
-        write.add_call(t0, t1, plan.sql, busy)
+        _add_call(write, t0, t1, sql, busy, last_end, last_sql)
     if read is not None:
-        read.add_call(t0, t1, plan.sql, busy)
+        _add_call(read, t0, t1, sql, busy, last_end, last_sql)
+    state.last_end, state.last_sql = t1, sql
     if ok:
         if plan.begins_implicitly:
             state.implicit_txn = True
         if write is None and plan.write_taken_by is not None:
             implicit = False if plan.write_explicit else state.implicit_txn
             acquired_at = t1 if busy else t0
-            state.write = _new_hold(
+            state.write = _open_hold(
                 state, event, "write", acquired_at, plan.write_taken_by, implicit
             )
-            state.write.add_call(t0, t1, plan.sql, busy)
+            _add_call(state.write, t0, t1, sql, busy, 0, "")
         if read is None and (plan.read_if_no_write if write is None else plan.read_if_write):
-            state.read = _new_hold(state, event, "read", t0, plan.sql, state.implicit_txn)
-            state.read.add_call(t0, t1, plan.sql, busy)
+            state.read = _open_hold(state, event, "read", t0, sql, state.implicit_txn)
+            _add_call(state.read, t0, t1, sql, busy, 0, "")
         if plan.reads:
             state.had_read = True
     elif in_txn_after and plan.is_commit:
         # A failed COMMIT leaves the transaction open: until a ROLLBACK, it keeps its locks.
         for hold in (state.write, state.read):
-            if hold is not None:
-                hold.fail_commit(t1, failed_code)
+            if hold is not None and hold.failed_commit_t is None:
+                hold.failed_commit_t = t1
+                hold.failed_commit_code = failed_code
     if ok and in_txn_after and plan.reopens is not None:
         # Python >= 3.12 with autocommit=False runs BEGIN right after COMMIT/ROLLBACK
         # (Modules/_sqlite/connection.c), so a transaction is always open.
@@ -717,18 +612,61 @@ def _reopened(kinds: list[str]) -> bool:
     return False
 
 
-def _new_hold(
+def _open_hold(
     state: _ConnState, event: dict[str, Any], kind: str, t0: int, taken_by: str, implicit: bool
-) -> _OpenHold:
-    return _OpenHold(
+) -> LockHold:
+    """A hold as it opens: the LockHold itself (built once, not copied at the end), whose
+    end and release are filled in by `_close_hold`."""
+    return LockHold(
         state.actor_of(event),
         kind,
         t0,
+        t0,
         taken_by,
+        "",
         implicit,
+        0,
+        None,
+        0 if state.track_app_idle else None,  # `run` records the application's own steps
+        0,
         state.autocommit_false,
-        0 if state.track_app_idle else None,
+        None,
+        None,
     )
+
+
+def _add_call(
+    hold: LockHold, t0: int, t1: int, sql: str, busy: int, last_end: int, last_sql: str
+) -> None:
+    """A call during the hold: time inside SQLite, the holder's own busy waits, and the gap
+    in the application since the call before (which ended at last_end), if the longest."""
+    if last_end and t0 > last_end:
+        longest = hold.longest_idle
+        if longest is None or t0 - last_end > longest.t1 - longest.t0:
+            hold.longest_idle = IdleGap(last_end, t0, last_sql, sql)
+    start = t0 if t0 > hold.t0 else hold.t0
+    if t1 > start:
+        hold.in_statements_ns += t1 - start
+    if busy and t0 >= hold.t0:
+        hold.own_wait_ns += t1 - t0
+
+
+def _add_app_idle(hold: LockHold, t0: int, t1: int) -> None:
+    """Time the application itself spent in a recorded step (sleep, await, wait)."""
+    overlap = max(0, t1 - max(t0, hold.t0))
+    hold.app_idle_ns = (hold.app_idle_ns or 0) + overlap
+
+
+def _close_hold(hold: LockHold, t1: int, released_by: str, last_end: int, last_sql: str) -> None:
+    """The hold ends at t1. Idle since the last call (ended at last_end) until an end that
+    was no call (a close, the end of the run) is a gap too."""
+    if last_end and t1 > last_end:
+        longest = hold.longest_idle
+        if longest is None or t1 - last_end > longest.t1 - longest.t0:
+            hold.longest_idle = IdleGap(last_end, t1, last_sql, released_by)
+    if t1 > hold.t0:
+        hold.t1 = t1
+    hold.released_by = released_by
 
 
 def _inferred_statements(op: str, sql: str) -> tuple[str, ...]:
@@ -744,9 +682,11 @@ def _inferred_statements(op: str, sql: str) -> tuple[str, ...]:
 
 def _end_txn(state: _ConnState, t: int, released_by: str) -> None:
     if state.write is not None:
-        state.write_holds.append(state.write.close(t, released_by))
+        _close_hold(state.write, t, released_by, state.last_end, state.last_sql)
+        state.write_holds.append(state.write)
     if state.read is not None:
-        state.read_holds.append(state.read.close(t, released_by))
+        _close_hold(state.read, t, released_by, state.last_end, state.last_sql)
+        state.read_holds.append(state.read)
     state.write = state.read = None
     state.had_read = False
     state.implicit_txn = False
