@@ -174,15 +174,21 @@ def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     and so is any line that is not one JSON object of a known kind."""
     with open(path, encoding="utf-8") as src:
         for line in src:
-            if not line.endswith("\n"):
-                break
-            event = _decode_line(line)
+            # The C scanner behind json.loads, called directly: json.loads costs as much
+            # again per line, seconds on a log of millions of events. A line it reads up to
+            # its "\n" is done; any other is read again the careful way.
+            try:
+                event, end = _scan_once(line, 0)
+            except (StopIteration, json.JSONDecodeError):
+                event, end = _UNDECODABLE, 0
+            if line[end:] != "\n":
+                if not line.endswith("\n"):
+                    break
+                event = _decode_line(line)
             if isinstance(event, dict) and event.get("k") in EVENT_FIELDS:
                 yield event
 
 
-# The C scanner behind json.loads, called directly: json.loads costs as much again in
-# Python-level wrapping per line, which on a log of millions of events is seconds.
 _scan_once = json.JSONDecoder().scan_once
 _JSON_SPACE = " \t\r\n"
 _UNDECODABLE = object()
@@ -200,7 +206,7 @@ def _decode_line(line: str) -> Any:
             return _UNDECODABLE
     except json.JSONDecodeError:
         return _UNDECODABLE
-    if end != len(line) - 1 and line[end:].strip(_JSON_SPACE):
+    if line[end:].strip(_JSON_SPACE):
         return _UNDECODABLE
     return value
 

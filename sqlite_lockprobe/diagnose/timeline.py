@@ -160,7 +160,7 @@ def build_timeline(
                 if busy > 0 or error == SQLITE_BUSY:
                     waits.append(_busy_wait(call, state, plan))
             failed_code = None if error is None else (event.get("ext") or error)
-            _advance(state, plan, event, t0, t1, busy, failed_code, bool(in_txn))
+            _advance(state, plan, event, t0, t1, busy, failed_code, in_txn)
             if plan.tracks_cursor:
                 state.track_cursor(plan, state.actor_of(event), t1, error is None)
             continue
@@ -560,7 +560,7 @@ def _advance(
     t1: int,
     busy: int,
     failed_code: int | None,
-    in_txn_after: bool,
+    in_txn_after: Any,  # true when the call left a transaction open
 ) -> None:
     """Move one connection's lock state past one call (failed_code: None if it succeeded)."""
     ok = failed_code is None
