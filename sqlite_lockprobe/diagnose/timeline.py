@@ -121,7 +121,7 @@ def build_timeline(
     plans = interned.plans
     for seen, event in enumerate(events, 1):  # noqa: B007 (the count is used after)
         kind = event["k"]
-        if kind == "call":
+        if kind == "call":  # nearly every event: handled inline, the hot path of a long log
             try:
                 t0, t1, conn, op, sql, stmts, busy, error, in_txn = _CALL_FIELDS(event)
             except KeyError:  # a log from elsewhere may leave fields out
