@@ -101,17 +101,45 @@ def to_dict(record: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Events from one JSONL file. A torn last line (a process killed mid-write) is skipped."""
+    """Events from one JSONL file. A torn last line (a process killed mid-write) is skipped,
+    and so is any line that is not one JSON object of a known kind."""
     with open(path, encoding="utf-8") as src:
         for line in src:
-            if not line.endswith("\n"):
-                break
+            # The C scanner behind json.loads, called directly: json.loads costs as much
+            # again per line, seconds on a log of millions of events. A line it reads up to
+            # its "\n" is done; any other is read again the careful way.
             try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+                event, end = _scan_once(line, 0)
+            except (StopIteration, json.JSONDecodeError):
+                event, end = _UNDECODABLE, 0
+            if line[end:] != "\n":
+                if not line.endswith("\n"):
+                    break
+                event = _decode_line(line)
             if isinstance(event, dict) and event.get("k") in EVENT_FIELDS:
                 yield event
+
+
+_scan_once = json.JSONDecoder().scan_once
+_JSON_SPACE = " \t\r\n"
+_UNDECODABLE = object()
+
+
+def _decode_line(line: str) -> Any:
+    """One line's JSON value, exactly as json.loads(line) would decode it; _UNDECODABLE where
+    json.loads would raise JSONDecodeError (garbage, or anything after the value)."""
+    try:
+        value, end = _scan_once(line, 0)
+    except StopIteration:  # leading whitespace, a byte order mark, an empty line
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            return _UNDECODABLE
+    except json.JSONDecodeError:
+        return _UNDECODABLE
+    if line[end:].strip(_JSON_SPACE):
+        return _UNDECODABLE
+    return value
 
 
 def merge_events(streams: Iterable[Iterable[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -158,15 +186,15 @@ def stream_event_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         raise LockprobeError(f"{p}: no such event log") from None
     except OSError as exc:
         raise LockprobeError(f"{p}: cannot read event log ({exc.strerror})") from None
-    count = 0
+    events = read_events(p)
     try:
-        for event in read_events(p):
-            count += 1
-            yield event
+        first = next(events, None)
+        if first is None:
+            raise LockprobeError(f"{p}: not a lockprobe event log (no events found)")
+        yield first
+        yield from events  # in C: no Python step per event
     except (OSError, UnicodeDecodeError) as exc:
         raise LockprobeError(f"{p}: cannot read event log ({exc})") from None
-    if count == 0:
-        raise LockprobeError(f"{p}: not a lockprobe event log (no events found)")
 
 
 def load_event_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

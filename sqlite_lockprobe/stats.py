@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlite_lockprobe.diagnose.model import SQLITE_BUSY, Timeline
-from sqlite_lockprobe.diagnose.statements import statement_kind
 from sqlite_lockprobe.resultcodes import code_name
 
 
@@ -82,21 +80,34 @@ class RunSummary:
         }
 
 
-@dataclass
-class _GroupCounts:
+@dataclass(slots=True)
+class CallCounts:
+    """The calls of one group. The timeline builder adds to `calls` and `handler_calls`
+    itself (it sees every call), and calls `failed` or `rolled_back` for the few others."""
+
     calls: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     busy_errors: int = 0
     handler_calls: int = 0
     rollbacks: int = 0
 
+    def failed(self, error: Any, code: Any) -> None:
+        """A call failed with primary result code `error` (`code`: the extended one if any)."""
+        self.errors[code_name(code)] += 1
+        if error == SQLITE_BUSY:
+            self.busy_errors += 1
+
+    def rolled_back(self) -> None:
+        self.rollbacks += 1
+
 
 class ActivityCounter:
-    """Counts what the summary needs while events stream past on their way to the timeline
-    builder, so no event has to be kept: `build_timeline(counter.observe(events))`."""
+    """Counts what the summary needs in the timeline builder's one pass over the events
+    (`build_timeline(events, activity)`), so no event has to be kept and no second pass or
+    generator layer runs per event: the builder adds each call to `counts_for` its group and
+    shows the counter every other event (`observe`)."""
 
     def __init__(self) -> None:
-        self.groups: dict[str, _GroupCounts] = {}
         self.kinds: dict[str, str] = {}
         self.workers: Counter[str] = Counter()
         self.crashes: dict[str, list[str]] = {}
@@ -104,47 +115,36 @@ class ActivityCounter:
         self.last_ns: int | None = None
         self.events = 0
         self.meta: dict[str, Any] = {}
-        self._group_of_conn: dict[str, str] = {}
+        self._counts: dict[str, CallCounts] = {}
 
-    def observe(self, events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for event in events:
-            self.events += 1
-            kind = event["k"]
-            if kind == "call":
-                self._call(event)
-            elif kind == "open":
-                self._group_of_conn[event["conn"]] = event.get("group") or ""
-            elif kind == "worker":
-                self.kinds[event["group"]] = event.get("kind") or ""
-                self.workers[event["group"]] += 1
-            elif kind == "worker_end" and event.get("error"):
-                group = str(event["worker"]).split("#")[0]
-                self.crashes.setdefault(group, []).append(f"{event['worker']}: {event['error']}")
-            elif kind == "meta" and not self.meta:
-                self.meta = event
-            yield event
+    @property
+    def groups(self) -> dict[str, CallCounts]:
+        """The counts of each group that made calls."""
+        return {group: counts for group, counts in self._counts.items() if counts.calls}
 
-    def _call(self, event: dict[str, Any]) -> None:
-        group = self._group_of_conn.get(event["conn"], "")
-        counts = self.groups.get(group)
+    def counts_for(self, group: str) -> CallCounts:
+        counts = self._counts.get(group)
         if counts is None:
-            counts = self.groups[group] = _GroupCounts()
-        counts.calls += 1
-        counts.handler_calls += event.get("busy") or 0
-        err = event.get("err")
-        if err is not None:
-            counts.errors[code_name(event.get("ext") or err)] += 1
-            if err == SQLITE_BUSY:
-                counts.busy_errors += 1
-        elif event.get("op") == "rollback" or any(
-            statement_kind(s) == "rollback" for s in event.get("stmts") or ()
-        ):
-            counts.rollbacks += 1
-        t0, t1 = event["t0"], event["t1"]
-        if self.first_ns is None or t0 < self.first_ns:
-            self.first_ns = t0
-        if self.last_ns is None or t1 > self.last_ns:
-            self.last_ns = t1
+            counts = self._counts[group] = CallCounts()
+        return counts
+
+    def observe(self, event: dict[str, Any]) -> None:
+        """An event other than a call."""
+        kind = event["k"]
+        if kind == "worker":
+            self.kinds[event["group"]] = event.get("kind") or ""
+            self.workers[event["group"]] += 1
+        elif kind == "worker_end" and event.get("error"):
+            group = str(event["worker"]).split("#")[0]
+            self.crashes.setdefault(group, []).append(f"{event['worker']}: {event['error']}")
+        elif kind == "meta" and not self.meta:
+            self.meta = event
+
+    def finish(self, events: int, first_ns: int | None, last_ns: int | None) -> None:
+        """The pass is over: how many events it saw, and when the calls began and ended."""
+        self.events = events
+        self.first_ns = first_ns
+        self.last_ns = last_ns
 
 
 def summarize(timeline: Timeline, activity: ActivityCounter) -> RunSummary:

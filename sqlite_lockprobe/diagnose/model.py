@@ -1,7 +1,12 @@
 """The diagnosis input: what happened, as spans in time (all times are monotonic nanoseconds).
 
 Built from the event log by `timeline.build_timeline`; detectors read only these types, so
-they can be unit-tested on small hand-built timelines.
+they can be unit-tested on small hand-built timelines. They are all read-only once built. The
+three made per call or per transaction (`Call`, `IdleGap`, `LockHold`: hundreds of thousands
+on a long log) are slotted and not frozen, as nothing hashes them: a frozen dataclass's
+__init__ sets each field through object.__setattr__, several times slower, and building them
+was a quarter of a large log's analysis. The timeline builder fills a LockHold in while its
+hold is open.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ class ConnectionInfo:
     instrumented: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Call:
     """One application call into sqlite3: an execute, a commit or a rollback.
 
@@ -127,7 +132,7 @@ class BusyWait:
         return self.call.ext_error or self.call.error
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class IdleGap:
     """Time a transaction spent in the application between two of its statements."""
 
@@ -141,7 +146,7 @@ class IdleGap:
         return (self.t1 - self.t0) / NS_PER_MS
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LockHold:
     """A span during which one connection held a lock on the database.
 
@@ -363,11 +368,18 @@ class _SpanIndex:
             size *= 2
         self.size = size
         never = -(2**63)
-        self.max_end = [never] * (2 * size)
-        for i, h in enumerate(holds):
-            self.max_end[size + i] = h.t1
-        for node in range(size - 1, 0, -1):
-            self.max_end[node] = max(self.max_end[2 * node], self.max_end[2 * node + 1])
+        # Node i's children are 2i and 2i+1, the leaves start at `size`. Filled a level at a
+        # time with slices, not a Python loop per node: a long log has a million nodes.
+        max_end = [never] * (2 * size)
+        max_end[size : size + len(holds)] = [h.t1 for h in holds]
+        width = size
+        while width > 1:
+            children = max_end[width : 2 * width]
+            max_end[width // 2 : width] = [
+                a if a >= b else b for a, b in zip(children[0::2], children[1::2], strict=True)
+            ]
+            width //= 2
+        self.max_end = max_end
 
     def overlapping(self, t0: int, t1: int, exclude_conn: str | None = None) -> list[LockHold]:
         """Holds with start < t1 and end > t0, in their original (start) order."""

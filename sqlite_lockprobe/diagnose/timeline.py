@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter, eq, itemgetter
 from typing import Any
 
 from sqlite_lockprobe.diagnose.model import (
@@ -24,100 +25,57 @@ from sqlite_lockprobe.diagnose.model import (
     WalSample,
 )
 from sqlite_lockprobe.diagnose.statements import statement_kind
+from sqlite_lockprobe.stats import ActivityCounter, CallCounts
 
 
-@dataclass
-class _OpenHold:
-    actor: Actor
-    kind: str
-    t0: int
-    taken_by: str
-    implicit_begin: bool
-    autocommit_false: bool = False
-    failed_commit: Call | None = None
-    in_statements_ns: int = 0
-    app_idle_ns: int | None = None
-    own_wait_ns: int = 0
-    last_end: int = 0
-    last_sql: str = ""
-    longest_idle: IdleGap | None = None
-
-    def add_call(self, call: Call) -> None:
-        start = max(call.t0, self.t0)
-        if self.last_end and call.t0 > self.last_end:
-            gap = IdleGap(self.last_end, call.t0, self.last_sql, call.sql)
-            if (
-                self.longest_idle is None
-                or gap.t1 - gap.t0 > self.longest_idle.t1 - self.longest_idle.t0
-            ):
-                self.longest_idle = gap
-        self.in_statements_ns += max(0, call.t1 - start)
-        if call.busy_calls and call.t0 >= self.t0:
-            self.own_wait_ns += call.t1 - call.t0
-        self.last_end = call.t1
-        self.last_sql = call.sql
-
-    def close(self, t1: int, released_by: str) -> LockHold:
-        if self.last_end and t1 > self.last_end:
-            # Idle until the end that was no call (a close, the end of the run): a gap too.
-            trailing = IdleGap(self.last_end, t1, self.last_sql, released_by)
-            if self.longest_idle is None or t1 - self.last_end > (
-                self.longest_idle.t1 - self.longest_idle.t0
-            ):
-                self.longest_idle = trailing
-        return LockHold(
-            holder=self.actor,
-            kind=self.kind,
-            t0=self.t0,
-            t1=max(t1, self.t0),
-            taken_by=self.taken_by,
-            released_by=released_by,
-            implicit_begin=self.implicit_begin,
-            in_statements_ns=self.in_statements_ns,
-            longest_idle=self.longest_idle,
-            app_idle_ns=self.app_idle_ns,
-            own_wait_ns=self.own_wait_ns,
-            autocommit_false=self.autocommit_false,
-            failed_commit_t=self.failed_commit.t1 if self.failed_commit else None,
-            failed_commit_code=(
-                (self.failed_commit.ext_error or self.failed_commit.error)
-                if self.failed_commit
-                else None
-            ),
-        )
-
-    def add_app_idle(self, t0: int, t1: int) -> None:
-        """Time the application itself spent in a recorded step (sleep, await, wait)."""
-        overlap = max(0, t1 - max(t0, self.t0))
-        self.app_idle_ns = (self.app_idle_ns or 0) + overlap
-
-
-@dataclass
+@dataclass(slots=True)
 class _ConnState:
     info: ConnectionInfo
+    counts: CallCounts
+    interned: _Interner
     track_app_idle: bool = False
     worker: str = ""
     had_read: bool = False
-    write: _OpenHold | None = None
-    read: _OpenHold | None = None
+    # The holds open: LockHolds whose end and release `_close_hold` fills in.
+    write: LockHold | None = None
+    read: LockHold | None = None
+    # The last call's end and SQL: where the holds' next idle gap would begin.
+    last_end: int = 0
+    last_sql: str = ""
     implicit_txn: bool = False
     # Python >= 3.12 autocommit=False: seen once its commit/rollback ran a BEGIN after itself.
     autocommit_false: bool = False
-    closed_holds: list[LockHold] = field(default_factory=list)
+    write_holds: list[LockHold] = field(default_factory=list)  # closed ones
+    read_holds: list[LockHold] = field(default_factory=list)
     open_cursors: list[tuple[Actor, str, int]] = field(default_factory=list)
     closed_cursors: list[OpenStatement] = field(default_factory=list)
+    # The actor of the last call, by its raw fields, while no open or worker event came since.
+    actor: Actor | None = None
+    who: tuple[Any, ...] = ()
+    who_seen: int = -1
 
-    def track_cursor(self, call: Call) -> None:
+    def actor_of(self, event: dict[str, Any]) -> Actor:
+        """The actor of a call on this connection: mostly the same as the call before's.
+        Asked only where needed (a call kept, a hold opened, a cursor)."""
+        try:
+            who = _ACTOR_FIELDS(event)
+        except KeyError:
+            who = tuple(map(event.get, _ACTOR_FIELD_NAMES))
+        if who != self.who or self.who_seen != self.interned.actors_changed:
+            self.actor = self.interned.call_actor(event, self.info)
+            self.who = who
+            self.who_seen = self.interned.actors_changed
+        return self.actor
+
+    def track_cursor(self, plan: _CallPlan, actor: Actor, t1: int, ok: bool) -> None:
         """open_read leaves a statement unfinished; close_read ends the oldest with its SQL."""
-        if call.op == "open_read" and call.error is None:
-            self.open_cursors.append((call.actor, call.sql, call.t1))
-        elif call.op == "close_read":
-            for i, (actor, sql, t0) in enumerate(self.open_cursors):
-                if sql == call.sql:
+        if plan.op == "open_read" and ok:
+            self.open_cursors.append((actor, plan.sql, t1))
+        elif plan.op == "close_read":
+            for i, (opener, sql, t0) in enumerate(self.open_cursors):
+                if sql == plan.sql:
                     del self.open_cursors[i]
-                    self.closed_cursors.append(
-                        OpenStatement(actor, sql, t0, call.t1, "cursor closed")
-                    )
+                    self.closed_cursors.append(OpenStatement(opener, sql, t0, t1, "cursor closed"))
                     break
 
     def end_cursors(self, t: int, closed_by: str) -> None:
@@ -132,14 +90,18 @@ KEEP_ALL_CALLS_UP_TO = 100_000
 
 
 def build_timeline(
-    events: Iterable[dict[str, Any]], keep_all_calls_up_to: int = KEEP_ALL_CALLS_UP_TO
+    events: Iterable[dict[str, Any]],
+    keep_all_calls_up_to: int = KEEP_ALL_CALLS_UP_TO,
+    activity: ActivityCounter | None = None,
 ) -> Timeline:
     """Build the timeline in one pass over events in time order (each connection's own events
     must be in order; spans are sorted at the end). Spans are kept, and every call up to
     `keep_all_calls_up_to`; past that only the calls that failed or met a busy lock, so
-    memory grows with the problems, not with the log."""
+    memory grows with the problems, not with the log. `activity` counts every event and call
+    on the way, for the summary."""
+    if activity is None:
+        activity = ActivityCounter()
     meta: dict[str, Any] = {}
-    workers: dict[str, dict[str, Any]] = {}
     conns: dict[str, _ConnState] = {}
     calls: list[Call] = []
     calls_complete = True
@@ -151,27 +113,62 @@ def build_timeline(
     last_call_t0: dict[str, int] = {}
     pids: set[int] = set()
     last_t = 0
-    for event in events:
+    # Calls on a connection opened before recording began are counted but not drawn.
+    unopened = activity.counts_for("")
+    first_call_t0: int | None = None
+    last_call_t1: int | None = None
+    seen = 0
+    plans = interned.plans
+    for seen, event in enumerate(events, 1):  # noqa: B007 (the count is used after)
         kind = event["k"]
-        last_t = max(last_t, int(event.get("t1") or event.get("t") or 0))
-        if kind == "call":
-            state = conns.get(event["conn"])
+        if kind == "call":  # nearly every event: handled inline, the hot path of a long log
+            try:
+                t0, t1, conn, op, sql, stmts, busy, error, in_txn = _CALL_FIELDS(event)
+            except KeyError:  # a log from elsewhere may leave fields out
+                t0, t1, conn, op, sql, stmts, busy, error, in_txn = _call_fields(event)
+            plan = plans.get((op, sql, tuple(stmts) if stmts else ()))
+            if plan is None:  # a call unlike any before
+                plan = interned.add_plan(op, sql, stmts)
+            if not t1:  # as for any event: no end, then its "t"
+                last_t = max(last_t, int(event.get("t") or 0))
+            if type(t0) is not int or type(t1) is not int or type(busy) is not int:
+                t0, t1, busy = int(t0), int(t1), int(busy or 0)  # as recorded, they are
+            if t1 > last_t:
+                last_t = t1
+            if first_call_t0 is None or t0 < first_call_t0:
+                first_call_t0 = t0
+            if last_call_t1 is None or t1 > last_call_t1:
+                last_call_t1 = t1
+            state = conns.get(conn)
+            counts = unopened if state is None else state.counts
+            counts.calls += 1
+            counts.handler_calls += busy
+            if error is not None:
+                counts.failed(error, event.get("ext") or error)
+            elif plan.rolls_back:
+                counts.rolled_back()
             if state is None:
-                continue  # a call on a connection opened before recording began
-            call = _call(event, state.info, workers, interned)
-            last_call_t0[call.conn] = call.t0
-            notable = call.error is not None or call.busy_calls
-            if notable or calls_complete:
+                continue
+            last_call_t0[state.info.conn] = t0
+            # Past keep_all_calls_up_to, a call that neither failed nor waited is never built.
+            if error is not None or busy or calls_complete:
+                call = _call(event, state.actor_of(event), plan, t0, t1, busy, error)
                 calls.append(call)
                 if calls_complete and len(calls) > keep_all_calls_up_to:
                     calls_complete = False
                     calls = [c for c in calls if c.error is not None or c.busy_calls]
-            wait = _busy_wait(call, state)
-            if wait is not None:
-                waits.append(wait)
-            _advance(state, call)
-            state.track_cursor(call)
-        elif kind == "open":
+                if busy > 0 or error == SQLITE_BUSY:
+                    waits.append(_busy_wait(call, state, plan))
+            failed_code = None if error is None else (event.get("ext") or error)
+            _advance(state, plan, event, t0, t1, busy, failed_code, in_txn)
+            if plan.tracks_cursor:
+                state.track_cursor(plan, state.actor_of(event), t1, error is None)
+            continue
+        t_end = int(event.get("t1") or event.get("t") or 0)
+        if t_end > last_t:
+            last_t = t_end
+        activity.observe(event)
+        if kind == "open":
             info = ConnectionInfo(
                 conn=event["conn"],
                 group=event.get("group") or "",
@@ -185,15 +182,20 @@ def build_timeline(
             # `run` records every sleep/await/wait step: idle time in a hold that no step
             # explains is then known to be scheduling delay.
             conns[info.conn] = _ConnState(
-                info, str(meta.get("source", "")).startswith("run "), event.get("worker") or ""
+                info,
+                activity.counts_for(info.group),
+                interned,
+                str(meta.get("source", "")).startswith("run "),
+                event.get("worker") or "",
             )
+            interned.forget_call_actors()  # they carry the connection's group and pid
         elif kind == "close":
             state = conns.get(event["conn"])
             if state is not None:
                 _end_txn(state, int(event["t"]), "close")
                 state.end_cursors(int(event["t"]), "connection closed")
         elif kind == "worker":
-            workers[event["worker"]] = event
+            interned.add_worker(event)
             if event.get("pid"):
                 pids.add(int(event["pid"]))
         elif kind == "worker_end" and str(event.get("error") or "").startswith("killed by"):
@@ -220,7 +222,7 @@ def build_timeline(
             if state is not None:
                 for hold in (state.write, state.read):
                     if hold is not None:
-                        hold.add_app_idle(int(event["t0"]), int(event["t1"]))
+                        _add_app_idle(hold, int(event["t0"]), int(event["t1"]))
         elif kind == "wal":
             wal.append(
                 WalSample(
@@ -246,13 +248,12 @@ def build_timeline(
             meta = event
             if event.get("pid"):
                 pids.add(int(event["pid"]))
+    activity.finish(seen, first_call_t0, last_call_t1)
     for state in conns.values():
         _end_txn(state, last_t, "end-of-run")
         state.end_cursors(last_t, "end-of-run")
-    holds = [h for s in conns.values() for h in s.closed_holds]
-    holds.sort(key=lambda h: (h.t0, h.t1, h.holder.conn))
-    calls.sort(key=lambda c: (c.t0, c.t1, c.conn))
-    waits.sort(key=lambda w: (w.t0, w.t1, w.waiter.conn))
+    _sort_spans(calls, _CALL_ORDER)
+    _sort_spans(waits, _WAIT_ORDER)
     infos = {c: s.info for c, s in conns.items()}
     journal = (meta.get("journal_mode") or _most_common_journal(infos) or "delete").lower()
     return Timeline(
@@ -260,8 +261,8 @@ def build_timeline(
         calls=tuple(calls),
         calls_complete=calls_complete,
         waits=tuple(waits),
-        write_holds=tuple(h for h in holds if h.kind == "write"),
-        read_holds=tuple(h for h in holds if h.kind == "read"),
+        write_holds=_in_time_order(s.write_holds for s in conns.values()),
+        read_holds=_in_time_order(s.read_holds for s in conns.values()),
         wal_samples=tuple(wal),
         journal_mode=journal,
         page_size=int(meta.get("page_size") or 4096),
@@ -278,6 +279,31 @@ def build_timeline(
             )
         ),
     )
+
+
+# Spans are ordered by start, then end, then connection. The keys are C getters: a long log
+# has hundreds of thousands of spans.
+_HOLD_ORDER = (attrgetter("t0"), attrgetter("t0", "t1", "holder.conn"))
+_CALL_ORDER = (attrgetter("t0"), attrgetter("t0", "t1", "actor.conn"))
+_WAIT_ORDER = (attrgetter("call.t0"), attrgetter("call.t0", "call.t1", "waiter.conn"))
+
+
+def _sort_spans(spans: list[Any], order: tuple[attrgetter[Any], attrgetter[Any]]) -> None:
+    """Sort in place by start alone (int keys compare several times faster than tuples);
+    where two spans start in the same nanosecond, a stable re-sort by the whole key gives
+    the same order as sorting by it at once."""
+    start, whole = order
+    spans.sort(key=start)
+    starts = list(map(start, spans))
+    if any(map(eq, starts, starts[1:])):
+        spans.sort(key=whole)
+
+
+def _in_time_order(per_connection: Iterable[list[LockHold]]) -> tuple[LockHold, ...]:
+    """Every connection's holds in one time order."""
+    holds = [h for held in per_connection for h in held]
+    _sort_spans(holds, _HOLD_ORDER)
+    return tuple(holds)
 
 
 def _conn_databases(
@@ -328,14 +354,41 @@ def _most_common_journal(infos: dict[str, ConnectionInfo]) -> str | None:
     return max(modes, key=modes.count) if modes else None
 
 
+_ACTOR_FIELD_NAMES = ("worker", "thread", "task", "site")
+_ACTOR_FIELDS = itemgetter(*_ACTOR_FIELD_NAMES)
+# A call event's fields in one C call: the recorders write them all, in any order.
+_CALL_FIELDS = itemgetter("t0", "t1", "conn", "op", "sql", "stmts", "busy", "err", "in_txn")
+
+
+def _call_fields(event: dict[str, Any]) -> tuple[Any, ...]:
+    """The same fields where some are missing (a call must still have t0, t1 and conn)."""
+    return (
+        event["t0"],
+        event["t1"],
+        event["conn"],
+        event.get("op"),
+        event.get("sql"),
+        event.get("stmts"),
+        event.get("busy"),
+        event.get("err"),
+        event.get("in_txn"),
+    )
+
+
 class _Interner:
-    """One object per distinct actor, SQL text and statement list: a long log repeats the same
-    few thousand of each millions of times."""
+    """One object per distinct actor, SQL text, statement list and call plan: a long log
+    repeats the same few thousand of each millions of times."""
 
     def __init__(self) -> None:
         self.actors: dict[tuple[Any, ...], Actor] = {}
         self.texts: dict[str, str] = {}
         self.statements: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.plans: dict[tuple[Any, ...], _CallPlan] = {}
+        # A call's actor by the raw fields it is made of: only valid until the next open or
+        # worker event, which can change a connection's or a worker's group.
+        self.call_actors: dict[tuple[Any, ...], Actor] = {}
+        self.actors_changed = 0
+        self.workers: dict[str, dict[str, Any]] = {}
 
     def actor(self, key: tuple[Any, ...]) -> Actor:
         actor = self.actors.get(key)
@@ -352,52 +405,142 @@ class _Interner:
         key = tuple(stmts)
         return self.statements.setdefault(key, key)
 
+    def add_plan(self, op: Any, sql: Any, stmts: list[str] | None) -> _CallPlan:
+        """The plan of a call by its op, SQL and statements as recorded (any may be missing):
+        the builder looks it up itself in `plans` first, as it does once per call."""
+        plan = self.plans[(op, sql, tuple(stmts) if stmts else ())] = _plan(
+            op or "execute", self.text(sql or ""), self.statement_list(stmts)
+        )
+        return plan
 
-def _call(
-    event: dict[str, Any],
-    info: ConnectionInfo,
-    workers: dict[str, dict[str, Any]],
-    interned: _Interner,
-) -> Call:
-    worker = event.get("worker") or info.conn
-    actor = interned.actor(
-        (
+    def call_actor(self, event: dict[str, Any], info: ConnectionInfo) -> Actor:
+        raw = (
             info.conn,
-            worker,
-            info.group or (workers.get(worker) or {}).get("group", ""),
-            info.pid,
-            int(event.get("thread") or 0),
+            event.get("worker"),
+            event.get("thread"),
             event.get("task"),
             event.get("site"),
         )
+        actor = self.call_actors.get(raw)
+        if actor is None:
+            actor = self.call_actors[raw] = self.actor(_actor_key(event, info, self.workers))
+        return actor
+
+    def add_worker(self, event: dict[str, Any]) -> None:
+        self.workers[event["worker"]] = event
+        self.forget_call_actors()  # they carry the worker's group
+
+    def forget_call_actors(self) -> None:
+        self.call_actors.clear()
+        self.actors_changed += 1
+
+
+def _actor_key(
+    event: dict[str, Any], info: ConnectionInfo, workers: dict[str, dict[str, Any]]
+) -> tuple[Any, ...]:
+    worker = event.get("worker") or info.conn
+    return (
+        info.conn,
+        worker,
+        info.group or (workers.get(worker) or {}).get("group", ""),
+        info.pid,
+        int(event.get("thread") or 0),
+        event.get("task"),
+        event.get("site"),
     )
+
+
+@dataclass(frozen=True)
+class _CallPlan:
+    """What a call does to its connection's locks, worked out once per distinct (op, SQL,
+    statements) so that no statement is classified per call. The write and read holds it
+    takes depend only on whether a write hold was already open (see `_plan`)."""
+
+    op: str
+    sql: str
+    statements: tuple[str, ...]  # as recorded (Call.statements)
+    phase: str  # of a busy wait in this call
+    write_taken_by: str | None  # takes the write lock, naming this statement
+    write_explicit: bool  # by BEGIN IMMEDIATE/EXCLUSIVE, not by a write statement
+    read_if_no_write: bool  # opens a read hold when no write hold was open
+    read_if_write: bool  # opens a read hold when a write hold was open
+    begins_implicitly: bool  # Python's sqlite3 issued BEGIN before this DML
+    reads: bool  # reads or writes: the transaction has read
+    is_commit: bool
+    reopens: str | None  # COMMIT or ROLLBACK then BEGIN in one call (autocommit=False)
+    rolls_back: bool  # a rollback, for the summary (by its op or its traced statements)
+    released: str  # what ended the transaction, if it succeeded and left none open
+    tracks_cursor: bool  # opens or closes a cursor left unfinished
+
+
+def _plan(op: str, sql: str, statements: tuple[str, ...]) -> _CallPlan:
+    ran = statements or _inferred_statements(op, sql)
+    kinds = [statement_kind(s) for s in ran]
+    writes = [i for i, k in enumerate(kinds) if k in ("begin-write", "write")]
+    data = [i for i, k in enumerate(kinds) if k in ("read", "write")]
+    first_write = writes[0] if writes else None
+    explicit = first_write is not None and kinds[first_write] == "begin-write"
+    if "commit" in kinds:
+        released = "COMMIT"
+    elif "rollback" in kinds:
+        released = "ROLLBACK"
+    else:
+        released = "autocommit"
+    return _CallPlan(
+        op=op,
+        sql=sql,
+        statements=statements,
+        phase=_phase(op, sql),
+        write_taken_by=None if first_write is None else ran[first_write] if explicit else sql,
+        write_explicit=explicit,
+        # The statement that takes the write lock does not also open the read hold.
+        read_if_no_write=any(i != first_write for i in data),
+        read_if_write=bool(data),
+        begins_implicitly="begin" in kinds and statement_kind(sql) not in ("begin", "begin-write"),
+        reads=bool(data),
+        is_commit=op == "commit" or "commit" in kinds,
+        reopens=("COMMIT" if "commit" in kinds else "ROLLBACK") if _reopened(kinds) else None,
+        released=released,
+        tracks_cursor=op in ("open_read", "close_read"),
+        rolls_back=op == "rollback" or any(statement_kind(s) == "rollback" for s in statements),
+    )
+
+
+def _call(
+    event: dict[str, Any],
+    actor: Actor,
+    plan: _CallPlan,
+    t0: int,
+    t1: int,
+    busy: int,
+    error: int | None,
+) -> Call:
+    # Positional, in field order: keyword arguments to a class cost several times more.
     return Call(
-        actor=actor,
-        t0=int(event["t0"]),
-        t1=int(event["t1"]),
-        op=event.get("op") or "execute",
-        sql=interned.text(event.get("sql") or ""),
-        statements=interned.statement_list(event.get("stmts")),
-        busy_calls=int(event.get("busy") or 0),
-        error=event.get("err"),
-        ext_error=event.get("ext"),
-        message=event.get("msg"),
-        in_txn_after=bool(event.get("in_txn")),
+        actor,
+        t0,
+        t1,
+        plan.op,
+        plan.sql,
+        plan.statements,
+        busy,
+        error,
+        event.get("ext"),
+        event.get("msg"),
+        bool(event.get("in_txn")),
     )
 
 
-def _phase(call: Call) -> str:
-    if call.op in ("begin", "commit", "rollback"):
-        return call.op
-    kind = statement_kind(call.sql)
+def _phase(op: str, sql: str) -> str:
+    if op in ("begin", "commit", "rollback"):
+        return op
+    kind = statement_kind(sql)
     if kind in ("begin", "begin-write"):
         return "begin"
     return {"write": "write", "read": "read", "commit": "commit"}.get(kind, "other")
 
 
-def _busy_wait(call: Call, state: _ConnState) -> BusyWait | None:
-    if call.busy_calls <= 0 and call.error != SQLITE_BUSY:
-        return None
+def _busy_wait(call: Call, state: _ConnState, plan: _CallPlan) -> BusyWait:
     return BusyWait(
         waiter=call.actor,
         call=call,
@@ -405,60 +548,57 @@ def _busy_wait(call: Call, state: _ConnState) -> BusyWait | None:
         failed=call.error == SQLITE_BUSY,
         timeout_ms=state.info.timeout_ms,
         had_read=state.had_read,
-        phase=_phase(call),
+        phase=plan.phase,
     )
 
 
-def _advance(state: _ConnState, call: Call) -> None:
-    """Move one connection's lock state past one call."""
-    statements = call.statements or _inferred_statements(call)
-    kinds = [statement_kind(s) for s in statements]
-    ok = call.error is None
-    acquired_at = call.t1 if call.busy_calls else call.t0
-    if state.write is not None:
-        state.write.add_call(call)
-    if state.read is not None and state.read is not state.write:
-        state.read.add_call(call)
+def _advance(
+    state: _ConnState,
+    plan: _CallPlan,
+    event: dict[str, Any],
+    t0: int,
+    t1: int,
+    busy: int,
+    failed_code: int | None,
+    in_txn_after: Any,  # true when the call left a transaction open
+) -> None:
+    """Move one connection's lock state past one call (failed_code: None if it succeeded)."""
+    ok = failed_code is None
+    write, read = state.write, state.read
+    last_end, last_sql, sql = state.last_end, state.last_sql, plan.sql
+    if write is not None:
+        _add_call(write, t0, t1, sql, busy, last_end, last_sql)
+    if read is not None:
+        _add_call(read, t0, t1, sql, busy, last_end, last_sql)
+    state.last_end, state.last_sql = t1, sql
     if ok:
-        app_kind = statement_kind(call.sql)
-        if any(k == "begin" for k in kinds) and app_kind not in ("begin", "begin-write"):
-            state.implicit_txn = True  # Python's sqlite3 issued BEGIN before this DML
-        for sql, kind in zip(statements, kinds, strict=True):
-            if kind == "begin-write" and state.write is None:
-                state.write = _new_hold(state, call, "write", acquired_at, sql, False)
-            elif kind == "write" and state.write is None:
-                state.write = _new_hold(
-                    state, call, "write", acquired_at, call.sql, state.implicit_txn
-                )
-            elif kind in ("read", "write") and state.read is None:
-                state.read = _new_hold(state, call, "read", call.t0, call.sql, state.implicit_txn)
-        if any(k in ("read", "write") for k in kinds):
+        if plan.begins_implicitly:
+            state.implicit_txn = True
+        if write is None and plan.write_taken_by is not None:
+            implicit = False if plan.write_explicit else state.implicit_txn
+            acquired_at = t1 if busy else t0
+            state.write = _open_hold(
+                state, event, "write", acquired_at, plan.write_taken_by, implicit
+            )
+            _add_call(state.write, t0, t1, sql, busy, 0, "")
+        if read is None and (plan.read_if_no_write if write is None else plan.read_if_write):
+            state.read = _open_hold(state, event, "read", t0, sql, state.implicit_txn)
+            _add_call(state.read, t0, t1, sql, busy, 0, "")
+        if plan.reads:
             state.had_read = True
-    if not ok and call.in_txn_after and _is_commit(call, kinds):
+    elif in_txn_after and plan.is_commit:
         # A failed COMMIT leaves the transaction open: until a ROLLBACK, it keeps its locks.
         for hold in (state.write, state.read):
-            if hold is not None and hold.failed_commit is None:
-                hold.failed_commit = call
-    if ok and call.in_txn_after and _reopened(kinds):
+            if hold is not None and hold.failed_commit_t is None:
+                hold.failed_commit_t = t1
+                hold.failed_commit_code = failed_code
+    if ok and in_txn_after and plan.reopens is not None:
         # Python >= 3.12 with autocommit=False runs BEGIN right after COMMIT/ROLLBACK
         # (Modules/_sqlite/connection.c), so a transaction is always open.
-        _end_txn(state, call.t1, "COMMIT" if "commit" in kinds else "ROLLBACK")
+        _end_txn(state, t1, plan.reopens)
         state.implicit_txn = state.autocommit_false = True
-        return
-    if not call.in_txn_after:
-        if ok and "commit" in kinds:
-            released = "COMMIT"
-        elif ok and "rollback" in kinds:
-            released = "ROLLBACK"
-        elif ok:
-            released = "autocommit"
-        else:
-            released = "error"
-        _end_txn(state, call.t1, released)
-
-
-def _is_commit(call: Call, kinds: list[str]) -> bool:
-    return call.op == "commit" or "commit" in kinds
+    elif not in_txn_after:
+        _end_txn(state, t1, plan.released if ok else "error")
 
 
 def _reopened(kinds: list[str]) -> bool:
@@ -472,34 +612,81 @@ def _reopened(kinds: list[str]) -> bool:
     return False
 
 
-def _new_hold(
-    state: _ConnState, call: Call, kind: str, t0: int, taken_by: str, implicit: bool
-) -> _OpenHold:
-    hold = _OpenHold(
-        call.actor, kind, t0, taken_by, implicit, autocommit_false=state.autocommit_false
+def _open_hold(
+    state: _ConnState, event: dict[str, Any], kind: str, t0: int, taken_by: str, implicit: bool
+) -> LockHold:
+    """A hold as it opens: the LockHold itself (built once, not copied at the end), whose
+    end and release are filled in by `_close_hold`."""
+    return LockHold(
+        state.actor_of(event),
+        kind,
+        t0,
+        t0,
+        taken_by,
+        "",
+        implicit,
+        0,
+        None,
+        0 if state.track_app_idle else None,  # `run` records the application's own steps
+        0,
+        state.autocommit_false,
+        None,
+        None,
     )
-    if state.track_app_idle:
-        hold.app_idle_ns = 0
-    hold.add_call(call)
-    return hold
 
 
-def _inferred_statements(call: Call) -> tuple[str, ...]:
+def _add_call(
+    hold: LockHold, t0: int, t1: int, sql: str, busy: int, last_end: int, last_sql: str
+) -> None:
+    """A call during the hold: time inside SQLite, the holder's own busy waits, and the gap
+    in the application since the call before (which ended at last_end), if the longest."""
+    if last_end and t0 > last_end:
+        longest = hold.longest_idle
+        if longest is None or t0 - last_end > longest.t1 - longest.t0:
+            hold.longest_idle = IdleGap(last_end, t0, last_sql, sql)
+    start = t0 if t0 > hold.t0 else hold.t0
+    if t1 > start:
+        hold.in_statements_ns += t1 - start
+    if busy and t0 >= hold.t0:
+        hold.own_wait_ns += t1 - t0
+
+
+def _add_app_idle(hold: LockHold, t0: int, t1: int) -> None:
+    """Time the application itself spent in a recorded step (sleep, await, wait)."""
+    overlap = max(0, t1 - max(t0, hold.t0))
+    hold.app_idle_ns = (hold.app_idle_ns or 0) + overlap
+
+
+def _close_hold(hold: LockHold, t1: int, released_by: str, last_end: int, last_sql: str) -> None:
+    """The hold ends at t1. Idle since the last call (ended at last_end) until an end that
+    was no call (a close, the end of the run) is a gap too."""
+    if last_end and t1 > last_end:
+        longest = hold.longest_idle
+        if longest is None or t1 - last_end > longest.t1 - longest.t0:
+            hold.longest_idle = IdleGap(last_end, t1, last_sql, released_by)
+    if t1 > hold.t0:
+        hold.t1 = t1
+    hold.released_by = released_by
+
+
+def _inferred_statements(op: str, sql: str) -> tuple[str, ...]:
     """Without the trace hook, the statements are the call's own SQL."""
-    if call.op == "close_read":
+    if op == "close_read":
         return ()  # closing a cursor runs no statement
-    if call.op == "commit":
+    if op == "commit":
         return ("COMMIT",)
-    if call.op == "rollback":
+    if op == "rollback":
         return ("ROLLBACK",)
-    return (call.sql,)
+    return (sql,)
 
 
 def _end_txn(state: _ConnState, t: int, released_by: str) -> None:
     if state.write is not None:
-        state.closed_holds.append(state.write.close(t, released_by))
+        _close_hold(state.write, t, released_by, state.last_end, state.last_sql)
+        state.write_holds.append(state.write)
     if state.read is not None:
-        state.closed_holds.append(state.read.close(t, released_by))
+        _close_hold(state.read, t, released_by, state.last_end, state.last_sql)
+        state.read_holds.append(state.read)
     state.write = state.read = None
     state.had_read = False
     state.implicit_txn = False
