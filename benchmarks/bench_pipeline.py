@@ -33,8 +33,8 @@ from sqlite_lockprobe.analysis import analyze
 from sqlite_lockprobe.diagnose.detectors import diagnose
 from sqlite_lockprobe.diagnose.timeline import build_timeline
 from sqlite_lockprobe.events import stream_event_log
+from sqlite_lockprobe.gctuning import fewer_collections
 from sqlite_lockprobe.stats import ActivityCounter, summarize
-from sqlite_lockprobe.workers.program import load_generator_gc
 
 
 def write_log(path: Path, n_events: int) -> int:
@@ -192,7 +192,7 @@ def cpu(work: Callable[[], Any]) -> tuple[float, Any]:
 
 def print_parts(log: Path) -> None:
     """Each part in its own pass, with the collector set as analyze sets it."""
-    with load_generator_gc():
+    with fewer_collections():
         read, _ = cpu(lambda: deque(stream_event_log(log), maxlen=0))
         activity = ActivityCounter()
         built, timeline = cpu(lambda: build_timeline(stream_event_log(log), activity=activity))

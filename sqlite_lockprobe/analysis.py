@@ -10,8 +10,8 @@ from sqlite_lockprobe.diagnose.detectors import diagnose
 from sqlite_lockprobe.diagnose.model import OsLock, Timeline
 from sqlite_lockprobe.diagnose.timeline import build_timeline
 from sqlite_lockprobe.findings import Finding
+from sqlite_lockprobe.gctuning import fewer_collections
 from sqlite_lockprobe.stats import ActivityCounter, RunSummary, summarize
-from sqlite_lockprobe.workers.program import load_generator_gc
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def analyze(events: Iterable[dict[str, Any]]) -> Analysis:
     as while a workload runs: the spans survive every collection, and at the default
     threshold it went over them again and again (1 s of a 1,000,000-event log's 8)."""
     activity = ActivityCounter()
-    with load_generator_gc():
+    with fewer_collections():
         timeline = with_process_details(build_timeline(events, activity=activity))
         return Analysis(timeline, summarize(timeline, activity), diagnose(timeline), activity)
 

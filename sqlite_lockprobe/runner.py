@@ -19,12 +19,13 @@ from sqlite_lockprobe.errors import LockprobeError
 from sqlite_lockprobe.eventfile import FILE_SUFFIX, EventFile, read_event_file
 from sqlite_lockprobe.events import event_time, merge_events
 from sqlite_lockprobe.filesystems import filesystem_event
+from sqlite_lockprobe.gctuning import fewer_collections
 from sqlite_lockprobe.preparation import copy_database, prepare_database
 from sqlite_lockprobe.scenario import Scenario, event_names
 from sqlite_lockprobe.walsampler import WalSampler
 from sqlite_lockprobe.workers.coroutines import CoroutineGroups
 from sqlite_lockprobe.workers.processes import SPAWN, ProcessGroup
-from sqlite_lockprobe.workers.program import RunControl, load_generator_gc
+from sqlite_lockprobe.workers.program import RunControl
 from sqlite_lockprobe.workers.threads import ThreadGroup
 
 # Time for every worker (spawned processes import first) to open its connection and report
@@ -177,7 +178,7 @@ def _execute(
 
         interrupted = False
         started = time.monotonic()
-        with load_generator_gc():
+        with fewer_collections():
             try:
                 for group in runners:
                     group.start()

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlite_lockprobe.eventfile import FILE_SUFFIX, EventFile
+from sqlite_lockprobe.gctuning import fewer_collections
 from sqlite_lockprobe.scenario import Group
 from sqlite_lockprobe.workers.program import (
     RunControl,
-    load_generator_gc,
     run_worker_sync,
     worker_name,
 )
@@ -29,7 +29,7 @@ def _process_main(
     events = EventFile(events_path)
     events.start_flusher()
     try:
-        with load_generator_gc():
+        with fewer_collections():
             run_worker_sync(
                 control, group, index, events.append, None, "process", ready, events.flush
             )

@@ -8,13 +8,11 @@ loop or on a thread per connection. So the step logic has one implementation.
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -81,20 +79,6 @@ class RunControl:
 @dataclass(frozen=True)
 class Open:
     pass
-
-
-@contextmanager
-def load_generator_gc() -> Iterator[None]:
-    """While a workload runs in this process, collect young objects less often. The workers
-    allocate a cursor, an action and an event tuple per call, and the default threshold
-    (700) made the cyclic collector a tenth of a busy worker's time (benchmarks/
-    bench_headroom.py). Reference cycles are still collected, just in bigger batches."""
-    previous = gc.get_threshold()
-    gc.set_threshold(max(previous[0], 50_000), *previous[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)
 
 
 class SqlCall(NamedTuple):
