@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,20 +104,54 @@ def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Events from one JSONL file. A torn last line (a process killed mid-write) is skipped,
     and so is any line that is not one JSON object of a known kind."""
     with open(path, encoding="utf-8") as src:
-        for line in src:
-            # The C scanner behind json.loads, called directly: json.loads costs as much
-            # again per line, seconds on a log of millions of events. A line it reads up to
-            # its "\n" is done; any other is read again the careful way.
-            try:
-                event, end = _scan_once(line, 0)
-            except (StopIteration, json.JSONDecodeError):
-                event, end = _UNDECODABLE, 0
-            if line[end:] != "\n":
-                if not line.endswith("\n"):
-                    break
-                event = _decode_line(line)
-            if isinstance(event, dict) and event.get("k") in EVENT_FIELDS:
-                yield event
+        yield from _fastest_decoder()(src)
+
+
+def _fastest_decoder() -> Callable[[Iterable[str]], Iterator[dict[str, Any]]]:
+    """orjson where installed (lockprobe's own install has it). Imported here, not when this
+    module loads: the probe in a traced program imports this module and must import nothing
+    the program did not."""
+    try:
+        import orjson  # noqa: F401
+    except ImportError:  # pragma: no cover - a copy of lockprobe without its dependencies
+        return events_with_json
+    return events_with_orjson
+
+
+def events_with_json(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The events among lines, decoded by the standard library alone."""
+    for line in lines:
+        # The C scanner behind json.loads, called directly: json.loads costs as much
+        # again per line, seconds on a log of millions of events. A line it reads up to
+        # its "\n" is done; any other is read again the careful way.
+        try:
+            event, end = _scan_once(line, 0)
+        except (StopIteration, json.JSONDecodeError):
+            event, end = _UNDECODABLE, 0
+        if line[end:] != "\n":
+            if not line.endswith("\n"):
+                break
+            event = _decode_line(line)
+        if isinstance(event, dict) and event.get("k") in EVENT_FIELDS:
+            yield event
+
+
+def events_with_orjson(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The same events, decoded by orjson (twice as fast as the standard library's scanner).
+    orjson is stricter (no NaN, no lone surrogates): a line it refuses is read again by the
+    standard library, so the same lines are events. (An integer past 64 bits comes back as a
+    float; lockprobe writes none: times are monotonic nanoseconds.)"""
+    from orjson import loads
+
+    for line in lines:
+        if not line.endswith("\n"):
+            break
+        try:
+            event = loads(line)
+        except ValueError:  # orjson.JSONDecodeError is a ValueError
+            event = _decode_line(line)
+        if isinstance(event, dict) and event.get("k") in EVENT_FIELDS:
+            yield event
 
 
 _scan_once = json.JSONDecoder().scan_once

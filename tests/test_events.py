@@ -13,7 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.events import EVENT_FIELDS, read_events, stream_event_log
+from sqlite_lockprobe.events import (
+    EVENT_FIELDS,
+    events_with_json,
+    events_with_orjson,
+    read_events,
+    stream_event_log,
+)
 
 CLOSE = '{"k":"close","t":5,"conn":"c1"}'
 OPEN = '{"k":"open","t":1,"conn":"c1","worker":"w#0","group":"w","pid":7}'
@@ -116,4 +122,21 @@ def test_reading_matches_json_loads_line_by_line(
         text += newline
     with tempfile.TemporaryDirectory() as tmp:
         log = write(Path(tmp) / "e.jsonl", text)
-        assert list(read_events(log)) == reference(text)
+        expected = reference(text)
+        assert list(read_events(log)) == expected
+        # Both decoders, whichever read_events uses: orjson where installed, else json.
+        for decoder in (events_with_json, events_with_orjson):
+            with open(log, encoding="utf-8") as src:
+                assert list(decoder(src)) == expected, decoder.__name__
+
+
+@pytest.mark.parametrize("decoder", [events_with_json, events_with_orjson])
+def test_lines_orjson_refuses_are_read_like_json(tmp_path: Path, decoder: Any) -> None:
+    """NaN and a lone surrogate: json reads them, orjson does not."""
+    lines = ['{"k":"wal","t":1,"bytes":NaN}', '{"k":"close","t":2,"conn":"\\ud800"}', "{bad"]
+    text = "\n".join(lines) + "\n"
+    log = write(tmp_path / "e.jsonl", text)
+    with open(log, encoding="utf-8") as src:
+        found = list(decoder(src))
+    assert [e["t"] for e in found] == [1, 2]
+    assert found == reference(text)
