@@ -19,12 +19,12 @@ from pathlib import Path
 from bench_probe_overhead import WORKLOAD, measure
 
 
-def hand_written(commits: int) -> tuple[float, float]:
+def hand_written(commits: int, synchronous: str = "normal") -> tuple[float, float]:
     """(commits per second, CPU microseconds per commit) of the minimal loop."""
     with tempfile.TemporaryDirectory() as tmp:
         conn = sqlite3.connect(Path(tmp) / "hand.db", isolation_level=None)
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
         conn.execute("INSERT INTO t (v) VALUES (0)")
         params = {"worker": 0, "group": "writer", "pid": 0, "iteration": 0}
@@ -44,14 +44,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--commits", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
     args = parser.parse_args()
     assert "BEGIN" in WORKLOAD.upper()
     runs: dict[str, list[tuple[float, float]]] = {"hand": [], "bare": [], "probed": []}
     hand_written(1000)
     for _ in range(args.rounds):
-        runs["hand"].append(hand_written(args.commits))
-        runs["bare"].append(measure(args.commits, False))
-        runs["probed"].append(measure(args.commits, True))
+        runs["hand"].append(hand_written(args.commits, args.synchronous))
+        runs["bare"].append(measure(args.commits, False, 1, args.synchronous))
+        runs["probed"].append(measure(args.commits, True, 1, args.synchronous))
     hand = runs["hand"]
     print(
         f"{'hand-written loop':18} median {statistics.median(r for r, _ in hand):8,.0f} "

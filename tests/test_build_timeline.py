@@ -220,3 +220,29 @@ def test_the_summary_counts_every_call_once_in_the_same_pass() -> None:
     summary = summarize(timeline, activity)
     assert summary.total.calls == 8 and summary.total.commits == 1
     assert [(g.group, g.calls) for g in summary.groups] == [("all", 1), ("g", 7)]
+
+
+def test_calls_with_expanded_parameters_give_the_same_holds_past_the_plan_cache(
+    monkeypatch: Any,
+) -> None:
+    """Traced statements with their parameters expanded make each call's text its own: the
+    builder's caches start again past MAX_PLANS (3 here), and every transaction is still one
+    hold taken by its INSERT and released by its COMMIT."""
+    from sqlite_lockprobe.diagnose import timeline as timeline_module
+
+    monkeypatch.setattr(timeline_module, "MAX_PLANS", 3)
+    events: list[dict[str, Any]] = [opened("a")]
+    for i in range(10):
+        t = i * 1000 * US
+        insert = "INSERT INTO t VALUES (?)"
+        events.append(
+            call("a", t, t + 10 * US, insert, ["BEGIN DEFERRED", f"INSERT INTO t VALUES ({i})"])
+        )
+        events.append(call("a", t + 20 * US, t + 30 * US, "COMMIT", op="commit", in_txn=False))
+    holds = build_timeline(events).write_holds
+    assert [(h.t0, h.t1) for h in holds] == [
+        (i * 1000 * US, i * 1000 * US + 30 * US) for i in range(10)
+    ]
+    assert {(h.taken_by, h.released_by, h.implicit_begin) for h in holds} == {
+        ("INSERT INTO t VALUES (?)", "COMMIT", True)
+    }

@@ -375,6 +375,10 @@ def _call_fields(event: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+# Distinct (op, SQL, statements) plans kept at once (see _Interner.add_plan).
+MAX_PLANS = 50_000
+
+
 class _Interner:
     """One object per distinct actor, SQL text, statement list and call plan: a long log
     repeats the same few thousand of each millions of times."""
@@ -407,7 +411,15 @@ class _Interner:
 
     def add_plan(self, op: Any, sql: Any, stmts: list[str] | None) -> _CallPlan:
         """The plan of a call by its op, SQL and statements as recorded (any may be missing):
-        the builder looks it up itself in `plans` first, as it does once per call."""
+        the builder looks it up itself in `plans` first, as it does once per call.
+
+        Traced statements can carry their parameters expanded (`trace`, or an implicit BEGIN
+        before a DML in `run`), each call's text then its own: past MAX_PLANS the caches start
+        again, so memory stays bounded whatever the log (the plans are the same when remade)."""
+        if len(self.plans) >= MAX_PLANS:
+            self.plans.clear()  # the same dict object: the builder holds it
+            self.statements.clear()
+            self.texts.clear()
         plan = self.plans[(op, sql, tuple(stmts) if stmts else ())] = _plan(
             op or "execute", self.text(sql or ""), self.statement_list(stmts)
         )
