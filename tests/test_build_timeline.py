@@ -246,3 +246,19 @@ def test_calls_with_expanded_parameters_give_the_same_holds_past_the_plan_cache(
     assert {(h.taken_by, h.released_by, h.implicit_begin) for h in holds} == {
         ("INSERT INTO t VALUES (?)", "COMMIT", True)
     }
+
+
+def test_a_connection_id_opened_again_keeps_what_its_first_opening_did() -> None:
+    """A later process can get the same pid, and so the same connection id: the first
+    opening's hold, left open, ends where the id is opened again; the second is its own."""
+    events = [
+        opened("a", pid=7),
+        call("a", 0, 10 * US, "BEGIN IMMEDIATE"),
+        {**opened("a", pid=7), "t": 50 * US},
+        *transaction("a", 100 * US),
+    ]
+    holds = build_timeline(events).write_holds
+    assert [(h.t0, h.t1, h.released_by) for h in holds] == [
+        (0, 50 * US, "close"),
+        (100 * US, 180 * US, "COMMIT"),
+    ]

@@ -103,6 +103,7 @@ def build_timeline(
         activity = ActivityCounter()
     meta: dict[str, Any] = {}
     conns: dict[str, _ConnState] = {}
+    retired: list[_ConnState] = []  # earlier openings of a connection id opened again
     calls: list[Call] = []
     calls_complete = True
     waits: list[BusyWait] = []
@@ -179,6 +180,14 @@ def build_timeline(
                 instrumented=bool(event.get("instrumented")),
             )
             pids.add(info.pid)
+            earlier = conns.get(info.conn)
+            if earlier is not None:
+                # The same id opened again (a later process got the same pid): what the first
+                # opening did stays, ended here if nothing ended it.
+                t = int(event.get("t") or 0)
+                _end_txn(earlier, t, "close")
+                earlier.end_cursors(t, "connection closed")
+                retired.append(earlier)
             # `run` records every sleep/await/wait step: idle time in a hold that no step
             # explains is then known to be scheduling delay.
             conns[info.conn] = _ConnState(
@@ -255,14 +264,15 @@ def build_timeline(
     _sort_spans(calls, _CALL_ORDER)
     _sort_spans(waits, _WAIT_ORDER)
     infos = {c: s.info for c, s in conns.items()}
+    states = [*retired, *conns.values()]
     journal = (meta.get("journal_mode") or _most_common_journal(infos) or "delete").lower()
     return Timeline(
         connections=infos,
         calls=tuple(calls),
         calls_complete=calls_complete,
         waits=tuple(waits),
-        write_holds=_in_time_order(s.write_holds for s in conns.values()),
-        read_holds=_in_time_order(s.read_holds for s in conns.values()),
+        write_holds=_in_time_order(s.write_holds for s in states),
+        read_holds=_in_time_order(s.read_holds for s in states),
         wal_samples=tuple(wal),
         journal_mode=journal,
         page_size=int(meta.get("page_size") or 4096),
@@ -274,7 +284,7 @@ def build_timeline(
         filesystems=tuple(filesystems.values()),
         open_statements=tuple(
             sorted(
-                (c for st in conns.values() for c in st.closed_cursors),
+                (c for st in states for c in st.closed_cursors),
                 key=lambda c: (c.t0, c.holder.conn),
             )
         ),
