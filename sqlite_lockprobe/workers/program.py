@@ -39,9 +39,10 @@ class RunControl:
     wait_limit_s: float | None = None
 
     def stopping(self) -> bool:
-        """Checked before every step: a shared byte read without a lock. (A multiprocessing
-        Event's is_set() takes a process-shared lock: it cost a fifth of a busy worker's
-        time.) The `stop` event itself wakes sleeps and waits."""
+        """Checked before each run of consecutive SQL steps (one action) and each other step:
+        a shared byte read without a lock. (A multiprocessing Event's is_set() takes a
+        process-shared lock: it cost a fifth of a busy worker's time.) The `stop` event
+        itself wakes sleeps and waits."""
         return bool(self.stop_flag.value)
 
     def request_stop(self) -> None:
