@@ -129,90 +129,18 @@ def _execute(
     # goes, like each worker process's: memory stays flat, and the hot path reuses it.
     recorder = EventFile(event_dir / f"lockprobe{FILE_SUFFIX}")
     recorder.start_flusher()
-    emit = recorder.append
     try:
-        emit(
-            (
-                "meta",
-                time.monotonic_ns(),
-                os.getpid(),
-                f"run {scenario.name}",
-                str(db_path),
-                settings["journal_mode"],
-                settings["page_size"],
-                settings["wal_autocheckpoint"],
-                platform.python_version(),
-                sqlite3.sqlite_version,
-                sys.platform,
-            )
+        process_groups, wall, interrupted = _drive(
+            scenario,
+            db_path,
+            settings,
+            event_dir,
+            instrument,
+            progress,
+            wait_limit_s,
+            places,
+            recorder,
         )
-        for place in places:
-            emit(filesystem_event(str(place)))
-        control = RunControl(
-            scenario=scenario,
-            db_path=str(db_path),
-            instrument=instrument,
-            events={name: SPAWN.Event() for name in event_names(scenario)},
-            start_gate=SPAWN.Event(),
-            start_ns=SPAWN.Value("q", 0),
-            stop=SPAWN.Event(),
-            stop_flag=SPAWN.RawValue("b", 0),
-            remaining={g.name: SPAWN.Value("i", g.count) for g in scenario.groups},
-            wait_limit_s=wait_limit_s,
-        )
-        ready = SPAWN.Semaphore(0)
-        process_groups = [
-            ProcessGroup(control, g, event_dir, ready)
-            for g in scenario.groups
-            if g.kind == "process"
-        ]
-        thread_groups = [
-            ThreadGroup(control, g, emit, ready) for g in scenario.groups if g.kind == "thread"
-        ]
-        coroutine_groups = [g for g in scenario.groups if g.kind == "coroutine"]
-        loop_groups = (
-            [CoroutineGroups(control, coroutine_groups, emit, ready)] if coroutine_groups else []
-        )
-        runners: list[Any] = [*process_groups, *thread_groups, *loop_groups]
-        sampler = WalSampler(db_path, emit) if settings["journal_mode"] == "wal" else None
-
-        interrupted = False
-        started = time.monotonic()
-        with fewer_collections():
-            try:
-                for group in runners:
-                    group.start()
-                _wait_until_ready(ready, sum(g.count for g in scenario.groups), runners, control)
-                # Everyone is at the gate: start together, a little ahead so all see the same start.
-                control.start_ns.value = time.monotonic_ns() + 20_000_000
-                control.start_gate.set()
-                if sampler:
-                    sampler.start()
-                limit = started + scenario.max_seconds + _JOIN_GRACE_SECONDS
-                while any(r.alive() for r in runners):
-                    if time.monotonic() > limit:
-                        control.request_stop()
-                        break
-                    for r in runners:
-                        r.join(0.1)
-                    if progress:
-                        alive = sum(r.alive() for r in runners)
-                        progress(Progress(time.monotonic() - started, alive, recorder.recorded))
-            except KeyboardInterrupt:
-                interrupted = True
-                control.request_stop()
-            finally:
-                control.start_gate.set()
-                for r in runners:
-                    r.join(_JOIN_GRACE_SECONDS if not interrupted else 2.0)
-                for p in process_groups:
-                    p.terminate()
-                if sampler:
-                    # A worker thread still finishing a busy wait has its connection open: then
-                    # -shm stays open until this process exits (see WalSampler).
-                    in_process = [r for r in runners if not isinstance(r, ProcessGroup)]
-                    sampler.stop(close=not any(r.alive() for r in in_process))
-        wall = time.monotonic() - started
     finally:
         recorder.close()  # written and closed whatever happened: the run's files go next
     own = read_event_file(recorder.path)
@@ -232,6 +160,104 @@ def _execute(
         settings=settings,
         process_exit_codes=exit_codes,
     )
+
+
+def _drive(
+    scenario: Scenario,
+    db_path: Path,
+    settings: dict[str, Any],
+    event_dir: Path,
+    instrument: bool,
+    progress: Callable[[Progress], None] | None,
+    wait_limit_s: float | None,
+    places: list[Path],
+    recorder: EventFile,
+) -> tuple[list[ProcessGroup], float, bool]:
+    """Start every group, open the start gate, wait for the end (or Ctrl-C, or the time
+    limit) and stop what is left. Returns the process groups (their event files and exit
+    codes), the wall time and whether the run was interrupted."""
+    emit = recorder.append
+    emit(
+        (
+            "meta",
+            time.monotonic_ns(),
+            os.getpid(),
+            f"run {scenario.name}",
+            str(db_path),
+            settings["journal_mode"],
+            settings["page_size"],
+            settings["wal_autocheckpoint"],
+            platform.python_version(),
+            sqlite3.sqlite_version,
+            sys.platform,
+        )
+    )
+    for place in places:
+        emit(filesystem_event(str(place)))
+    control = RunControl(
+        scenario=scenario,
+        db_path=str(db_path),
+        instrument=instrument,
+        events={name: SPAWN.Event() for name in event_names(scenario)},
+        start_gate=SPAWN.Event(),
+        start_ns=SPAWN.Value("q", 0),
+        stop=SPAWN.Event(),
+        stop_flag=SPAWN.RawValue("b", 0),
+        remaining={g.name: SPAWN.Value("i", g.count) for g in scenario.groups},
+        wait_limit_s=wait_limit_s,
+    )
+    ready = SPAWN.Semaphore(0)
+    process_groups = [
+        ProcessGroup(control, g, event_dir, ready) for g in scenario.groups if g.kind == "process"
+    ]
+    thread_groups = [
+        ThreadGroup(control, g, emit, ready) for g in scenario.groups if g.kind == "thread"
+    ]
+    coroutine_groups = [g for g in scenario.groups if g.kind == "coroutine"]
+    loop_groups = (
+        [CoroutineGroups(control, coroutine_groups, emit, ready)] if coroutine_groups else []
+    )
+    runners: list[Any] = [*process_groups, *thread_groups, *loop_groups]
+    sampler = WalSampler(db_path, emit) if settings["journal_mode"] == "wal" else None
+
+    interrupted = False
+    started = time.monotonic()
+    with fewer_collections():
+        try:
+            for group in runners:
+                group.start()
+            _wait_until_ready(ready, sum(g.count for g in scenario.groups), runners, control)
+            # Everyone is at the gate: start together, a little ahead so all see the same start.
+            control.start_ns.value = time.monotonic_ns() + 20_000_000
+            control.start_gate.set()
+            if sampler:
+                sampler.start()
+            limit = started + scenario.max_seconds + _JOIN_GRACE_SECONDS
+            while any(r.alive() for r in runners):
+                if time.monotonic() > limit:
+                    control.request_stop()
+                    break
+                for r in runners:
+                    r.join(0.1)
+                if progress:
+                    alive = sum(r.alive() for r in runners)
+                    progress(Progress(time.monotonic() - started, alive, recorder.recorded))
+        except KeyboardInterrupt:
+            interrupted = True
+            control.request_stop()
+        finally:
+            control.start_gate.set()
+            for r in runners:
+                r.join(_JOIN_GRACE_SECONDS if not interrupted else 2.0)
+            for p in process_groups:
+                p.terminate()
+            if sampler:
+                # A worker thread still finishing a busy wait has its connection open: then
+                # -shm stays open until this process exits (see WalSampler).
+                in_process = [r for r in runners if not isinstance(r, ProcessGroup)]
+                sampler.stop(close=not any(r.alive() for r in in_process))
+    wall = time.monotonic() - started
+    return process_groups, wall, interrupted
 
 
 def _deaths(
