@@ -89,10 +89,6 @@ def measure(
     return summary.total.commits_per_second, cpu[0] / summary.total.commits * 1e6
 
 
-def commits_per_second(commits: int, instrument: bool, writers: int = 1) -> float:
-    return measure(commits, instrument, writers)[0]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--commits", type=int, default=20000)

@@ -3,10 +3,10 @@ appends event tuples to a deque, a background thread writes them every FLUSH_SEC
 chunk (8-byte length, then `marshal.dumps(list_of_tuples)`), and lockprobe reads every
 process's file back as event dicts.
 
-marshal costs 0.25 us per event where JSON costs 5 to 10 us, and the flusher shares the GIL
-with the workload it records; version 4 is read by every Python since 3.4, so lockprobe reads
-what any supported child wrote. Writing as it goes also keeps a long run's memory flat.
-Standard library only (it runs in the traced program).
+marshal costs 0.6 to 1.1 us per event where JSON cost 5.7 (benchmarks/bench_scale.py), and
+the flusher shares the GIL with the workload it records; version 4 is read by every Python
+since 3.4, so lockprobe reads what any supported child wrote. Writing as it goes also keeps a
+long run's memory flat. Standard library only (it runs in the traced program).
 """
 
 from __future__ import annotations
