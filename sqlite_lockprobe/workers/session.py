@@ -25,6 +25,14 @@ _this_thread = threading.local()
 _STATEMENTS = frozenset({"begin", "write", "read"})
 
 
+def _thread_id() -> int:
+    try:
+        return _this_thread.native_id  # type: ignore[no-any-return]
+    except AttributeError:
+        _this_thread.native_id = threading.get_native_id()
+        return _this_thread.native_id  # type: ignore[no-any-return]
+
+
 def isolation_level(transaction_mode: str) -> str | None:
     """Python's isolation_level for a transaction mode (autocommit = None: no implicit BEGIN)."""
     return _ISOLATION.get(transaction_mode)
@@ -72,8 +80,6 @@ class Session:
         self.emit = emit
         self.conn_id = f"c{os.getpid()}.{next(_conn_numbers)}"
         self._lock = threading.RLock() if shared else None
-        if not shared:
-            self.call = self._record  # type: ignore[method-assign]  # the hot path: no lock
         # Per SQL text: (its statement tuple, whether it sets the busy timeout).
         self._own_statement: dict[str, tuple[tuple[str], bool]] = {}
         # Cursors of open_read steps, kept unfinished until close_reads: (cursor, sql).
@@ -95,6 +101,7 @@ class Session:
             self.conn.execute(pragma)
         self.conn.execute("PRAGMA schema_version").fetchall()  # reads the schema and wal-index
         self.conn.execute(f"PRAGMA busy_timeout = {int(spec.timeout_ms)}").fetchall()
+        self._cursor = self.conn.cursor()
         self.probe: ConnectionProbe | None = None
         reduced_reason = None
         if spec.instrument:
@@ -118,11 +125,8 @@ class Session:
 
     def call(self, worker: str, task: str | None, op: str, sql: str, params: Any = ()) -> bool:
         """Run one call (execute/commit/rollback) and record it. Returns False when SQLite
-        refused it; any other exception is a bug in the scenario or here, and propagates.
-        (A connection used by one worker replaces this with `_call` itself: no lock.)"""
-        assert self._lock is not None
-        with self._lock:
-            return self._record(worker, task, op, sql, params)
+        refused it; any other exception is a bug in the scenario or here, and propagates."""
+        return self.run_calls(worker, task, ((op, sql, True),), params, True)[1]
 
     def run_calls(
         self,
@@ -134,25 +138,32 @@ class Session:
     ) -> tuple[int, bool]:
         """Make calls (op, SQL, whether it binds `params`) in order; with `stop_on_error`
         the first refused one ends the run. Returns (calls made, whether the run went
-        through)."""
-        call = self.call
+        through). A shared session takes its lock for each call, so the statements and
+        busy-handler calls of each call are attributed to the right worker."""
+        record, lock, thread = self._record, self._lock, _thread_id()
         made = 0
         for op, sql, with_params in calls:
             made += 1
-            if not call(worker, task, op, sql, params if with_params else ()) and stop_on_error:
+            if lock is None:
+                ok = record(worker, thread, task, op, sql, params if with_params else ())
+            else:
+                with lock:
+                    ok = record(worker, thread, task, op, sql, params if with_params else ())
+            if not ok and stop_on_error:
                 return made, False
         return made, True
 
-    def _close_reads(self, worker: str, task: str | None) -> bool:
+    def _close_reads(self, worker: str, thread: int, task: str | None) -> bool:
         ok = True
         while self.open_reads:
             cursor, read_sql = self.open_reads.pop(0)
-            ok = self._record(worker, task, "close_read", read_sql, (), cursor) and ok
+            ok = self._record(worker, thread, task, "close_read", read_sql, (), cursor) and ok
         return ok
 
     def _record(
         self,
         worker: str,
+        thread: int,
         task: str | None,
         op: str,
         sql: str,
@@ -160,7 +171,7 @@ class Session:
         cursor: sqlite3.Cursor | None = None,
     ) -> bool:
         if op == "close_reads":
-            return self._close_reads(worker, task)
+            return self._close_reads(worker, thread, task)
         probe = self.probe
         busy_before = probe.busy_calls if probe else 0
         err = ext = msg = None
@@ -168,10 +179,10 @@ class Session:
         t0 = time.monotonic_ns()
         try:
             if op in _STATEMENTS:  # the common case first: one compare, not four
-                cursor = conn.execute(sql, params)
-                if op == "read":
+                cursor = self._cursor
+                cursor.execute(sql, params)
+                if cursor.description is not None:
                     cursor.fetchall()
-                cursor.close()
             elif op == "commit":
                 conn.commit()
             elif op == "rollback":
@@ -212,10 +223,6 @@ class Session:
                 probe.follow_sql(sql)
         else:
             stmts = ()
-        try:
-            thread = _this_thread.native_id
-        except AttributeError:
-            thread = _this_thread.native_id = threading.get_native_id()
         self.emit(
             (
                 "call",
