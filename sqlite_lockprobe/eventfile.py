@@ -23,6 +23,14 @@ FLUSH_SECONDS = 0.25
 FILE_PREFIX = "events-"
 FILE_SUFFIX = ".lpk"
 MARSHAL_VERSION = 4
+# The run engine's calls that went through, in short: (SHORT_CALL, t0, t1 - t0, key, stmts,
+# busy, in_txn), where `key` names the connection, worker, thread, task, op and SQL, given
+# once by (CALL_KEY, key, conn, worker, thread, task, op, sql), and stmts None stands for the
+# call's own SQL as its one statement. Reading turns them back into `call` events. Half the
+# fields of a full one, and a small int for the duration: recording is most of what a run
+# costs per call beyond SQLite's own work.
+CALL_KEY = "K"
+SHORT_CALL = "c"
 
 
 class EventFile:
@@ -128,6 +136,8 @@ def read_event_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """The events of one process's file, as event dicts; stops at a torn last chunk."""
     from sqlite_lockprobe.events import EVENT_FIELDS, to_dict
 
+    called_as: dict[int, tuple[Any, ...]] = {}
+
     with open(path, "rb") as src:
         data = src.read()
     offset = 0
@@ -142,5 +152,35 @@ def read_event_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
             return
         offset = end
         for record in records:
-            if isinstance(record, tuple) and record and record[0] in EVENT_FIELDS:
+            if not isinstance(record, tuple) or not record:
+                continue
+            kind = record[0]
+            if kind == SHORT_CALL:
+                _, t0, duration, key, stmts, busy, in_txn = record
+                who = called_as.get(key)
+                if who is not None:
+                    conn, worker, thread, task, op, sql = who
+                    yield to_dict(
+                        (
+                            "call",
+                            t0,
+                            t0 + duration,
+                            conn,
+                            worker,
+                            thread,
+                            task,
+                            op,
+                            sql,
+                            (sql,) if stmts is None else stmts,
+                            busy,
+                            None,
+                            None,
+                            None,
+                            in_txn,
+                            None,
+                        )
+                    )
+            elif kind == CALL_KEY:
+                called_as[record[1]] = record[2:]
+            elif kind in EVENT_FIELDS:
                 yield to_dict(record)

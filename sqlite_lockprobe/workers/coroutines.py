@@ -75,10 +75,11 @@ async def _make_calls(connections: _Connections, name: str, action: Calls) -> tu
     if connections.blocking:
         return s.run_calls(name, name, action.calls, action.params, action.stop_on_error)
     made = 0
-    for op, sql, with_params in action.calls:
-        made += 1
-        params = action.params if with_params else ()
-        ok = await connections.run(s, s.call, name, name, op, sql, params)
+    for i in range(len(action.calls)):
+        n, ok = await connections.run(
+            s, s.run_calls, name, name, action.calls, action.params, action.stop_on_error, i
+        )
+        made += n
         if not ok and action.stop_on_error:
             return made, False
     return made, True

@@ -92,6 +92,9 @@ class SqlCall(NamedTuple):
 
 CLOSE_READS = SqlCall("close_reads", "", False)
 ROLLBACK = SqlCall("rollback", "ROLLBACK", False)
+# Runs of one call, made once: a session prepares a run the first time it sees its tuple.
+CLOSE_READS_RUN = (CLOSE_READS,)
+ROLLBACK_RUN = (ROLLBACK,)
 
 
 @dataclass(slots=True)
@@ -180,7 +183,7 @@ def worker_program(
             control, group, plan, name, session, params, deadline, emit, stats
         )
         if session.open_reads:  # open_read cursors last until close_reads or the pass's end
-            yield Calls(session, (CLOSE_READS,), (), True)
+            yield Calls(session, CLOSE_READS_RUN, (), True)
         stats.iterations += 1
         if group.connection == "per-iteration" and session is not shared:
             yield Close(session)
@@ -214,7 +217,7 @@ def _one_pass(
                 continue
             if group.on_error == "rollback":
                 if session.in_transaction:
-                    made, _ = yield Calls(session, (ROLLBACK,), (), True)
+                    made, _ = yield Calls(session, ROLLBACK_RUN, (), True)
                     stats.ops += made
                 return False
             return True  # on_error = "stop"

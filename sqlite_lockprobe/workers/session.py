@@ -7,30 +7,24 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from threading import get_ident
+from typing import Any, NamedTuple
 
+from sqlite_lockprobe.eventfile import CALL_KEY, SHORT_CALL
 from sqlite_lockprobe.probe import ConnectionProbe, Emit, error_codes
 
 _ISOLATION = {"deferred": "DEFERRED", "immediate": "IMMEDIATE", "exclusive": "EXCLUSIVE"}
 _conn_numbers = itertools.count(1)
+# Call numbers are unique in a process: its sessions share one event file.
+_call_keys = itertools.count(1)
+_MAX_RUNS = 1024
 SQLITE_BUSY = 5
 _OPEN_TIMEOUT_MS = 5000
-# Each thread's OS id, asked of the OS once per thread: gettid() is a system call, and asking
-# on every call cost a sixth of the engine's own time per call.
-_this_thread = threading.local()
 # The operations that run their SQL with execute() and finish it.
 _STATEMENTS = frozenset({"begin", "write", "read"})
-
-
-def _thread_id() -> int:
-    try:
-        return _this_thread.native_id  # type: ignore[no-any-return]
-    except AttributeError:
-        _this_thread.native_id = threading.get_native_id()
-        return _this_thread.native_id  # type: ignore[no-any-return]
 
 
 def isolation_level(transaction_mode: str) -> str | None:
@@ -69,6 +63,24 @@ class ConnectionSpec:
         return pragmas
 
 
+# One call, prepared: (key, the function that makes it, its arguments, whether to fetch).
+# The function is None for close_reads.
+_Step = tuple[int, Callable[..., Any] | None, tuple[Any, ...], bool]
+
+
+class _Run(NamedTuple):
+    """A run of calls prepared for one connection, worker, thread and task."""
+
+    calls: tuple[tuple[str, str, bool], ...]
+    params: Any
+    worker: str
+    ident: int  # threading.get_ident(): cheap to compare
+    thread: int  # the OS thread id, recorded
+    task: str | None
+    steps: tuple[_Step, ...]
+    close_reads: bool
+
+
 class Session:
     """An open connection, its probe, and the recording of every call made through it.
 
@@ -80,8 +92,11 @@ class Session:
         self.emit = emit
         self.conn_id = f"c{os.getpid()}.{next(_conn_numbers)}"
         self._lock = threading.RLock() if shared else None
-        # Per SQL text: (its statement tuple, whether it sets the busy timeout).
-        self._own_statement: dict[str, tuple[tuple[str], bool]] = {}
+        # The runs of calls prepared for this connection (see run_calls), and the numbers of
+        # the calls made through it (see _key), both ways.
+        self._runs: dict[int, _Run] = {}
+        self._key_numbers: dict[tuple[str, int, str | None, str, str], int] = {}
+        self._called_as: dict[int, tuple[str, int, str | None, str, str]] = {}
         # Cursors of open_read steps, kept unfinished until close_reads: (cursor, sql).
         self.open_reads: list[tuple[sqlite3.Cursor, str]] = []
         # Opening is set-up, not the workload: settle it under a generous timeout. With WAL,
@@ -123,106 +138,180 @@ class Session:
             )
         )
 
-    def call(self, worker: str, task: str | None, op: str, sql: str, params: Any = ()) -> bool:
-        """Run one call (execute/commit/rollback) and record it. Returns False when SQLite
-        refused it; any other exception is a bug in the scenario or here, and propagates."""
-        return self.run_calls(worker, task, ((op, sql, True),), params, True)[1]
-
     def run_calls(
         self,
         worker: str,
         task: str | None,
-        calls: Iterable[tuple[str, str, bool]],
+        calls: tuple[tuple[str, str, bool], ...],
         params: Any,
         stop_on_error: bool,
+        only: int | None = None,
     ) -> tuple[int, bool]:
-        """Make calls (op, SQL, whether it binds `params`) in order; with `stop_on_error`
-        the first refused one ends the run. Returns (calls made, whether the run went
-        through). A shared session takes its lock for each call, so the statements and
-        busy-handler calls of each call are attributed to the right worker."""
-        record, lock, thread = self._record, self._lock, _thread_id()
+        """Make calls (op, SQL, whether it binds `params`) in order, or just calls[only];
+        with `stop_on_error` the first refused one ends the run. Returns (calls made, whether
+        the run went through). Give the same `calls` tuple each time (a plan made once): how
+        to make its calls is worked out on its first run on this connection."""
+        # Found by identity: hashing the contents on every run cost as much as recording it.
+        run = self._runs.get(id(calls))
+        if (
+            run is None
+            or run.calls is not calls
+            or run.params is not params
+            or run.worker is not worker
+            or run.ident != get_ident()
+            or run.task is not task
+        ):
+            run = self._prepare(worker, task, calls, params)
+        thread = run.thread
+        steps = run.steps if only is None else run.steps[only : only + 1]
+        if self._lock is None and not run.close_reads:
+            return self._make(steps, stop_on_error)
         made = 0
-        for op, sql, with_params in calls:
-            made += 1
-            if lock is None:
-                ok = record(worker, thread, task, op, sql, params if with_params else ())
+        for step in steps:
+            if step[1] is None:  # close_reads: one close_read call per open read
+                n, ok = self._close_reads(worker, thread, task)
+            elif self._lock is None:
+                n, ok = self._make((step,), stop_on_error)
             else:
-                with lock:
-                    ok = record(worker, thread, task, op, sql, params if with_params else ())
+                with self._lock:  # each call's statements and busy waits are its worker's
+                    n, ok = self._make((step,), stop_on_error)
+            made += n
             if not ok and stop_on_error:
                 return made, False
         return made, True
 
-    def _close_reads(self, worker: str, thread: int, task: str | None) -> bool:
-        ok = True
-        while self.open_reads:
-            cursor, read_sql = self.open_reads.pop(0)
-            ok = self._record(worker, thread, task, "close_read", read_sql, (), cursor) and ok
-        return ok
-
-    def _record(
+    def _prepare(
         self,
         worker: str,
-        thread: int,
         task: str | None,
-        op: str,
-        sql: str,
+        calls: tuple[tuple[str, str, bool], ...],
         params: Any,
-        cursor: sqlite3.Cursor | None = None,
-    ) -> bool:
+    ) -> _Run:
+        if len(self._runs) >= _MAX_RUNS:  # a caller making a new tuple per run
+            self._runs.clear()
+        thread = threading.get_native_id()  # a system call: once per run prepared
+        steps = tuple(
+            self._step(self._key(worker, thread, task, op, sql), op, sql, with_params, params)
+            for op, sql, with_params in calls
+        )
+        close_reads = any(step[1] is None for step in steps)
+        # Holding `calls` keeps its id from going to another tuple while it is cached here.
+        run = self._runs[id(calls)] = _Run(
+            calls, params, worker, get_ident(), thread, task, steps, close_reads
+        )
+        return run
+
+    def _step(self, key: int, op: str, sql: str, with_params: bool, params: Any) -> _Step:
+        """How to make one call: (key, the function, its arguments, whether to fetch what
+        the statement returns)."""
+        args = (sql, params if with_params else ())
         if op == "close_reads":
-            return self._close_reads(worker, thread, task)
-        probe = self.probe
-        busy_before = probe.busy_calls if probe else 0
-        err = ext = msg = None
-        conn = self.conn
-        t0 = time.monotonic_ns()
-        try:
-            if op in _STATEMENTS:  # the common case first: one compare, not four
-                cursor = self._cursor
-                cursor.execute(sql, params)
-                if cursor.description is not None:
-                    cursor.fetchall()
-            elif op == "commit":
-                conn.commit()
-            elif op == "rollback":
-                conn.rollback()
-            elif op == "close_read":
-                assert cursor is not None
-                cursor.close()
-            elif op == "open_read":
-                # One step of the query: the statement stays unfinished, holding its read
-                # (a SHARED lock or WAL snapshot; in a shared cache, a read lock on the table).
-                opened = conn.execute(sql, params)
-                opened.fetchone()
-                self.open_reads.append((opened, sql))
-            else:
-                raise ValueError(f"unknown call {op!r}")
-        except sqlite3.Error as exc:
-            t1 = time.monotonic_ns()
-            msg = str(exc)
-            err, ext = probe.error_codes(exc) if probe is not None else error_codes(exc)
-            if err == SQLITE_BUSY and probe is not None and probe.last_sample_ns < t0:
-                probe.sample_after_failure()  # refused without a wait: who holds it now?
-        else:
-            t1 = time.monotonic_ns()
-        if probe is not None:
-            # The statements SQLite ran (drained inline: this is the hot path). One statement
-            # is the call's own: execute() runs one (an implicit BEGIN or a trigger makes more)
-            # and commit() and rollback() run theirs. It is recorded as one tuple shared by
-            # every call with this SQL, not as the trace's fresh text with the parameters
-            # expanded: cheaper to keep, write and read back, and no application data in the
-            # log. Whether the SQL sets the busy timeout is worked out once per text too.
-            own = self._own_statement.get(sql)
-            if own is None:
-                own = self._own_statement[sql] = ((sql,), "busy_timeout" in sql.lower())
+            return (key, None, (), False)
+        if "busy_timeout" in sql.lower():
+            return (key, self._execute_following, args, False)
+        if op in _STATEMENTS:
+            return (key, self._cursor.execute, args, True)
+        if op == "commit":
+            return (key, self.conn.commit, (), False)
+        if op == "rollback":
+            return (key, self.conn.rollback, (), False)
+        if op == "open_read":
+            return (key, self._open_read, args, False)
+        raise ValueError(f"unknown call {op!r}")
+
+    def _make(self, steps: tuple[_Step, ...], stop_on_error: bool) -> tuple[int, bool]:
+        """Make and record calls: the hot path of every run. A call that went through is one
+        short record (eventfile.SHORT_CALL); a refused one is a full `call` event."""
+        emit, clock, conn, cursor, probe = (
+            self.emit,
+            time.monotonic_ns,
+            self.conn,
+            self._cursor,
+            self.probe,
+        )
+        made = 0
+        for key, function, args, fetch in steps:
+            made += 1
+            busy_before = probe.busy_calls if probe is not None else 0
+            t0 = clock()
+            try:
+                function(*args)
+                if fetch and cursor.description is not None:
+                    cursor.fetchall()  # a read, or a write with RETURNING: run it to its end
+            except sqlite3.Error as exc:
+                self._record_refusal(key, t0, clock(), busy_before, exc)
+                if stop_on_error:
+                    return made, False
+                continue
+            t1 = clock()
+            if probe is None:
+                emit((SHORT_CALL, t0, t1 - t0, key, (), None, conn.in_transaction))
+                continue
+            # The statements SQLite ran. One statement is the call's own: execute() runs one
+            # (an implicit BEGIN or a trigger makes more), and commit() and rollback() run
+            # theirs. It is recorded as None, read back as the call's own SQL, not as the
+            # trace's fresh text with the parameters expanded: cheaper to keep, write and
+            # read back, and no application data in the log.
             traced = probe.statements
-            stmts = own[0] if len(traced) == 1 else tuple(traced)
+            stmts = None if len(traced) == 1 else tuple(traced)
             traced.clear()
-            if own[1]:
-                probe.follow_sql(sql)
+            busy = probe.busy_calls - busy_before
+            emit((SHORT_CALL, t0, t1 - t0, key, stmts, busy, conn.in_transaction))
+        return made, True
+
+    def _execute_following(self, sql: str, params: Any) -> None:
+        """A statement that sets the busy timeout: the probe's busy handler follows it."""
+        self._cursor.execute(sql, params)
+        self._cursor.fetchall()
+        if self.probe is not None:
+            self.probe.follow_sql(sql)
+
+    def _open_read(self, sql: str, params: Any) -> None:
+        """One step of the query: the statement stays unfinished, holding its read (a SHARED
+        lock or WAL snapshot; in a shared cache, a read lock on the table) until close_reads."""
+        opened = self.conn.execute(sql, params)
+        opened.fetchone()
+        self.open_reads.append((opened, sql))
+
+    def _close_reads(self, worker: str, thread: int, task: str | None) -> tuple[int, bool]:
+        made, ok = 0, True
+        while self.open_reads:
+            cursor, read_sql = self.open_reads.pop(0)
+            key = self._key(worker, thread, task, "close_read", read_sql)
+            n, closed = self._make(((key, cursor.close, (), False),), False)
+            made, ok = made + n, ok and closed
+        return made, ok
+
+    def _key(self, worker: str, thread: int, task: str | None, op: str, sql: str) -> int:
+        """The number short call records give this (worker, thread, task, op, SQL) on this
+        connection: defined once in the event file by a CALL_KEY record (eventfile.py)."""
+        who = (worker, thread, task, op, sql)
+        key = self._key_numbers.get(who)
+        if key is None:
+            key = self._key_numbers[who] = next(_call_keys)
+            self._called_as[key] = who
+            self.emit((CALL_KEY, key, self.conn_id, worker, thread, task, op, sql))
+        return key
+
+    def _record_refusal(
+        self, key: int, t0: int, t1: int, busy_before: int, exc: sqlite3.Error
+    ) -> None:
+        """A call SQLite refused, as a full `call` event with its error codes."""
+        worker, thread, task, op, sql = self._called_as[key]
+        probe = self.probe
+        msg = str(exc)
+        if probe is None:
+            stmts: tuple[str, ...] = ()
+            err, ext = error_codes(exc)
+            busy = None
         else:
-            stmts = ()
+            traced = probe.statements
+            stmts = (sql,) if len(traced) == 1 else tuple(traced)
+            traced.clear()
+            err, ext = probe.error_codes(exc)
+            busy = probe.busy_calls - busy_before
+            if err == SQLITE_BUSY and probe.last_sample_ns < t0:
+                probe.sample_after_failure()  # refused without a wait: who holds it now?
         self.emit(
             (
                 "call",
@@ -235,15 +324,14 @@ class Session:
                 op,
                 sql,
                 stmts,
-                (probe.busy_calls - busy_before) if probe else None,
+                busy,
                 err,
                 ext,
                 msg,
-                conn.in_transaction,
+                self.conn.in_transaction,
                 None,
             )
         )
-        return msg is None
 
     @property
     def in_transaction(self) -> bool:

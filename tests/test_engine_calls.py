@@ -1,0 +1,155 @@
+"""What the run engine records for each call it makes: every field of the `call` events read
+back from its compact per-process records, with and without the probe, on real databases."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sqlite_lockprobe.runner import run_scenario
+from sqlite_lockprobe.scenario import parse_scenario
+
+pytestmark = pytest.mark.probe
+
+LEGACY_TRANSACTIONS = """
+[database]
+journal_mode = "wal"
+transaction_mode = "deferred"
+schema = ["CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)"]
+
+[[group]]
+name = "g"
+repeat = 2
+steps = [
+  { write = "INSERT INTO t (v) VALUES (:iteration)" },
+  { read = "SELECT count(*) FROM t" },
+  { open_read = "SELECT v FROM t" },
+  { close_reads = true },
+  "commit",
+]
+"""
+
+
+@pytest.mark.parametrize("instrument", [True, False])
+def test_each_call_is_recorded_with_what_sqlite_ran_and_the_state_after_it(
+    instrument: bool,
+) -> None:
+    result = run_scenario(parse_scenario(LEGACY_TRANSACTIONS), instrument=instrument)
+    (worker,) = [e for e in result.events if e["k"] == "worker"]
+    (opened,) = [e for e in result.events if e["k"] == "open"]
+    calls = [e for e in result.events if e["k"] == "call"]
+    insert, count = "INSERT INTO t (v) VALUES (:iteration)", "SELECT count(*) FROM t"
+    assert [(c["op"], c["sql"], c["in_txn"]) for c in calls] == 2 * [
+        ("write", insert, True),
+        ("read", count, True),
+        ("open_read", "SELECT v FROM t", True),
+        ("close_read", "SELECT v FROM t", True),
+        ("commit", "COMMIT", False),
+    ]
+    for c in calls:
+        assert (c["conn"], c["worker"], c["thread"], c["task"]) == (
+            opened["conn"],
+            "g#0",
+            worker["thread"],
+            None,
+        )
+        assert c["t0"] <= c["t1"] and (c["err"], c["ext"], c["msg"], c["site"]) == (None,) * 4
+    if not instrument:
+        assert all(tuple(c["stmts"]) == () and c["busy"] is None for c in calls)
+        return
+    assert all(c["busy"] == 0 for c in calls)
+    # Python's implicit BEGIN comes first; the trace gives the INSERT with its value.
+    stmts = [tuple(c["stmts"]) for c in calls]
+    assert stmts[0] == ("BEGIN DEFERRED", "INSERT INTO t (v) VALUES (0)")
+    assert stmts[5] == ("BEGIN DEFERRED", "INSERT INTO t (v) VALUES (1)")
+    assert stmts[1:5] == [(count,), ("SELECT v FROM t",), (), ("COMMIT",)]
+
+
+def test_ops_counted_per_worker_are_its_recorded_calls() -> None:
+    result = run_scenario(parse_scenario(LEGACY_TRANSACTIONS.replace("repeat = 2", "repeat = 3")))
+    calls = Counter(e["worker"] for e in result.events if e["k"] == "call")
+    ends = {e["worker"]: e["ops"] for e in result.events if e["k"] == "worker_end"}
+    assert ends == {"g#0": 15} and calls == Counter(ends)
+
+
+RETURNING = """
+[database]
+journal_mode = "wal"
+busy_timeout_ms = 0
+transaction_mode = "autocommit"
+schema = ["CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)"]
+
+[[group]]
+name = "returning"
+steps = [
+  { write = "INSERT INTO t (v) VALUES (1), (2), (3) RETURNING id" },
+  { signal = "inserted" },
+  { wait = "other-wrote" },
+]
+
+[[group]]
+name = "other"
+on_error = "continue"
+steps = [
+  { wait = "inserted" },
+  { write = "INSERT INTO t (v) VALUES (4)" },
+  { signal = "other-wrote" },
+]
+"""
+
+
+def test_a_write_that_returns_rows_is_run_to_its_end_and_holds_no_lock_after(
+    tmp_path: Path,
+) -> None:
+    # In autocommit, an INSERT ... RETURNING left with rows to read keeps its write
+    # transaction open: the other writer, which does not wait (busy_timeout 0), would fail.
+    db = tmp_path / "r.db"
+    result = run_scenario(parse_scenario(RETURNING), db=db)
+    calls = [e for e in result.events if e["k"] == "call"]
+    assert [(c["worker"], c["err"], c["in_txn"]) for c in calls] == [
+        ("returning#0", None, False),
+        ("other#0", None, False),
+    ]
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM t").fetchone() == (4,)
+
+
+FOLLOWED_TIMEOUT = """
+[database]
+journal_mode = "wal"
+busy_timeout_ms = 5000
+transaction_mode = "autocommit"
+schema = ["CREATE TABLE t (v INTEGER)"]
+
+[[group]]
+name = "holder"
+steps = [
+  { begin = "immediate" },
+  { write = "INSERT INTO t VALUES (1)" },
+  { signal = "held" },
+  { wait = "gave-up" },
+  "commit",
+]
+
+[[group]]
+name = "waiter"
+on_error = "continue"
+steps = [
+  { wait = "held" },
+  { write = "PRAGMA busy_timeout = 40" },
+  { write = "INSERT INTO t VALUES (2)" },
+  { signal = "gave-up" },
+]
+"""
+
+
+def test_a_busy_timeout_set_by_a_step_is_kept_by_the_probe() -> None:
+    result = run_scenario(parse_scenario(FOLLOWED_TIMEOUT))
+    (refused,) = [e for e in result.events if e["k"] == "call" and e["err"] is not None]
+    assert (refused["worker"], refused["err"]) == ("waiter#0", 5)
+    waits = [e for e in result.events if e["k"] == "busy" and e["conn"] == refused["conn"]]
+    # SQLite's schedule for 40 ms: 1 + 2 + 5 + 10 + 15, then the 7 ms left, then give up.
+    assert [w["delay_ms"] for w in waits] == [1, 2, 5, 10, 15, 7, 0]
+    assert refused["busy"] == len(waits)
