@@ -18,7 +18,6 @@ from typing import Any
 from sqlite_lockprobe.probe import Emit
 from sqlite_lockprobe.scenario import Group
 from sqlite_lockprobe.workers.program import (
-    Calls,
     Close,
     Open,
     RunControl,
@@ -28,7 +27,7 @@ from sqlite_lockprobe.workers.program import (
     worker_name,
     worker_program,
 )
-from sqlite_lockprobe.workers.session import Session
+from sqlite_lockprobe.workers.session import CallRun, Session
 
 _WAIT_POLL_SECONDS = 0.005
 
@@ -67,20 +66,17 @@ class _Connections:
         self.executors.clear()
 
 
-async def _make_calls(connections: _Connections, name: str, action: Calls) -> tuple[int, bool]:
+async def _make_calls(connections: _Connections, run: CallRun) -> tuple[int, bool]:
     """On the loop, a run of calls goes at once (nothing awaits between them); on a thread
     per connection each call is awaited on its own, as aiosqlite does, so other tasks run
     between the calls of one transaction."""
-    s = action.session
     if connections.blocking:
-        return s.run_calls(name, name, action.calls, action.params, action.stop_on_error)
+        return run.make()
     made = 0
-    for i in range(len(action.calls)):
-        n, ok = await connections.run(
-            s, s.run_calls, name, name, action.calls, action.params, action.stop_on_error, i
-        )
+    for i in range(len(run.calls)):
+        n, ok = await connections.run(run.session, run.make, i)
         made += n
-        if not ok and action.stop_on_error:
+        if not ok and run.stop_on_error:
             return made, False
     return made, True
 
@@ -120,15 +116,15 @@ async def _run_worker(
             ready.release()
         while not control.start_gate.is_set():
             await asyncio.sleep(_WAIT_POLL_SECONDS)
-        program = worker_program(control, group, index, emit, shared, stats, first)
+        program = worker_program(control, group, index, emit, shared, stats, first, task=name)
         result: Any = None
         while True:
             try:
                 action = program.send(result)
             except StopIteration:
                 break
-            if isinstance(action, Calls):
-                result = await _make_calls(connections, name, action)
+            if isinstance(action, CallRun):
+                result = await _make_calls(connections, action)
             elif isinstance(action, Sleep):
                 await asyncio.sleep(action.seconds)
                 result = None

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from sqlite_lockprobe.probe import Emit
 from sqlite_lockprobe.scenario import SQL_ACTIONS, Group, Scenario, Step
-from sqlite_lockprobe.workers.session import ConnectionSpec, Session
+from sqlite_lockprobe.workers.session import CallRun, ConnectionSpec, Session
 
 
 @dataclass
@@ -92,25 +92,41 @@ class SqlCall(NamedTuple):
 
 CLOSE_READS = SqlCall("close_reads", "", False)
 ROLLBACK = SqlCall("rollback", "ROLLBACK", False)
-# Runs of one call, made once: a session prepares a run the first time it sees its tuple.
-CLOSE_READS_RUN = (CLOSE_READS,)
-ROLLBACK_RUN = (ROLLBACK,)
 
 
-@dataclass(slots=True)
-class Calls:
-    """Consecutive sqlite calls to make on one session, in order: a run of SQL steps is one
-    action, so the trip through the driver is paid once per run, not once per call (it was a
-    third of the engine's own cost per call). With `stop_on_error` the first refused call
-    ends the run. The driver answers (calls made, whether the run went through).
-
-    Slots, not frozen: a frozen dataclass's __init__ goes through object.__setattr__, several
-    times slower, and one is made per run on the hot path."""
+class Prepared(NamedTuple):
+    """A worker's steps for one session: each run of consecutive SQL steps is a CallRun, one
+    action (the trip through the driver is paid once per run, not once per call: it was a
+    third of the engine's own cost per call), made again on every pass. The driver answers a
+    CallRun with (calls made, whether the run went through)."""
 
     session: Session
-    calls: tuple[SqlCall, ...]
-    params: Any
-    stop_on_error: bool
+    steps: tuple[CallRun | Step, ...]
+    close_reads: CallRun
+    rollback: CallRun
+
+    @classmethod
+    def of(
+        cls,
+        plan: tuple[Segment, ...],
+        session: Session,
+        worker: str,
+        task: str | None,
+        params: Any,
+        group: Group,
+    ) -> Prepared:
+        stop_on_error = group.on_error != "continue"
+        return cls(
+            session,
+            tuple(
+                session.prepare(worker, task, segment, params, stop_on_error)
+                if isinstance(segment, tuple)
+                else segment
+                for segment in plan
+            ),
+            session.prepare(worker, task, (CLOSE_READS,), (), True),
+            session.prepare(worker, task, (ROLLBACK,), (), True),
+        )
 
 
 @dataclass(frozen=True)
@@ -134,7 +150,7 @@ class Crash:
     """Die at once (SIGKILL), as a crashed or OOM-killed worker process would."""
 
 
-Action = Open | Calls | Close | Sleep | Wait | Crash
+Action = Open | CallRun | Close | Sleep | Wait | Crash
 # What a group's steps compile to: runs of consecutive SQL calls, and the other steps.
 Segment = tuple[SqlCall, ...] | Step
 
@@ -157,10 +173,12 @@ def worker_program(
     shared: Session | None,
     stats: WorkerStats,
     first: Session | None = None,
+    task: str | None = None,
 ) -> Generator[Action, Any, None]:
     """The steps of one worker, iteration after iteration, as actions to perform. Sessions it
     opens it closes at its end, and `first` (its per-worker connection, opened before the
-    start gate); a driver that stops early closes what is left open."""
+    start gate); a driver that stops early closes what is left open. `task` is the asyncio
+    task's name the calls are recorded with (None for threads and processes)."""
     name = worker_name(group, index)
     begin_at = control.start_ns.value + int((group.start_after + group.stagger * index) * 1e9)
     delay = (begin_at - time.monotonic_ns()) / 1e9
@@ -173,17 +191,19 @@ def worker_program(
     session = shared if shared is not None else first
     plan = _compiled(group)
     params = {"worker": index, "group": group.name, "pid": os.getpid(), "iteration": 0}
+    prepared: Prepared | None = None
     while not control.stopping() and time.monotonic_ns() < run_until:
         if group.repeat is not None and stats.iterations >= group.repeat:
             break
         params["iteration"] = stats.iterations
         if session is None:
             session = yield Open()
-        stop_worker = yield from _one_pass(
-            control, group, plan, name, session, params, deadline, emit, stats
-        )
+        if prepared is None or prepared.session is not session:
+            prepared = Prepared.of(plan, session, name, task, params, group)
+        stop_worker = yield from _one_pass(control, group, prepared, name, deadline, emit, stats)
         if session.open_reads:  # open_read cursors last until close_reads or the pass's end
-            yield Calls(session, CLOSE_READS_RUN, (), True)
+            made, _ = yield prepared.close_reads
+            stats.ops += made
         stats.iterations += 1
         if group.connection == "per-iteration" and session is not shared:
             yield Close(session)
@@ -197,27 +217,25 @@ def worker_program(
 def _one_pass(
     control: RunControl,
     group: Group,
-    plan: tuple[Segment, ...],
+    prepared: Prepared,
     name: str,
-    session: Session,
-    params: dict[str, Any],
     deadline: int,
     emit: Emit,
     stats: WorkerStats,
 ) -> Generator[Action, Any, bool]:
     """One pass over the group's steps. Returns True when the worker should stop."""
-    stop_on_error = group.on_error != "continue"
-    for step in plan:
+    session = prepared.session
+    for step in prepared.steps:
         if control.stopping():
             return True
-        if isinstance(step, tuple):
-            made, ok = yield Calls(session, step, params, stop_on_error)
+        if isinstance(step, CallRun):
+            made, ok = yield step
             stats.ops += made
             if ok:
                 continue
             if group.on_error == "rollback":
                 if session.in_transaction:
-                    made, _ = yield Calls(session, ROLLBACK_RUN, (), True)
+                    made, _ = yield prepared.rollback
                     stats.ops += made
                 return False
             return True  # on_error = "stop"
@@ -328,10 +346,8 @@ def run_worker_sync(
                 action = program.send(result)
             except StopIteration:
                 break
-            if isinstance(action, Calls):
-                result = action.session.run_calls(
-                    name, None, action.calls, action.params, action.stop_on_error
-                )
+            if isinstance(action, CallRun):
+                result = action.make()
             elif isinstance(action, Sleep):
                 control.stop.wait(action.seconds)
                 result = None

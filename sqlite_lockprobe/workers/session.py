@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from threading import get_ident
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlite_lockprobe.eventfile import CALL_KEY, SHORT_CALL
 from sqlite_lockprobe.probe import ConnectionProbe, Emit, error_codes
@@ -20,7 +20,6 @@ _ISOLATION = {"deferred": "DEFERRED", "immediate": "IMMEDIATE", "exclusive": "EX
 _conn_numbers = itertools.count(1)
 # Call numbers are unique in a process: its sessions share one event file.
 _call_keys = itertools.count(1)
-_MAX_RUNS = 1024
 SQLITE_BUSY = 5
 _OPEN_TIMEOUT_MS = 5000
 # The operations that run their SQL with execute() and finish it.
@@ -68,19 +67,6 @@ class ConnectionSpec:
 _Step = tuple[int, Callable[..., Any] | None, tuple[Any, ...], bool]
 
 
-class _Run(NamedTuple):
-    """A run of calls prepared for one connection, worker, thread and task."""
-
-    calls: tuple[tuple[str, str, bool], ...]
-    params: Any
-    worker: str
-    ident: int  # threading.get_ident(): cheap to compare
-    thread: int  # the OS thread id, recorded
-    task: str | None
-    steps: tuple[_Step, ...]
-    close_reads: bool
-
-
 class Session:
     """An open connection, its probe, and the recording of every call made through it.
 
@@ -92,9 +78,7 @@ class Session:
         self.emit = emit
         self.conn_id = f"c{os.getpid()}.{next(_conn_numbers)}"
         self._lock = threading.RLock() if shared else None
-        # The runs of calls prepared for this connection (see run_calls), and the numbers of
-        # the calls made through it (see _key), both ways.
-        self._runs: dict[int, _Run] = {}
+        # The numbers of the calls made through this connection (see _key), both ways.
         self._key_numbers: dict[tuple[str, int, str | None, str, str], int] = {}
         self._called_as: dict[int, tuple[str, int, str | None, str, str]] = {}
         # Cursors of open_read steps, kept unfinished until close_reads: (cursor, sql).
@@ -138,68 +122,17 @@ class Session:
             )
         )
 
-    def run_calls(
+    def prepare(
         self,
         worker: str,
         task: str | None,
         calls: tuple[tuple[str, str, bool], ...],
         params: Any,
         stop_on_error: bool,
-        only: int | None = None,
-    ) -> tuple[int, bool]:
-        """Make calls (op, SQL, whether it binds `params`) in order, or just calls[only];
-        with `stop_on_error` the first refused one ends the run. Returns (calls made, whether
-        the run went through). Give the same `calls` tuple each time (a plan made once): how
-        to make its calls is worked out on its first run on this connection."""
-        # Found by identity: hashing the contents on every run cost as much as recording it.
-        run = self._runs.get(id(calls))
-        if (
-            run is None
-            or run.calls is not calls
-            or run.params is not params
-            or run.worker is not worker
-            or run.ident != get_ident()
-            or run.task is not task
-        ):
-            run = self._prepare(worker, task, calls, params)
-        thread = run.thread
-        steps = run.steps if only is None else run.steps[only : only + 1]
-        if self._lock is None and not run.close_reads:
-            return self._make(steps, stop_on_error)
-        made = 0
-        for step in steps:
-            if step[1] is None:  # close_reads: one close_read call per open read
-                n, ok = self._close_reads(worker, thread, task)
-            elif self._lock is None:
-                n, ok = self._make((step,), stop_on_error)
-            else:
-                with self._lock:  # each call's statements and busy waits are its worker's
-                    n, ok = self._make((step,), stop_on_error)
-            made += n
-            if not ok and stop_on_error:
-                return made, False
-        return made, True
-
-    def _prepare(
-        self,
-        worker: str,
-        task: str | None,
-        calls: tuple[tuple[str, str, bool], ...],
-        params: Any,
-    ) -> _Run:
-        if len(self._runs) >= _MAX_RUNS:  # a caller making a new tuple per run
-            self._runs.clear()
-        thread = threading.get_native_id()  # a system call: once per run prepared
-        steps = tuple(
-            self._step(self._key(worker, thread, task, op, sql), op, sql, with_params, params)
-            for op, sql, with_params in calls
-        )
-        close_reads = any(step[1] is None for step in steps)
-        # Holding `calls` keeps its id from going to another tuple while it is cached here.
-        run = self._runs[id(calls)] = _Run(
-            calls, params, worker, get_ident(), thread, task, steps, close_reads
-        )
-        return run
+    ) -> CallRun:
+        """A run of calls (op, SQL, whether it binds `params`) to make through this
+        connection, again on every pass of a worker's steps."""
+        return CallRun(self, worker, task, calls, params, stop_on_error)
 
     def _step(self, key: int, op: str, sql: str, with_params: bool, params: Any) -> _Step:
         """How to make one call: (key, the function, its arguments, whether to fetch what
@@ -342,3 +275,77 @@ class Session:
             self.conn.close()
         finally:
             self.emit(("close", time.monotonic_ns(), self.conn_id))
+
+
+class CallRun:
+    """Consecutive calls a worker makes through one session on every pass of its steps. How
+    to make each (the function, its arguments, its key in the event file) is worked out on
+    the first run, on the thread that makes the calls: the recorded thread is part of the
+    key, and an aiosqlite-style connection runs its calls on a thread of its own."""
+
+    __slots__ = (
+        "session",
+        "worker",
+        "task",
+        "calls",
+        "params",
+        "stop_on_error",
+        "_ident",
+        "_thread",
+        "_steps",
+        "_one_by_one",
+    )
+
+    def __init__(
+        self,
+        session: Session,
+        worker: str,
+        task: str | None,
+        calls: tuple[tuple[str, str, bool], ...],
+        params: Any,
+        stop_on_error: bool,
+    ) -> None:
+        self.session = session
+        self.worker = worker
+        self.task = task
+        self.calls = calls
+        self.params = params
+        self.stop_on_error = stop_on_error
+        self._ident: int | None = None  # threading.get_ident() of the thread prepared for
+        self._thread = 0
+        self._steps: tuple[_Step, ...] = ()
+        # A shared session takes its lock for each call (so each call's statements and busy
+        # waits are its own worker's); close_reads makes one call per open read.
+        self._one_by_one = session._lock is not None or any(c[0] == "close_reads" for c in calls)
+
+    def make(self, only: int | None = None) -> tuple[int, bool]:
+        """Make the calls in order, or just calls[only]; with stop_on_error the first refused
+        one ends the run. Returns (calls made, whether the run went through)."""
+        if self._ident != get_ident():
+            self._prepare()
+        steps = self._steps if only is None else self._steps[only : only + 1]
+        session = self.session
+        if not self._one_by_one:
+            return session._make(steps, self.stop_on_error)
+        made = 0
+        for step in steps:
+            if step[1] is None:  # close_reads
+                n, ok = session._close_reads(self.worker, self._thread, self.task)
+            elif session._lock is None:
+                n, ok = session._make((step,), self.stop_on_error)
+            else:
+                with session._lock:
+                    n, ok = session._make((step,), self.stop_on_error)
+            made += n
+            if not ok and self.stop_on_error:
+                return made, False
+        return made, True
+
+    def _prepare(self) -> None:
+        session, worker, task = self.session, self.worker, self.task
+        self._thread = thread = threading.get_native_id()  # a system call: once per thread
+        self._steps = tuple(
+            session._step(session._key(worker, thread, task, op, sql), op, sql, flag, self.params)
+            for op, sql, flag in self.calls
+        )
+        self._ident = get_ident()
