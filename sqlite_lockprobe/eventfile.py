@@ -23,14 +23,17 @@ FLUSH_SECONDS = 0.25
 FILE_PREFIX = "events-"
 FILE_SUFFIX = ".lpk"
 MARSHAL_VERSION = 4
-# The run engine's calls that went through, in short: (SHORT_CALL, t0, t1 - t0, key, stmts,
-# busy, in_txn), where `key` names the connection, worker, thread, task, op and SQL, given
-# once by (CALL_KEY, key, conn, worker, thread, task, op, sql), and stmts None stands for the
-# call's own SQL as its one statement. Reading turns them back into `call` events. Half the
-# fields of a full one, and a small int for the duration: recording is most of what a run
-# costs per call beyond SQLite's own work.
+# The run engine's calls that went through are recorded in short and read back as the same
+# `call` events: recording is most of what a run costs per call beyond SQLite's own work, and
+# marshal's cost is per field. `key` names the connection, worker, thread, task, op and SQL,
+# given once by (CALL_KEY, key, conn, worker, thread, task, op, sql). The short records are
+# tuples that start with an int (t0), not a kind:
+# - (t0, t1 - t0, key, in_txn): without the probe (no statements, busy None);
+# - (t0, t1 - t0, key, busy, in_txn): the probe saw one statement, the call's own SQL (kept
+#   as that text, not the trace's copy with the parameter values expanded);
+# - (t0, t1 - t0, key, busy, in_txn, stmts): any other statements.
+# (Packing them with struct instead cost the worker more than it saved the flusher.)
 CALL_KEY = "K"
-SHORT_CALL = "c"
 
 
 class EventFile:
@@ -155,32 +158,49 @@ def read_event_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
             if not isinstance(record, tuple) or not record:
                 continue
             kind = record[0]
-            if kind == SHORT_CALL:
-                _, t0, duration, key, stmts, busy, in_txn = record
-                who = called_as.get(key)
-                if who is not None:
-                    conn, worker, thread, task, op, sql = who
-                    yield to_dict(
-                        (
-                            "call",
-                            t0,
-                            t0 + duration,
-                            conn,
-                            worker,
-                            thread,
-                            task,
-                            op,
-                            sql,
-                            (sql,) if stmts is None else stmts,
-                            busy,
-                            None,
-                            None,
-                            None,
-                            in_txn,
-                            None,
-                        )
-                    )
+            if type(kind) is int:
+                call = _short_call(record, called_as)
+                if call is not None:
+                    yield call
             elif kind == CALL_KEY:
                 called_as[record[1]] = record[2:]
             elif kind in EVENT_FIELDS:
                 yield to_dict(record)
+
+
+def _short_call(
+    record: tuple[Any, ...], called_as: dict[int, tuple[Any, ...]]
+) -> dict[str, Any] | None:
+    """The `call` event of a short record (see CALL_KEY), None for one that is not."""
+    if len(record) == 4:
+        t0, duration, key, in_txn = record
+        busy, stmts = None, ()
+    elif len(record) == 5:
+        t0, duration, key, busy, in_txn = record
+        stmts = None
+    elif len(record) == 6:
+        t0, duration, key, busy, in_txn, stmts = record
+    else:
+        return None
+    who = called_as.get(key)
+    if who is None:
+        return None
+    conn, worker, thread, task, op, sql = who
+    return {
+        "k": "call",
+        "t0": t0,
+        "t1": t0 + duration,
+        "conn": conn,
+        "worker": worker,
+        "thread": thread,
+        "task": task,
+        "op": op,
+        "sql": sql,
+        "stmts": (sql,) if stmts is None else stmts,
+        "busy": busy,
+        "err": None,
+        "ext": None,
+        "msg": None,
+        "in_txn": in_txn,
+        "site": None,
+    }

@@ -38,13 +38,6 @@ class RunControl:
     remaining: dict[str, Any]
     wait_limit_s: float | None = None
 
-    def stopping(self) -> bool:
-        """Checked before each run of consecutive SQL steps (one action) and each other step:
-        a shared byte read without a lock. (A multiprocessing Event's is_set() takes a
-        process-shared lock: it cost a fifth of a busy worker's time.) The `stop` event
-        itself wakes sleeps and waits."""
-        return bool(self.stop_flag.value)
-
     def request_stop(self) -> None:
         self.stop_flag.value = 1
         self.stop.set()
@@ -192,20 +185,40 @@ def worker_program(
     plan = _compiled(group)
     params = {"worker": index, "group": group.name, "pid": os.getpid(), "iteration": 0}
     prepared: Prepared | None = None
-    while not control.stopping() and time.monotonic_ns() < run_until:
-        if group.repeat is not None and stats.iterations >= group.repeat:
+    # The pass loop is the engine's hot path with the calls themselves: what it looks up
+    # every pass is held in locals, and runs of calls are yielded from here, not from a
+    # generator made per pass. stop_flag is checked before each step: a shared byte read
+    # without a lock (a multiprocessing Event's is_set() takes a process-shared lock: it cost
+    # a fifth of a busy worker's time); the `stop` event itself wakes sleeps and waits.
+    stop_flag, clock, repeat = control.stop_flag, time.monotonic_ns, group.repeat
+    per_iteration = group.connection == "per-iteration" and shared is None
+    while not stop_flag.value and clock() < run_until:
+        if repeat is not None and stats.iterations >= repeat:
             break
         params["iteration"] = stats.iterations
         if session is None:
             session = yield Open()
         if prepared is None or prepared.session is not session:
             prepared = Prepared.of(plan, session, name, task, params, group)
-        stop_worker = yield from _one_pass(control, group, prepared, name, deadline, emit, stats)
+        stop_worker = False
+        for step in prepared.steps:
+            if stop_flag.value:
+                stop_worker = True
+                break
+            if step.__class__ is CallRun:
+                made, ok = yield step
+                stats.ops += made
+                if not ok:
+                    stop_worker = yield from _refused(group, prepared, stats)
+                    break
+            elif (yield from _other_step(control, step, session, name, deadline, emit)):
+                stop_worker = True
+                break
         if session.open_reads:  # open_read cursors last until close_reads or the pass's end
             made, _ = yield prepared.close_reads
             stats.ops += made
         stats.iterations += 1
-        if group.connection == "per-iteration" and session is not shared:
+        if per_iteration:
             yield Close(session)
             session = None
         if stop_worker:
@@ -214,56 +227,48 @@ def worker_program(
         yield Close(session)
 
 
-def _one_pass(
+def _refused(group: Group, prepared: Prepared, stats: WorkerStats) -> Generator[Action, Any, bool]:
+    """After a refused call (on_error = continue goes on without stopping the run): roll
+    back and go to the next pass, or stop. Returns True when the worker should stop."""
+    if group.on_error != "rollback":
+        return True  # on_error = "stop"
+    if prepared.session.in_transaction:
+        made, _ = yield prepared.rollback
+        stats.ops += made
+    return False
+
+
+def _other_step(
     control: RunControl,
-    group: Group,
-    prepared: Prepared,
+    step: Step,
+    session: Session,
     name: str,
     deadline: int,
     emit: Emit,
-    stats: WorkerStats,
 ) -> Generator[Action, Any, bool]:
-    """One pass over the group's steps. Returns True when the worker should stop."""
-    session = prepared.session
-    for step in prepared.steps:
-        if control.stopping():
-            return True
-        if isinstance(step, CallRun):
-            made, ok = yield step
-            stats.ops += made
-            if ok:
-                continue
-            if group.on_error == "rollback":
-                if session.in_transaction:
-                    made, _ = yield prepared.rollback
-                    stats.ops += made
-                return False
-            return True  # on_error = "stop"
-        action = step.action
-        if action == "sleep":
-            t0 = time.monotonic_ns()
-            yield Sleep(step.seconds or 0.0)
-            emit(("idle", t0, time.monotonic_ns(), name, session.conn_id, step.describe()))
-            continue
-        if action == "signal":
+    """A step that makes no sqlite call. Returns True when the worker should stop."""
+    action = step.action
+    if action == "sleep":
+        t0 = time.monotonic_ns()
+        yield Sleep(step.seconds or 0.0)
+        emit(("idle", t0, time.monotonic_ns(), name, session.conn_id, step.describe()))
+    elif action == "signal":
+        control.events[step.event].set()
+    elif action == "crash":
+        yield Crash()
+    elif action == "wait":
+        t0 = time.monotonic_ns()
+        until = deadline
+        if control.wait_limit_s is not None:
+            until = min(deadline, t0 + int(control.wait_limit_s * 1e9))
+        arrived = yield Wait(control.events[step.event], until)
+        emit(("idle", t0, time.monotonic_ns(), name, session.conn_id, step.describe()))
+        if not arrived and control.wait_limit_s is None:
+            return True  # the run's time limit ended the wait
+        if not arrived:
+            # A bounded wait gave up: this handshake cannot happen under these settings.
+            # Set the event so no other worker waits for it again.
             control.events[step.event].set()
-            continue
-        if action == "crash":
-            yield Crash()
-            continue
-        if action == "wait":
-            t0 = time.monotonic_ns()
-            until = deadline
-            if control.wait_limit_s is not None:
-                until = min(deadline, t0 + int(control.wait_limit_s * 1e9))
-            arrived = yield Wait(control.events[step.event], until)
-            emit(("idle", t0, time.monotonic_ns(), name, session.conn_id, step.describe()))
-            if not arrived and control.wait_limit_s is None:
-                return True  # the run's time limit ended the wait
-            if not arrived:
-                # A bounded wait gave up: this handshake cannot happen under these settings.
-                # Set the event so no other worker waits for it again.
-                control.events[step.event].set()
     return False
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from threading import get_ident
 from typing import Any
 
-from sqlite_lockprobe.eventfile import CALL_KEY, SHORT_CALL
+from sqlite_lockprobe.eventfile import CALL_KEY
 from sqlite_lockprobe.probe import ConnectionProbe, Emit, error_codes
 
 _ISOLATION = {"deferred": "DEFERRED", "immediate": "IMMEDIATE", "exclusive": "EXCLUSIVE"}
@@ -154,7 +154,7 @@ class Session:
 
     def _make(self, steps: tuple[_Step, ...], stop_on_error: bool) -> tuple[int, bool]:
         """Make and record calls: the hot path of every run. A call that went through is one
-        short record (eventfile.SHORT_CALL); a refused one is a full `call` event."""
+        short record (see eventfile.CALL_KEY); a refused one is a full `call` event."""
         emit, clock, conn, cursor, probe = (
             self.emit,
             time.monotonic_ns,
@@ -178,18 +178,22 @@ class Session:
                 continue
             t1 = clock()
             if probe is None:
-                emit((SHORT_CALL, t0, t1 - t0, key, (), None, conn.in_transaction))
+                emit((t0, t1 - t0, key, conn.in_transaction))
                 continue
             # The statements SQLite ran. One statement is the call's own: execute() runs one
             # (an implicit BEGIN or a trigger makes more), and commit() and rollback() run
-            # theirs. It is recorded as None, read back as the call's own SQL, not as the
-            # trace's fresh text with the parameters expanded: cheaper to keep, write and
-            # read back, and no application data in the log.
+            # theirs. Then the record leaves it out: it is read back as the call's own SQL,
+            # not as the trace's fresh text with the parameters expanded (cheaper to keep,
+            # write and read back, and no application data in the log).
             traced = probe.statements
-            stmts = None if len(traced) == 1 else tuple(traced)
+            if len(traced) == 1:
+                traced.clear()
+                emit((t0, t1 - t0, key, probe.busy_calls - busy_before, conn.in_transaction))
+                continue
+            stmts = tuple(traced)
             traced.clear()
             busy = probe.busy_calls - busy_before
-            emit((SHORT_CALL, t0, t1 - t0, key, stmts, busy, conn.in_transaction))
+            emit((t0, t1 - t0, key, busy, conn.in_transaction, stmts))
         return made, True
 
     def _execute_following(self, sql: str, params: Any) -> None:
