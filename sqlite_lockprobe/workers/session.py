@@ -162,9 +162,8 @@ class Session:
             self._cursor,
             self.probe,
         )
-        made = 0
-        for key, function, args, fetch in steps:
-            made += 1
+        for step in steps:
+            key, function, args, fetch = step
             busy_before = probe.busy_calls if probe is not None else 0
             t0 = clock()
             try:
@@ -173,8 +172,8 @@ class Session:
                     cursor.fetchall()  # a read, or a write with RETURNING: run it to its end
             except sqlite3.Error as exc:
                 self._record_refusal(key, t0, clock(), busy_before, exc)
-                if stop_on_error:
-                    return made, False
+                if stop_on_error:  # calls made: up to this one (counted here, not per call)
+                    return next(i for i, s in enumerate(steps, 1) if s is step), False
                 continue
             t1 = clock()
             if probe is None:
@@ -194,7 +193,7 @@ class Session:
             traced.clear()
             busy = probe.busy_calls - busy_before
             emit((t0, t1 - t0, key, busy, conn.in_transaction, stmts))
-        return made, True
+        return len(steps), True
 
     def _execute_following(self, sql: str, params: Any) -> None:
         """A statement that sets the busy timeout: the probe's busy handler follows it."""
