@@ -11,6 +11,7 @@ import pytest
 
 from sqlite_lockprobe.runner import run_scenario
 from sqlite_lockprobe.scenario import parse_scenario
+from sqlite_lockprobe.workers.session import ConnectionSpec, Session
 
 pytestmark = pytest.mark.probe
 
@@ -73,6 +74,28 @@ def test_ops_counted_per_worker_are_its_recorded_calls() -> None:
     calls = Counter(e["worker"] for e in result.events if e["k"] == "call")
     ends = {e["worker"]: e["ops"] for e in result.events if e["k"] == "worker_end"}
     assert ends == {"g#0": 15} and calls == Counter(ends)
+
+
+def test_a_refusal_that_ends_a_run_counts_the_calls_made_up_to_it(tmp_path: Path) -> None:
+    db = tmp_path / "locked.db"
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = wal")
+    holder.execute("CREATE TABLE t (v INTEGER)")
+    holder.execute("BEGIN IMMEDIATE")  # holds the write lock throughout
+    recorded: list[tuple] = []
+    spec = ConnectionSpec(str(db), "g", 0, "autocommit", "wal")
+    session = Session(spec, recorded.append, "g#0")
+    calls = (
+        ("read", "SELECT count(*) FROM t", False),
+        ("begin", "BEGIN IMMEDIATE", False),
+        ("write", "INSERT INTO t VALUES (1)", False),
+    )
+    assert session.prepare("g#0", None, calls, (), True).make() == (2, False)
+    assert session.prepare("g#0", None, calls, (), False).make() == (3, True)
+    session.close()
+    holder.rollback()
+    refused = [r for r in recorded if r[0] == "call"]
+    assert [(r[7], r[11]) for r in refused] == [("begin", 5), ("begin", 5), ("write", 5)]
 
 
 RETURNING = """
