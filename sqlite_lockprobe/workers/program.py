@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -151,7 +152,6 @@ Segment = tuple[SqlCall, ...] | Step
 @dataclass
 class WorkerStats:
     ops: int = 0
-    iterations: int = 0
 
 
 def worker_name(group: Group, index: int) -> str:
@@ -190,12 +190,12 @@ def worker_program(
     # generator made per pass. stop_flag is checked before each step: a shared byte read
     # without a lock (a multiprocessing Event's is_set() takes a process-shared lock: it cost
     # a fifth of a busy worker's time); the `stop` event itself wakes sleeps and waits.
-    stop_flag, clock, repeat = control.stop_flag, time.monotonic_ns, group.repeat
+    stop_flag, clock = control.stop_flag, time.monotonic_ns
+    repeat = group.repeat if group.repeat is not None else sys.maxsize
     per_iteration = group.connection == "per-iteration" and shared is None
-    while not stop_flag.value and clock() < run_until:
-        if repeat is not None and stats.iterations >= repeat:
-            break
-        params["iteration"] = stats.iterations
+    iteration = 0
+    while not stop_flag.value and clock() < run_until and iteration < repeat:
+        params["iteration"] = iteration
         if session is None:
             session = yield Open()
         if prepared is None or prepared.session is not session:
@@ -217,7 +217,7 @@ def worker_program(
         if session.open_reads:  # open_read cursors last until close_reads or the pass's end
             made, _ = yield prepared.close_reads
             stats.ops += made
-        stats.iterations += 1
+        iteration += 1
         if per_iteration:
             yield Close(session)
             session = None
