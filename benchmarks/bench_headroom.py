@@ -10,34 +10,9 @@ Issue 7 target: the engine's commit rate >= 0.9 of the hand-written loop.
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import statistics
-import tempfile
-import time
-from pathlib import Path
 
-from bench_probe_overhead import WORKLOAD, measure
-
-
-def hand_written(commits: int, synchronous: str = "normal") -> tuple[float, float]:
-    """(commits per second, CPU microseconds per commit) of the minimal loop."""
-    with tempfile.TemporaryDirectory() as tmp:
-        conn = sqlite3.connect(Path(tmp) / "hand.db", isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
-        conn.execute("INSERT INTO t (v) VALUES (0)")
-        params = {"worker": 0, "group": "writer", "pid": 0, "iteration": 0}
-        start, cpu = time.perf_counter(), time.process_time()
-        for i in range(commits):
-            params["iteration"] = i
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT INTO t (v) VALUES (:iteration)", params)
-            conn.execute("UPDATE t SET v = v + 1 WHERE id = 1", params)
-            conn.commit()
-        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-        conn.close()
-    return commits / elapsed, cpu / commits * 1e6
+from bench_probe_overhead import WORKLOAD, hand_written, measure
 
 
 def main() -> None:

@@ -5,16 +5,24 @@ and without the probe's hooks, interleaved in one process; prints the throughput
 
 Targets (issues 2 and 7): probed / bare commits per second >= 0.95 for one uncontended
 writer; >= 0.90 for 8 contending writer threads (--threads 8: the busy handler then runs).
+
+With one writer it also measures the floor under that ratio: a minimal hand-written loop of
+the same statements with and without CPython's trace hook (Connection.set_trace_callback,
+given a C-level list.append), interleaved with the other rounds. The probe's statements come
+from that hook; what it costs is CPython's, whatever lockprobe does.
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlite_lockprobe.analysis import analyze
@@ -89,6 +97,35 @@ def measure(
     return summary.total.commits_per_second, cpu[0] / summary.total.commits * 1e6
 
 
+def hand_written(
+    commits: int, synchronous: str = "normal", trace: bool = False
+) -> tuple[float, float]:
+    """(commits per second, CPU microseconds per commit) of a minimal loop doing WORKLOAD's
+    statements; with `trace`, CPython's trace hook on, given the cheapest callback there is."""
+    with tempfile.TemporaryDirectory() as tmp:
+        conn = sqlite3.connect(Path(tmp) / "hand.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
+        conn.execute("INSERT INTO t (v) VALUES (0)")
+        traced: list[str] = []
+        if trace:
+            conn.set_trace_callback(traced.append)
+        params = {"worker": 0, "group": "writer", "pid": 0, "iteration": 0}
+        start, cpu = time.perf_counter(), time.process_time()
+        for i in range(commits):
+            params["iteration"] = i
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t (v) VALUES (:iteration)", params)
+            conn.execute("UPDATE t SET v = v + 1 WHERE id = 1", params)
+            conn.commit()
+            if trace:
+                traced.clear()
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        conn.close()
+    return commits / elapsed, cpu / commits * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--commits", type=int, default=20000)
@@ -97,6 +134,7 @@ def main() -> None:
     parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
     args = parser.parse_args()
     bare, probed, bare_cpu, probed_cpu = [], [], [], []
+    hook_floor: list[float] = []
     measure(1000, True)  # warm up imports and the file system
     for _ in range(args.rounds):
         rate, cpu = measure(args.commits, False, args.threads, args.synchronous)
@@ -105,6 +143,11 @@ def main() -> None:
         rate, cpu = measure(args.commits, True, args.threads, args.synchronous)
         probed.append(rate)
         probed_cpu.append(cpu)
+        if args.threads == 1:
+            untraced = hand_written(args.commits, args.synchronous)[0]
+            hook_floor.append(
+                hand_written(args.commits, args.synchronous, trace=True)[0] / untraced
+            )
     b, p = statistics.median(bare), statistics.median(probed)
     print(f"bare:   median {b:,.0f} commits/s  ({', '.join(f'{x:,.0f}' for x in bare)})")
     print(f"probed: median {p:,.0f} commits/s  ({', '.join(f'{x:,.0f}' for x in probed)})")
@@ -115,6 +158,12 @@ def main() -> None:
         f"{statistics.median(ratios):.3f} (rounds: {', '.join(f'{r:.3f}' for r in ratios)}); "
         f"target >= {target}"
     )
+    if hook_floor:
+        print(
+            f"floor: CPython's trace hook alone, in a hand-written loop of the same statements: "
+            f"ratio median {statistics.median(hook_floor):.3f} "
+            f"(rounds: {', '.join(f'{r:.3f}' for r in hook_floor)})"
+        )
     bc, pc = statistics.median(bare_cpu), statistics.median(probed_cpu)
     cpu_ratios = [b / p for b, p in zip(bare_cpu, probed_cpu, strict=True)]
     print(
