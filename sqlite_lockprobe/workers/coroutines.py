@@ -116,7 +116,9 @@ async def _run_worker(
             ready.release()
         while not control.start_gate.is_set():
             await asyncio.sleep(_WAIT_POLL_SECONDS)
-        program = worker_program(control, group, index, emit, shared, stats, first, task=name)
+        program = worker_program(
+            control, group, index, emit, shared, stats, first, task=name, direct=group.blocking
+        )
         result: Any = None
         while True:
             try:

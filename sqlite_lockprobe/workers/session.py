@@ -142,8 +142,8 @@ class Session:
             return (key, None, (), False)
         if "busy_timeout" in sql.lower():
             return (key, self._execute_following, args, False)
-        if op in _STATEMENTS:
-            return (key, self._cursor.execute, args, True)
+        if op in _STATEMENTS:  # a BEGIN returns no rows: no need to look for any
+            return (key, self._cursor.execute, args, op != "begin")
         if op == "commit":
             return (key, self.conn.commit, (), False)
         if op == "rollback":
