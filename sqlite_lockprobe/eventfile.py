@@ -26,12 +26,13 @@ MARSHAL_VERSION = 4
 # The run engine's calls that went through are recorded in short and read back as the same
 # `call` events: recording is most of what a run costs per call beyond SQLite's own work, and
 # marshal's cost is per field. `key` names the connection, worker, thread, task, op and SQL,
-# given once by (CALL_KEY, key, conn, worker, thread, task, op, sql). The short records are
-# tuples that start with an int (t0), not a kind:
-# - (t0, t1 - t0, key, in_txn): without the probe (no statements, busy None);
-# - (t0, t1 - t0, key, busy, in_txn): the probe saw one statement, the call's own SQL (kept
-#   as that text, not the trace's copy with the parameter values expanded);
-# - (t0, t1 - t0, key, busy, in_txn, stmts): any other statements.
+# and whether the connection is probed, given once by
+# (CALL_KEY, key, conn, worker, thread, task, op, sql, probed). The short records are tuples
+# that start with an int (t0), not a kind:
+# - (t0, t1 - t0, key, in_txn): without the probe, no statements and busy None; with it, the
+#   one statement was the call's own SQL (read back as that text, not the trace's copy with
+#   the parameter values expanded) and there was no busy wait;
+# - (t0, t1 - t0, key, in_txn, busy, stmts): any other call (stmts None: its own SQL alone).
 # (Packing them with struct instead cost the worker more than it saved the flusher.)
 CALL_KEY = "K"
 
@@ -174,18 +175,17 @@ def _short_call(
     """The `call` event of a short record (see CALL_KEY), None for one that is not."""
     if len(record) == 4:
         t0, duration, key, in_txn = record
-        busy, stmts = None, ()
-    elif len(record) == 5:
-        t0, duration, key, busy, in_txn = record
-        stmts = None
+        busy, stmts = 0, None
     elif len(record) == 6:
-        t0, duration, key, busy, in_txn, stmts = record
+        t0, duration, key, in_txn, busy, stmts = record
     else:
         return None
     who = called_as.get(key)
     if who is None:
         return None
-    conn, worker, thread, task, op, sql = who
+    conn, worker, thread, task, op, sql, probed = who
+    if not probed:
+        busy, stmts = None, ()
     return {
         "k": "call",
         "t0": t0,

@@ -168,6 +168,7 @@ class ConnectionProbe:
         "conn_id",
         "timeout_ms",
         "busy_calls",
+        "busy_unclaimed",
         "statements",
         "instrumented",
         "reduced_reason",
@@ -193,6 +194,9 @@ class ConnectionProbe:
         self.conn_id = conn_id
         self.timeout_ms = read_busy_timeout(conn) if timeout_ms is None else timeout_ms
         self.busy_calls = 0
+        # Busy-handler calls no call has claimed yet: the run engine takes them after each call
+        # (reading this alone costs less than a count before and after every call).
+        self.busy_unclaimed = 0
         self.statements: list[str] = []
         self.interrupted: BaseException | None = None
         self._emit = emit
@@ -221,6 +225,7 @@ class ConnectionProbe:
         try:
             delay = busy_delay_ms(count, self.timeout_ms)
             self.busy_calls += 1
+            self.busy_unclaimed += 1
             now = time.monotonic_ns()
             self._emit(("busy", now, self.conn_id, count, delay))
             if count == 0:

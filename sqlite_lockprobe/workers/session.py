@@ -164,36 +164,40 @@ class Session:
         )
         for step in steps:
             key, function, args, fetch = step
-            busy_before = probe.busy_calls if probe is not None else 0
             t0 = clock()
             try:
                 function(*args)
                 if fetch and cursor.description is not None:
                     cursor.fetchall()  # a read, or a write with RETURNING: run it to its end
             except sqlite3.Error as exc:
-                self._record_refusal(key, t0, clock(), busy_before, exc)
+                self._record_refusal(key, t0, clock(), exc)
                 if stop_on_error:  # calls made: up to this one (counted here, not per call)
                     return next(i for i, s in enumerate(steps, 1) if s is step), False
                 continue
             t1 = clock()
-            if probe is None:
-                emit((t0, t1 - t0, key, conn.in_transaction))
-                continue
-            # The statements SQLite ran. One statement is the call's own: execute() runs one
-            # (an implicit BEGIN or a trigger makes more), and commit() and rollback() run
-            # theirs. Then the record leaves it out: it is read back as the call's own SQL,
-            # not as the trace's fresh text with the parameters expanded (cheaper to keep,
-            # write and read back, and no application data in the log).
-            traced = probe.statements
-            if len(traced) == 1:
+            if probe is not None:
+                # The statements SQLite ran. Most often one, the call's own (execute() runs
+                # one; an implicit BEGIN or a trigger makes more; commit() and rollback() run
+                # theirs), and no busy wait: then the record is as short as without the probe,
+                # read back with the call's own SQL as its statement (not the trace's copy
+                # with the parameter values expanded: no application data in the log).
+                traced = probe.statements
+                if len(traced) != 1 or probe.busy_unclaimed:
+                    self._record_long(key, t0, t1)
+                    continue
                 traced.clear()
-                emit((t0, t1 - t0, key, probe.busy_calls - busy_before, conn.in_transaction))
-                continue
-            stmts = tuple(traced)
-            traced.clear()
-            busy = probe.busy_calls - busy_before
-            emit((t0, t1 - t0, key, busy, conn.in_transaction, stmts))
+            emit((t0, t1 - t0, key, conn.in_transaction))
         return len(steps), True
+
+    def _record_long(self, key: int, t0: int, t1: int) -> None:
+        """A call with busy waits, or other statements than its own."""
+        probe = self.probe
+        assert probe is not None
+        traced = probe.statements
+        stmts = None if len(traced) == 1 else tuple(traced)
+        traced.clear()
+        busy, probe.busy_unclaimed = probe.busy_unclaimed, 0
+        self.emit((t0, t1 - t0, key, self.conn.in_transaction, busy, stmts))
 
     def _execute_following(self, sql: str, params: Any) -> None:
         """A statement that sets the busy timeout: the probe's busy handler follows it."""
@@ -226,12 +230,11 @@ class Session:
         if key is None:
             key = self._key_numbers[who] = next(_call_keys)
             self._called_as[key] = who
-            self.emit((CALL_KEY, key, self.conn_id, worker, thread, task, op, sql))
+            probed = self.probe is not None
+            self.emit((CALL_KEY, key, self.conn_id, worker, thread, task, op, sql, probed))
         return key
 
-    def _record_refusal(
-        self, key: int, t0: int, t1: int, busy_before: int, exc: sqlite3.Error
-    ) -> None:
+    def _record_refusal(self, key: int, t0: int, t1: int, exc: sqlite3.Error) -> None:
         """A call SQLite refused, as a full `call` event with its error codes."""
         worker, thread, task, op, sql = self._called_as[key]
         probe = self.probe
@@ -245,7 +248,7 @@ class Session:
             stmts = (sql,) if len(traced) == 1 else tuple(traced)
             traced.clear()
             err, ext = probe.error_codes(exc)
-            busy = probe.busy_calls - busy_before
+            busy, probe.busy_unclaimed = probe.busy_unclaimed, 0
             if err == SQLITE_BUSY and probe.last_sample_ns < t0:
                 probe.sample_after_failure()  # refused without a wait: who holds it now?
         self.emit(
