@@ -6,10 +6,11 @@ and without the probe's hooks, interleaved in one process; prints the throughput
 Targets (issues 2 and 7): probed / bare commits per second >= 0.95 for one uncontended
 writer; >= 0.90 for 8 contending writer threads (--threads 8: the busy handler then runs).
 
-With one writer it also measures the floor under that ratio: a minimal hand-written loop of
-the same statements with and without CPython's trace hook (Connection.set_trace_callback,
-given a C-level list.append), interleaved with the other rounds. The probe's statements come
-from that hook; what it costs is CPython's, whatever lockprobe does.
+It also measures the floor under that ratio: a minimal hand-written loop of the same
+statements, in as many threads, with and without CPython's trace hook
+(Connection.set_trace_callback, given a C-level list.append), interleaved with the other
+rounds. The probe's statements come from that hook; what it costs is CPython's, whatever
+lockprobe does.
 """
 
 from __future__ import annotations
@@ -98,32 +99,59 @@ def measure(
 
 
 def hand_written(
-    commits: int, synchronous: str = "normal", trace: bool = False
+    commits: int, synchronous: str = "normal", trace: bool = False, writers: int = 1
 ) -> tuple[float, float]:
     """(commits per second, CPU microseconds per commit) of a minimal loop doing WORKLOAD's
-    statements; with `trace`, CPython's trace hook on, given the cheapest callback there is."""
+    statements, in `writers` threads (one connection each, with Python's default 5 s timeout
+    as the engine's); with `trace`, CPython's trace hook on, given the cheapest callback there
+    is."""
     with tempfile.TemporaryDirectory() as tmp:
-        conn = sqlite3.connect(Path(tmp) / "hand.db", isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
-        conn.execute("INSERT INTO t (v) VALUES (0)")
-        traced: list[str] = []
-        if trace:
-            conn.set_trace_callback(traced.append)
-        params = {"worker": 0, "group": "writer", "pid": 0, "iteration": 0}
+        db = Path(tmp) / "hand.db"
+        setup = sqlite3.connect(db, isolation_level=None)
+        setup.execute("PRAGMA journal_mode = WAL")
+        setup.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
+        setup.execute("INSERT INTO t (v) VALUES (0)")
+        setup.close()
+        gate = threading.Barrier(writers + 1) if writers > 1 else None
+        threads = [
+            threading.Thread(
+                target=_hand_loop, args=(db, commits // writers, synchronous, trace, gate)
+            )
+            for _ in range(writers if gate is not None else 0)
+        ]
+        for t in threads:
+            t.start()
+        if gate is not None:
+            gate.wait()
         start, cpu = time.perf_counter(), time.process_time()
-        for i in range(commits):
-            params["iteration"] = i
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT INTO t (v) VALUES (:iteration)", params)
-            conn.execute("UPDATE t SET v = v + 1 WHERE id = 1", params)
-            conn.commit()
-            if trace:
-                traced.clear()
+        if gate is None:
+            _hand_loop(db, commits, synchronous, trace, None)
+        for t in threads:
+            t.join()
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-        conn.close()
     return commits / elapsed, cpu / commits * 1e6
+
+
+def _hand_loop(
+    db: Path, commits: int, synchronous: str, trace: bool, gate: threading.Barrier | None
+) -> None:
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    traced: list[str] = []
+    if trace:
+        conn.set_trace_callback(traced.append)
+    params = {"worker": 0, "group": "writer", "pid": 0, "iteration": 0}
+    if gate is not None:
+        gate.wait()
+    for i in range(commits):
+        params["iteration"] = i
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (v) VALUES (:iteration)", params)
+        conn.execute("UPDATE t SET v = v + 1 WHERE id = 1", params)
+        conn.commit()
+        if trace:
+            traced.clear()
+    conn.close()
 
 
 def main() -> None:
@@ -143,11 +171,9 @@ def main() -> None:
         rate, cpu = measure(args.commits, True, args.threads, args.synchronous)
         probed.append(rate)
         probed_cpu.append(cpu)
-        if args.threads == 1:
-            untraced = hand_written(args.commits, args.synchronous)[0]
-            hook_floor.append(
-                hand_written(args.commits, args.synchronous, trace=True)[0] / untraced
-            )
+        untraced = hand_written(args.commits, args.synchronous, False, args.threads)[0]
+        traced = hand_written(args.commits, args.synchronous, True, args.threads)[0]
+        hook_floor.append(traced / untraced)
     b, p = statistics.median(bare), statistics.median(probed)
     print(f"bare:   median {b:,.0f} commits/s  ({', '.join(f'{x:,.0f}' for x in bare)})")
     print(f"probed: median {p:,.0f} commits/s  ({', '.join(f'{x:,.0f}' for x in probed)})")
@@ -158,12 +184,11 @@ def main() -> None:
         f"{statistics.median(ratios):.3f} (rounds: {', '.join(f'{r:.3f}' for r in ratios)}); "
         f"target >= {target}"
     )
-    if hook_floor:
-        print(
-            f"floor: CPython's trace hook alone, in a hand-written loop of the same statements: "
-            f"ratio median {statistics.median(hook_floor):.3f} "
-            f"(rounds: {', '.join(f'{r:.3f}' for r in hook_floor)})"
-        )
+    print(
+        f"floor: CPython's trace hook alone, in a hand-written loop of the same statements "
+        f"({args.threads} threads): ratio median {statistics.median(hook_floor):.3f} "
+        f"(rounds: {', '.join(f'{r:.3f}' for r in hook_floor)})"
+    )
     bc, pc = statistics.median(bare_cpu), statistics.median(probed_cpu)
     cpu_ratios = [b / p for b, p in zip(bare_cpu, probed_cpu, strict=True)]
     print(
