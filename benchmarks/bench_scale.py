@@ -69,46 +69,49 @@ def run(label: str, scenario_text: str) -> None:
 
 
 def recorder_cost(n: int = 500_000) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "events.lpk"
-        recorder = EventFile(path)
-        sql = "INSERT INTO t (v) VALUES (:iteration)"
-        t = time.monotonic_ns()
-        # Distinct tuples with real clock values, as the workers emit them (marshal writes a
-        # repeated object once: one tuple emitted n times would understate the size).
-        records = [
-            (
-                "call",
-                t + 10_000 * i,
-                t + 10_000 * i + 7_000,
-                "c1.1",
-                "w#0",
-                123,
-                None,
-                "write",
-                sql,
-                (f"INSERT INTO t (v) VALUES ({i})",),  # the trace hook's expanded SQL
-                0,
-                None,
-                None,
-                None,
-                True,
-                None,
-            )
-            for i in range(n)
-        ]
-        start = time.perf_counter_ns()
-        for record in records:
-            recorder.append(record)
-        emitted = time.perf_counter_ns()
-        recorder.close()
-        done = time.perf_counter_ns()
-        size = path.stat().st_size
-    print(
-        f"recorder: emit {(emitted - start) / n:.0f} ns/event on the hot path, "
-        f"{(done - emitted) / n:.0f} ns/event to format and write later, "
-        f"{size / n:.0f} bytes/event on disk"
-    )
+    """ns and bytes per event for the two kinds of call record: the run engine's short one (a
+    call that went through: its own statement, no wait) and the full one `trace` writes."""
+    sql = "INSERT INTO t (v) VALUES (:iteration)"
+    t = time.monotonic_ns()
+    # Distinct tuples with real clock values, as the workers emit them (marshal writes a
+    # repeated object once: one tuple emitted n times would understate the size).
+    kinds = {
+        "run engine, short": lambda i: (t + 10_000 * i, 7_000 + i % 500, 17, True),
+        "trace, full": lambda i: (
+            "call",
+            t + 10_000 * i,
+            t + 10_000 * i + 7_000,
+            "c1.1",
+            "w#0",
+            123,
+            None,
+            "write",
+            sql,
+            (f"INSERT INTO t (v) VALUES ({i})",),  # the trace hook's expanded SQL
+            0,
+            None,
+            None,
+            None,
+            True,
+            None,
+        ),
+    }
+    for kind, make in kinds.items():
+        records = [make(i) for i in range(n)]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "events.lpk"
+            recorder = EventFile(path)
+            start = time.perf_counter_ns()
+            for record in records:
+                recorder.append(record)
+            emitted = time.perf_counter_ns()
+            recorder.close()
+            done = time.perf_counter_ns()
+            size = path.stat().st_size
+        print(
+            f"recorder ({kind}): emit {(emitted - start) / n:.0f} ns/event on the hot path, "
+            f"{(done - emitted) / n:.0f} ns/event to write later, {size / n:.0f} bytes/event"
+        )
 
 
 def main() -> None:
