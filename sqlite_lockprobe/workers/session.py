@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from threading import get_ident
@@ -334,13 +335,12 @@ class CallRun:
         if not self._one_by_one:
             return session._make(steps, self.stop_on_error)
         made = 0
+        lock = session._lock or nullcontext()
         for step in steps:
-            if step[1] is None:  # close_reads
-                n, ok = session._close_reads(self.worker, self._thread, self.task)
-            elif session._lock is None:
-                n, ok = session._make((step,), self.stop_on_error)
-            else:
-                with session._lock:
+            with lock:
+                if step[1] is None:  # close_reads
+                    n, ok = session._close_reads(self.worker, self._thread, self.task)
+                else:
                     n, ok = session._make((step,), self.stop_on_error)
             made += n
             if not ok and self.stop_on_error:
