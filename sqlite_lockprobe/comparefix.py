@@ -4,6 +4,7 @@ shown to work rather than asserted. Advice that needs a code change is listed, n
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -115,7 +116,10 @@ class FixComparison:
 
 
 def compare_fix(
-    scenario: Scenario, before: Analysis, db: str | None = None, instrument: bool = True
+    scenario: Scenario,
+    before: Analysis,
+    db: str | os.PathLike[str] | None = None,
+    instrument: bool = True,
 ) -> FixComparison:
     """Re-run `scenario` with the automatic fixes its findings call for, if there are any."""
     fixes = fixes_from(before.findings)

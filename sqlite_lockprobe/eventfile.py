@@ -173,6 +173,8 @@ def _short_call(
     record: tuple[Any, ...], called_as: dict[int, tuple[Any, ...]]
 ) -> dict[str, Any] | None:
     """The `call` event of a short record (see CALL_KEY), None for one that is not."""
+    busy: int | None
+    stmts: tuple[str, ...] | None
     if len(record) == 4:
         t0, duration, key, in_txn = record
         busy, stmts = 0, None

@@ -154,7 +154,8 @@ def events_with_orjson(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
             yield event
 
 
-_scan_once = json.JSONDecoder().scan_once
+# The decoder's C scanner, set by JSONDecoder.__init__ (typeshed does not declare it).
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _JSON_SPACE = " \t\r\n"
 _UNDECODABLE = object()
 

@@ -61,11 +61,12 @@ class _ConnState:
             who = _ACTOR_FIELDS(event)
         except KeyError:
             who = tuple(map(event.get, _ACTOR_FIELD_NAMES))
-        if who != self.who or self.who_seen != self.interned.actors_changed:
-            self.actor = self.interned.call_actor(event, self.info)
+        actor = self.actor
+        if actor is None or who != self.who or self.who_seen != self.interned.actors_changed:
+            actor = self.actor = self.interned.call_actor(event, self.info)
             self.who = who
             self.who_seen = self.interned.actors_changed
-        return self.actor
+        return actor
 
     def track_cursor(self, plan: _CallPlan, actor: Actor, t1: int, ok: bool) -> None:
         """open_read leaves a statement unfinished; close_read ends the oldest with its SQL."""

@@ -208,7 +208,7 @@ def worker_program(
             if stop_flag.value:
                 stop_worker = True
                 break
-            if step.__class__ is CallRun:
+            if isinstance(step, CallRun):
                 made, ok = step.make() if direct else (yield step)
                 stats.ops += made
                 if not ok:
@@ -251,12 +251,14 @@ def _other_step(
 ) -> Generator[Action, Any, bool]:
     """A step that makes no sqlite call. Returns True when the worker should stop."""
     action = step.action
+    event = control.events[step.event] if step.event is not None else None
     if action == "sleep":
         t0 = time.monotonic_ns()
         yield Sleep(step.seconds or 0.0)
         emit(("idle", t0, time.monotonic_ns(), name, session.conn_id, step.describe()))
     elif action == "signal":
-        control.events[step.event].set()
+        assert event is not None  # the scenario's validation requires it
+        event.set()
     elif action == "crash":
         yield Crash()
     elif action == "wait":
@@ -264,14 +266,15 @@ def _other_step(
         until = deadline
         if control.wait_limit_s is not None:
             until = min(deadline, t0 + int(control.wait_limit_s * 1e9))
-        arrived = yield Wait(control.events[step.event], until)
+        assert event is not None
+        arrived = yield Wait(event, until)
         emit(("idle", t0, time.monotonic_ns(), name, session.conn_id, step.describe()))
         if not arrived and control.wait_limit_s is None:
             return True  # the run's time limit ended the wait
         if not arrived:
             # A bounded wait gave up: this handshake cannot happen under these settings.
             # Set the event so no other worker waits for it again.
-            control.events[step.event].set()
+            event.set()
     return False
 
 

@@ -12,12 +12,17 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from threading import get_ident
-from typing import Any
+from typing import Any, Literal
 
 from sqlite_lockprobe.eventfile import CALL_KEY
 from sqlite_lockprobe.probe import ConnectionProbe, Emit, error_codes
 
-_ISOLATION = {"deferred": "DEFERRED", "immediate": "IMMEDIATE", "exclusive": "EXCLUSIVE"}
+IsolationLevel = Literal["DEFERRED", "IMMEDIATE", "EXCLUSIVE"]
+_ISOLATION: dict[str, IsolationLevel] = {
+    "deferred": "DEFERRED",
+    "immediate": "IMMEDIATE",
+    "exclusive": "EXCLUSIVE",
+}
 _conn_numbers = itertools.count(1)
 # Call numbers are unique in a process: its sessions share one event file.
 _call_keys = itertools.count(1)
@@ -27,7 +32,7 @@ _OPEN_TIMEOUT_MS = 5000
 _STATEMENTS = frozenset({"begin", "write", "read"})
 
 
-def isolation_level(transaction_mode: str) -> str | None:
+def isolation_level(transaction_mode: str) -> IsolationLevel | None:
     """Python's isolation_level for a transaction mode (autocommit = None: no implicit BEGIN)."""
     return _ISOLATION.get(transaction_mode)
 
@@ -64,8 +69,12 @@ class ConnectionSpec:
 
 
 # One call, prepared: (key, the function that makes it, its arguments, whether to fetch).
-# The function is None for close_reads.
-_Step = tuple[int, Callable[..., Any] | None, tuple[Any, ...], bool]
+_Step = tuple[int, Callable[..., Any], tuple[Any, ...], bool]
+
+
+def _close_reads_step() -> None:
+    """Stands for close_reads in a prepared run: CallRun makes one call per open read."""
+    raise AssertionError("close_reads is made by CallRun, not as one call")
 
 
 class Session:
@@ -140,7 +149,7 @@ class Session:
         the statement returns)."""
         args = (sql, params if with_params else ())
         if op == "close_reads":
-            return (key, None, (), False)
+            return (key, _close_reads_step, (), False)
         if "busy_timeout" in sql.lower():
             return (key, self._execute_following, args, False)
         if op in _STATEMENTS:  # a BEGIN returns no rows: no need to look for any
@@ -163,6 +172,7 @@ class Session:
             self._cursor,
             self.probe,
         )
+        traced = probe.statements if probe is not None else None
         for step in steps:
             key, function, args, fetch = step
             t0 = clock()
@@ -176,14 +186,13 @@ class Session:
                     return next(i for i, s in enumerate(steps, 1) if s is step), False
                 continue
             t1 = clock()
-            if probe is not None:
+            if traced is not None:
                 # The statements SQLite ran. Most often one, the call's own (execute() runs
                 # one; an implicit BEGIN or a trigger makes more; commit() and rollback() run
                 # theirs), and no busy wait: then the record is as short as without the probe,
                 # read back with the call's own SQL as its statement (not the trace's copy
                 # with the parameter values expanded: no application data in the log).
-                traced = probe.statements
-                if len(traced) != 1 or probe.busy_unclaimed:
+                if len(traced) != 1 or probe.busy_unclaimed:  # type: ignore[union-attr]
                     self._record_long(key, t0, t1)
                     continue
                 traced.clear()
@@ -338,7 +347,7 @@ class CallRun:
         lock = session._lock or nullcontext()
         for step in steps:
             with lock:
-                if step[1] is None:  # close_reads
+                if step[1] is _close_reads_step:
                     n, ok = session._close_reads(self.worker, self._thread, self.task)
                 else:
                     n, ok = session._make((step,), self.stop_on_error)
