@@ -162,7 +162,7 @@ def read_event_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
             if type(kind) is int:
                 call = _short_call(record, called_as)
                 if call is not None:
-                    yield call
+                    yield to_dict(call)
             elif kind == CALL_KEY:
                 called_as[record[1]] = record[2:]
             elif kind in EVENT_FIELDS:
@@ -171,8 +171,8 @@ def read_event_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 
 def _short_call(
     record: tuple[Any, ...], called_as: dict[int, tuple[Any, ...]]
-) -> dict[str, Any] | None:
-    """The `call` event of a short record (see CALL_KEY), None for one that is not."""
+) -> tuple[Any, ...] | None:
+    """The full `call` record of a short one (see CALL_KEY), None for one that is not."""
     busy: int | None
     stmts: tuple[str, ...] | None
     if len(record) == 4:
@@ -188,21 +188,23 @@ def _short_call(
     conn, worker, thread, task, op, sql, probed = who
     if not probed:
         busy, stmts = None, ()
-    return {
-        "k": "call",
-        "t0": t0,
-        "t1": t0 + duration,
-        "conn": conn,
-        "worker": worker,
-        "thread": thread,
-        "task": task,
-        "op": op,
-        "sql": sql,
-        "stmts": (sql,) if stmts is None else stmts,
-        "busy": busy,
-        "err": None,
-        "ext": None,
-        "msg": None,
-        "in_txn": in_txn,
-        "site": None,
-    }
+    own = (sql,) if stmts is None else stmts
+    # In EVENT_FIELDS["call"] order; a call that went through has no error and no call site.
+    return (
+        "call",
+        t0,
+        t0 + duration,
+        conn,
+        worker,
+        thread,
+        task,
+        op,
+        sql,
+        own,
+        busy,
+        None,
+        None,
+        None,
+        in_txn,
+        None,
+    )

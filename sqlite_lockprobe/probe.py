@@ -310,6 +310,14 @@ class ConnectionProbe:
         if self._db:
             self._install_busy_handler()
 
+    def claim(self) -> tuple[tuple[str, ...], int]:
+        """The statements traced and the busy-handler calls since the last claim, forgotten:
+        what the call just made ran and waited for (the run engine claims after each call)."""
+        taken = tuple(self.statements)
+        self.statements.clear()
+        busy, self.busy_unclaimed = self.busy_unclaimed, 0
+        return taken, busy
+
     def take_statements(self) -> tuple[str, ...]:
         """The statements traced since the last call, and forget them, following a PRAGMA
         busy_timeout among them. (The run engine knows the SQL it ran: it drains

@@ -67,11 +67,9 @@ class _Connections:
 
 
 async def _make_calls(connections: _Connections, run: CallRun) -> tuple[int, bool]:
-    """On the loop, a run of calls goes at once (nothing awaits between them); on a thread
-    per connection each call is awaited on its own, as aiosqlite does, so other tasks run
-    between the calls of one transaction."""
-    if connections.blocking:
-        return run.make()
+    """On a thread per connection each call is awaited on its own, as aiosqlite does, so
+    other tasks run between the calls of one transaction. (On the loop, blocking, the worker
+    program makes its runs itself: nothing awaits between the calls.)"""
     made = 0
     for i in range(len(run.calls)):
         n, ok = await connections.run(run.session, run.make, i)

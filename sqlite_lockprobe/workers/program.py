@@ -89,10 +89,10 @@ ROLLBACK = SqlCall("rollback", "ROLLBACK", False)
 
 
 class Prepared(NamedTuple):
-    """A worker's steps for one session: each run of consecutive SQL steps is a CallRun, one
-    action (the trip through the driver is paid once per run, not once per call: it was a
-    third of the engine's own cost per call), made again on every pass. The driver answers a
-    CallRun with (calls made, whether the run went through)."""
+    """A worker's steps for one session: each run of consecutive SQL steps is a CallRun, made
+    again on every pass. The program makes it itself (`direct`), or yields it as one action
+    to a driver that awaits its calls and answers (calls made, whether the run went through):
+    the trip through the driver was a third of the engine's own cost per call."""
 
     session: Session
     steps: tuple[CallRun | Step, ...]
@@ -212,13 +212,14 @@ def worker_program(
                 made, ok = step.make() if direct else (yield step)
                 stats.ops += made
                 if not ok:
-                    stop_worker = yield from _refused(group, prepared, stats)
+                    stop_worker = yield from _refused(group, prepared, stats, direct)
                     break
             elif (yield from _other_step(control, step, session, name, deadline, emit)):
                 stop_worker = True
                 break
         if session.open_reads:  # open_read cursors last until close_reads or the pass's end
-            made, _ = yield prepared.close_reads
+            run = prepared.close_reads
+            made, _ = run.make() if direct else (yield run)
             stats.ops += made
         iteration += 1
         if per_iteration:
@@ -230,13 +231,15 @@ def worker_program(
         yield Close(session)
 
 
-def _refused(group: Group, prepared: Prepared, stats: WorkerStats) -> Generator[Action, Any, bool]:
+def _refused(
+    group: Group, prepared: Prepared, stats: WorkerStats, direct: bool
+) -> Generator[Action, Any, bool]:
     """After a refused call (on_error = continue goes on without stopping the run): roll
     back and go to the next pass, or stop. Returns True when the worker should stop."""
     if group.on_error != "rollback":
         return True  # on_error = "stop"
     if prepared.session.in_transaction:
-        made, _ = yield prepared.rollback
+        made, _ = prepared.rollback.make() if direct else (yield prepared.rollback)
         stats.ops += made
     return False
 
@@ -357,9 +360,7 @@ def run_worker_sync(
                 action = program.send(result)
             except StopIteration:
                 break
-            if isinstance(action, CallRun):
-                result = action.make()
-            elif isinstance(action, Sleep):
+            if isinstance(action, Sleep):
                 control.stop.wait(action.seconds)
                 result = None
             elif isinstance(action, Wait):

@@ -201,13 +201,10 @@ class Session:
 
     def _record_long(self, key: int, t0: int, t1: int) -> None:
         """A call with busy waits, or other statements than its own."""
-        probe = self.probe
-        assert probe is not None
-        traced = probe.statements
-        stmts = None if len(traced) == 1 else tuple(traced)
-        traced.clear()
-        busy, probe.busy_unclaimed = probe.busy_unclaimed, 0
-        self.emit((t0, t1 - t0, key, self.conn.in_transaction, busy, stmts))
+        assert self.probe is not None
+        stmts, busy = self.probe.claim()
+        own = None if len(stmts) == 1 else stmts  # its own SQL alone: not written again
+        self.emit((t0, t1 - t0, key, self.conn.in_transaction, busy, own))
 
     def _execute_following(self, sql: str, params: Any) -> None:
         """A statement that sets the busy timeout: the probe's busy handler follows it."""
@@ -254,11 +251,10 @@ class Session:
             err, ext = error_codes(exc)
             busy = None
         else:
-            traced = probe.statements
-            stmts = (sql,) if len(traced) == 1 else tuple(traced)
-            traced.clear()
+            stmts, busy = probe.claim()
+            if len(stmts) == 1:
+                stmts = (sql,)  # its own SQL, as a call that went through records it
             err, ext = probe.error_codes(exc)
-            busy, probe.busy_unclaimed = probe.busy_unclaimed, 0
             if err == SQLITE_BUSY and probe.last_sample_ns < t0:
                 probe.sample_after_failure()  # refused without a wait: who holds it now?
         self.emit(
