@@ -45,10 +45,14 @@ class CallSites:
         # its id is never reused for another; f_lineno is computed once per call site.
         self._sites: dict[tuple[int, int], tuple[Any, str]] = {}
 
-    def find(self) -> str | None:
+    def find(self, depth: int = 2) -> str | None:
         """'file:line function' of the first frame in the application's own code; the first
-        library frame when the call has none (a driver's own thread)."""
-        frame: Any = _getframe(2)
+        library frame when the call has none (a driver's own thread). The walk starts `depth`
+        frames up (2: the caller of find's caller): each frame skipped costs about 0.1 us."""
+        try:
+            frame: Any = _getframe(depth)
+        except ValueError:  # called with fewer frames above (a thread's bare target)
+            return None
         places = self._places
         fallback = None
         while frame is not None:

@@ -35,6 +35,12 @@ MARSHAL_VERSION = 4
 # - (t0, t1 - t0, key, in_txn, busy, stmts): any other call (stmts None: its own SQL alone).
 # (Packing them with struct instead cost the worker more than it saved the flusher.)
 CALL_KEY = "K"
+# A traced program's calls that went through are recorded in short too (tracer.py): 7 fields,
+# (t0, t1, key + op, sql, stmts, in_txn, site), the key given once by
+# (TRACE_KEY, key, conn, worker, thread, task) and the op in the key's low OP_BITS bits.
+TRACE_KEY = "T"
+TRACE_OPS = ("execute", "executemany", "executescript", "commit", "rollback")
+TRACE_OP_BITS = 3
 
 
 class EventFile:
@@ -141,6 +147,7 @@ def read_event_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     from sqlite_lockprobe.events import EVENT_FIELDS, to_dict
 
     called_as: dict[int, tuple[Any, ...]] = {}
+    traced_as: dict[int, tuple[Any, ...]] = {}
 
     with open(path, "rb") as src:
         data = src.read()
@@ -160,11 +167,16 @@ def read_event_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 continue
             kind = record[0]
             if type(kind) is int:
-                call = _short_call(record, called_as)
+                if len(record) == 7:
+                    call = _traced_call(record, traced_as)
+                else:
+                    call = _short_call(record, called_as)
                 if call is not None:
                     yield to_dict(call)
             elif kind == CALL_KEY:
                 called_as[record[1]] = record[2:]
+            elif kind == TRACE_KEY:
+                traced_as[record[1]] = record[2:]
             elif kind in EVENT_FIELDS:
                 yield to_dict(record)
 
@@ -208,3 +220,21 @@ def _short_call(
         in_txn,
         None,
     )
+
+
+def _traced_call(
+    record: tuple[Any, ...], traced_as: dict[int, tuple[Any, ...]]
+) -> tuple[Any, ...] | None:
+    """The full `call` record of a traced program's short one (see TRACE_KEY)."""
+    t0, t1, key, sql, stmts, in_txn, site = record
+    who = traced_as.get(key >> TRACE_OP_BITS << TRACE_OP_BITS)
+    if who is None:
+        return None
+    conn, worker, thread, task = who
+    op = TRACE_OPS[key & ((1 << TRACE_OP_BITS) - 1)]
+    own = (sql,) if stmts is None else stmts
+    # In EVENT_FIELDS["call"] order: it went through, so no error; it waited for nothing.
+    return (
+        "call", t0, t1, conn, worker, thread, task, op, sql, own, 0, None, None, None, in_txn,
+        site, 0,
+    )  # fmt: skip

@@ -67,6 +67,9 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
         "msg",
         "in_txn",
         "site",
+        # Statements the call ran beyond the probe's budget, counted but not kept in stmts
+        # (tracer.StatementBudget; absent or 0: every statement is in stmts).
+        "folded",
     ),
     # One busy-handler invocation: retry number n, then a sleep of delay_ms (0 = gave up).
     "busy": ("t", "conn", "n", "delay_ms"),

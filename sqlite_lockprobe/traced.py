@@ -2,32 +2,150 @@
 for (its own `factory=` included) and of every cursor class it uses (Django's cursor wrapper
 included), whose calls go through `Tracer.call`. They keep their base's name and module, so
 messages and reprs read the same. Standard library only (it runs in the traced program).
+
+The wrappers are on the program's hot path. Where the base method is sqlite3's own C method
+(positional arguments only), the wrapper takes the same fixed positional arguments: a
+`*args, **kwargs` signature cost about 1,400 instructions a call (../shared/TRACE-COST.md).
+Calls of any other shape go through a closure, as they come.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+import types
 from typing import TYPE_CHECKING, Any
+
+from sqlite_lockprobe.eventfile import TRACE_OPS
 
 if TYPE_CHECKING:
     from sqlite_lockprobe.tracer import Tracer
+
+# The calls recorded, by number: a trace record's key carries it in its low bits.
+OP_EXECUTE, OP_EXECUTEMANY, OP_EXECUTESCRIPT, OP_COMMIT, OP_ROLLBACK = range(len(TRACE_OPS))
+NO_ARG: Any = object()  # an argument the call did not pass
+# SQL texts already classified by the tracer (tracer.sql_bits): 0 for plain SQL, which the
+# wrappers record themselves. Filled by the tracer.
+SQL_BITS: dict[str, int] = {}
+_special_get = SQL_BITS.get
+get_ident = threading.get_ident
+monotonic_ns = time.monotonic_ns
+_C_METHOD = (types.MethodDescriptorType, types.BuiltinFunctionType, types.WrapperDescriptorType)
+
+
+def _sql_method(tracer: Tracer, base: Any, op: int, on_connection: bool) -> Any:
+    """The wrapper of execute, executemany or executescript: recorded on the connection (the
+    cursor's own connection for a cursor method), run exactly as asked."""
+    call = tracer.call
+    if not isinstance(base, _C_METHOD):
+
+        def flexible(self: Any, *args: Any, **kwargs: Any) -> Any:
+            conn = self if on_connection else _connection_of(self)
+            state = conn._lockprobe
+            if state is None:
+                return base(self, *args, **kwargs)
+            sql = args[0] if args else kwargs.get("sql", kwargs.get("sql_script"))
+            if not kwargs and 1 <= len(args) <= 2:
+                return call(state, self, conn, base, op, sql, *args)
+            return call(state, self, conn, _bound(base, args, kwargs), op, sql)
+
+        return flexible
+
+    record, failed = tracer.record, tracer.failed
+
+    def fixed(self: Any, sql: Any, parameters: Any = NO_ARG, /) -> Any:
+        conn = self if on_connection else _connection_of(self)
+        state = conn._lockprobe
+        if state is None:
+            if parameters is NO_ARG:
+                return base(self, sql)
+            return base(self, sql, parameters)
+        try:
+            plain = _special_get(sql) == 0
+        except TypeError:  # not hashable: sqlite3 refuses it, as untraced
+            plain = False
+        if not plain or state.active:
+            return call(state, self, conn, base, op, sql, sql, parameters)
+        # The common call, made here rather than through `call`: a Python call level less.
+        ident = state.active = get_ident()
+        t0 = monotonic_ns()
+        try:
+            result = base(self, sql) if parameters is NO_ARG else base(self, sql, parameters)
+        except BaseException as exc:
+            state.active = 0
+            interrupt = failed(state, conn, op, sql, t0, exc)
+            if interrupt is not None:
+                raise interrupt  # noqa: B904 - chained to the SQLite error, as untraced
+            raise
+        t1 = monotonic_ns()
+        state.active = 0
+        record(state, conn, op, sql, t0, t1, ident)
+        return result
+
+    return fixed
+
+
+def _ending_method(tracer: Tracer, base: Any, op: int, sql: str) -> Any:
+    """The wrapper of commit or rollback."""
+    call, record, failed = tracer.call, tracer.record, tracer.failed
+
+    def ending(self: Any, *args: Any, **kwargs: Any) -> Any:
+        state = self._lockprobe
+        if state is None:
+            return base(self, *args, **kwargs)
+        if args or kwargs:
+            return call(state, self, self, _bound(base, args, kwargs), op, sql)
+        if state.active:
+            return call(state, self, self, base, op, sql)
+        ident = state.active = get_ident()
+        t0 = monotonic_ns()
+        try:
+            result = base(self)
+        except BaseException as exc:
+            state.active = 0
+            interrupt = failed(state, self, op, sql, t0, exc)
+            if interrupt is not None:
+                raise interrupt  # noqa: B904 - chained to the SQLite error, as untraced
+            raise
+        t1 = monotonic_ns()
+        state.active = 0
+        record(state, self, op, sql, t0, t1, ident)
+        return result
+
+    return ending
+
+
+def _bound(method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """`method` with the arguments of a call of an unusual shape, as a one-argument callable."""
+    return lambda target: method(target, *args, **kwargs)
+
+
+class _NoConnection:
+    _lockprobe = None
+
+
+_NO_CONNECTION = _NoConnection()
+
+
+def _connection_of(cursor: Any) -> Any:
+    try:
+        return cursor.connection
+    except AttributeError:
+        return _NO_CONNECTION
 
 
 def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
     """A subclass of `base` (sqlite3.Connection or the program's own factory) whose calls are
     recorded. It keeps the base's name, so messages and reprs read the same."""
     base_init = base.__init__
-    base_execute = base.execute
-    base_executemany = base.executemany
-    base_executescript = base.executescript
     base_commit = base.commit
     base_rollback = base.rollback
     base_cursor = base.cursor
     base_close = base.close
     base_exit = base.__exit__
     base_set_trace = base.set_trace_callback
+    base_set_progress = base.set_progress_handler
     cursor_base = tracer._sqlite3.Cursor
-    get_ident = threading.get_ident
     call = tracer.call
     no_factory = object()
 
@@ -39,45 +157,12 @@ def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
         except Exception:
             self._lockprobe = None  # not instrumented; the connection works as usual
 
-    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        state = self._lockprobe
-        if state is None or state.active == get_ident():
-            return base_execute(self, *args, **kwargs)
-        sql = args[0] if args else kwargs.get("sql")
-        return call(state, self, self, "execute", sql, base_execute, args, kwargs)
-
-    def executemany(self: Any, *args: Any, **kwargs: Any) -> Any:
-        state = self._lockprobe
-        if state is None or state.active == get_ident():
-            return base_executemany(self, *args, **kwargs)
-        sql = args[0] if args else kwargs.get("sql")
-        return call(state, self, self, "executemany", sql, base_executemany, args, kwargs)
-
-    def executescript(self: Any, *args: Any, **kwargs: Any) -> Any:
-        state = self._lockprobe
-        if state is None or state.active == get_ident():
-            return base_executescript(self, *args, **kwargs)
-        sql = args[0] if args else kwargs.get("sql_script")
-        return call(state, self, self, "executescript", sql, base_executescript, args, kwargs)
-
-    def commit(self: Any, *args: Any, **kwargs: Any) -> Any:
-        state = self._lockprobe
-        if state is None or state.active == get_ident():
-            return base_commit(self, *args, **kwargs)
-        return call(state, self, self, "commit", "COMMIT", base_commit, args, kwargs)
-
-    def rollback(self: Any, *args: Any, **kwargs: Any) -> Any:
-        state = self._lockprobe
-        if state is None or state.active == get_ident():
-            return base_rollback(self, *args, **kwargs)
-        return call(state, self, self, "rollback", "ROLLBACK", base_rollback, args, kwargs)
-
     def __exit__(self: Any, *args: Any, **kwargs: Any) -> Any:
         state = self._lockprobe
-        if state is None or state.active == get_ident() or len(args) != 3:
+        if state is None or len(args) != 3:
             return base_exit(self, *args, **kwargs)
-        op = "commit" if args[0] is None else "rollback"
-        return call(state, self, self, op, op.upper(), base_exit, args, kwargs)
+        op, sql = (OP_COMMIT, "COMMIT") if args[0] is None else (OP_ROLLBACK, "ROLLBACK")
+        return call(state, self, self, _bound(base_exit, args, kwargs), op, sql, NO_ARG, NO_ARG)
 
     def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
         if self._lockprobe is None or len(args) + len(kwargs) > 1:
@@ -103,7 +188,7 @@ def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
         callback = args[0] if len(args) == 1 and not kwargs else kwargs.get("trace_callback")
         if state is None or len(args) + len(kwargs) != 1:
             return base_set_trace(self, *args, **kwargs)
-        append = state.probe.statements.append
+        append = state.statements.append
         if callback is None:
             return base_set_trace(self, append)
         if not callable(callback):
@@ -115,21 +200,41 @@ def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
 
         return base_set_trace(self, both)
 
+    def set_progress_handler(self: Any, *args: Any, **kwargs: Any) -> Any:
+        """The program's own progress handler runs on its own schedule, and also keeps the
+        probe's statement budget (tracer.StatementBudget); None gives the probe's back."""
+        state = self._lockprobe
+        if state is None or kwargs or len(args) != 2:
+            return base_set_progress(self, *args, **kwargs)
+        handler, n = args
+        if handler is None:
+            return tracer.keep_statement_budget(self, state)
+        if not callable(handler):
+            return base_set_progress(self, *args)
+        fold = state.fold_statements
+
+        def both() -> Any:
+            fold()
+            return handler()
+
+        return base_set_progress(self, both, n)
+
     namespace = {
         "__slots__": ("_lockprobe",),
         "__module__": base.__module__,
         "__qualname__": base.__qualname__,
         "__doc__": base.__doc__,
         "__init__": __init__,
-        "execute": execute,
-        "executemany": executemany,
-        "executescript": executescript,
-        "commit": commit,
-        "rollback": rollback,
+        "execute": _sql_method(tracer, base.execute, OP_EXECUTE, True),
+        "executemany": _sql_method(tracer, base.executemany, OP_EXECUTEMANY, True),
+        "executescript": _sql_method(tracer, base.executescript, OP_EXECUTESCRIPT, True),
+        "commit": _ending_method(tracer, base_commit, OP_COMMIT, "COMMIT"),
+        "rollback": _ending_method(tracer, base_rollback, OP_ROLLBACK, "ROLLBACK"),
         "__exit__": __exit__,
         "cursor": cursor,
         "close": close,
         "set_trace_callback": set_trace_callback,
+        "set_progress_handler": set_progress_handler,
     }
     return type(base.__name__, (base,), namespace)
 
@@ -137,53 +242,13 @@ def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
 def cursor_subclass(tracer: Tracer, base: type[Any]) -> type:
     """A subclass of a cursor class (sqlite3.Cursor, or Django's SQLiteCursorWrapper) whose
     execute calls are recorded on its connection."""
-    base_execute = base.execute
-    base_executemany = base.executemany
-    base_executescript = base.executescript
-    get_ident = threading.get_ident
-    call = tracer.call
-
-    def _state(cursor: Any) -> Any:
-        try:
-            state = cursor.connection._lockprobe
-        except AttributeError:
-            return None
-        if state is None or state.active == get_ident():
-            return None
-        return state
-
-    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        state = _state(self)
-        if state is None:
-            return base_execute(self, *args, **kwargs)
-        sql = args[0] if args else kwargs.get("sql")
-        return call(state, self, self.connection, "execute", sql, base_execute, args, kwargs)
-
-    def executemany(self: Any, *args: Any, **kwargs: Any) -> Any:
-        state = _state(self)
-        if state is None:
-            return base_executemany(self, *args, **kwargs)
-        sql = args[0] if args else kwargs.get("sql")
-        return call(
-            state, self, self.connection, "executemany", sql, base_executemany, args, kwargs
-        )
-
-    def executescript(self: Any, *args: Any, **kwargs: Any) -> Any:
-        state = _state(self)
-        if state is None:
-            return base_executescript(self, *args, **kwargs)
-        sql = args[0] if args else kwargs.get("sql_script")
-        return call(
-            state, self, self.connection, "executescript", sql, base_executescript, args, kwargs
-        )
-
     namespace = {
         "__slots__": (),
         "__module__": base.__module__,
         "__qualname__": base.__qualname__,
         "__doc__": base.__doc__,
-        "execute": execute,
-        "executemany": executemany,
-        "executescript": executescript,
+        "execute": _sql_method(tracer, base.execute, OP_EXECUTE, False),
+        "executemany": _sql_method(tracer, base.executemany, OP_EXECUTEMANY, False),
+        "executescript": _sql_method(tracer, base.executescript, OP_EXECUTESCRIPT, False),
     }
     return type(base.__name__, (base,), namespace)

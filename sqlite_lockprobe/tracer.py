@@ -21,13 +21,14 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from sqlite_lockprobe.callsite import CallSites
-from sqlite_lockprobe.eventfile import EventFile
+from sqlite_lockprobe.eventfile import TRACE_KEY, TRACE_OP_BITS, TRACE_OPS, EventFile
 from sqlite_lockprobe.probe import ConnectionProbe, error_codes, load_capi
-from sqlite_lockprobe.traced import connection_subclass, cursor_subclass
+from sqlite_lockprobe.traced import NO_ARG, SQL_BITS, connection_subclass, cursor_subclass
 
 ENV_DIR = "LOCKPROBE_TRACE_DIR"
 ENV_DB = "LOCKPROBE_TRACE_DB"
@@ -39,6 +40,18 @@ ENV_NEXT_CONN = "LOCKPROBE_TRACE_NEXT_CONN"
 
 SQL_LIMIT = 4096
 _WORKER_CACHE_LIMIT = 10_000
+_KEY_CACHE_LIMIT = 100_000
+# A traced call that went through is recorded in short, (t0, t1, key + op, sql, stmts,
+# in_txn, site), where `key` names its connection, worker, thread and task, given once by
+# (TRACE_KEY, key, conn, worker, thread, task); stmts is None when the call ran its own
+# statement alone (eventfile.py reads them back as `call` events).
+# A call that took longer than this is recorded in full, with its call site: it may have
+# held a lock that long.
+LONG_CALL_NS = 1_000_000
+# What the call site finder skips above the application's frame in `_record_full`:
+# find, _record_full, Tracer.call and the instrumented method.
+_FULL_RECORD_DEPTH = 4
+_RECORD_DEPTH = 3  # find, Tracer.record, then the instrumented method (which records itself)
 
 
 class TraceConfig:
@@ -116,15 +129,85 @@ def read_header(path: str | None) -> tuple[str | None, int | None]:
 
 
 class _Connection:
-    """Per-connection state (one object per connection, as SQLite's callbacks force)."""
+    """Per-connection state (one object per connection, as SQLite's callbacks force), with
+    what the hot path needs at hand: the statement list the trace hook fills, the record key
+    of the thread last seen making calls, and the open transaction's call site."""
 
-    __slots__ = ("conn_id", "probe", "active", "path")
+    __slots__ = (
+        "__weakref__",
+        "conn_id",
+        "probe",
+        "active",
+        "path",
+        "statements",
+        "ident",
+        "key",
+        "in_txn",
+        "site",
+        "folded",
+        "fold_statements",
+    )
 
     def __init__(self, conn_id: str, probe: ConnectionProbe, path: str | None) -> None:
         self.conn_id = conn_id
         self.probe = probe
         self.active = 0  # thread ident inside a recorded call: nested calls are not recorded
         self.path = path
+        self.statements = probe.statements
+        self.ident = 0  # the thread whose record key `key` is (0: none yet)
+        self.key = 0
+        self.in_txn = False  # after the last recorded call
+        self.site: str | None = None  # where the open transaction began
+        self.folded = 0  # statements folded away (StatementBudget) since the last call
+        self.fold_statements = StatementBudget(self)
+
+
+class StatementBudget:
+    """Keeps the statements one call ran within a fixed budget (issue: one INSERT ... SELECT
+    over 1,000,000 rows with a trigger traced 1,000,000 statements into one call). SQLite's
+    trace hook appends in C (`list.append`), so the list is folded from outside: after the
+    call, and during a long one from SQLite's progress handler, every PROGRESS_OPS virtual
+    machine instructions (a call into Python per few ms of SQLite work: nothing measurable).
+    What is kept is what the diagnosis reads: the first statements, every one that begins or
+    ends a transaction or savepoint, and the last ones; the rest is counted."""
+
+    __slots__ = ("state",)
+
+    LIMIT = 64
+    FIRST = 16
+    LAST = 16
+    PROGRESS_OPS = 50_000
+
+    def __init__(self, state: _Connection) -> None:
+        self.state = state
+
+    def __call__(self) -> int:
+        """The progress handler: 0 lets SQLite go on (it never interrupts anything)."""
+        with contextlib.suppress(Exception):  # the program's statement must go on
+            statements = self.state.statements
+            if len(statements) > self.LIMIT:
+                self.fold(statements)
+        return 0
+
+    def fold(self, statements: list[str]) -> None:
+        """Fold `statements` in place down to at most LIMIT, counting what went."""
+        count = len(statements)
+        middle = statements[self.FIRST : count - self.LAST]
+        kept_middle = [s for s in middle if _ends_or_begins(s)]
+        room = self.LIMIT - self.FIRST - self.LAST
+        if len(kept_middle) > room:
+            kept_middle = kept_middle[: room // 2] + kept_middle[len(kept_middle) - room // 2 :]
+        self.state.folded += len(middle) - len(kept_middle)
+        statements[self.FIRST : count - self.LAST] = kept_middle
+
+
+_TRANSACTION_WORDS = ("BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+def _ends_or_begins(statement: str) -> bool:
+    """A statement that begins or ends a transaction or a savepoint (kept when folding)."""
+    word = statement.lstrip()[:9].upper()
+    return word.startswith(_TRANSACTION_WORDS)
 
 
 class Tracer:
@@ -149,6 +232,11 @@ class Tracer:
         self._capi_loader = 0  # thread ident loading the C API: its connects are not traced
         self._exit_hooked = False
         self._first_db: str | None = None
+        # Record keys of callers (conn, worker, thread, task): see TRACE_KEY.
+        self._keys: dict[tuple[Any, ...], int] = {}
+        self._key_numbers = itertools.count(1)
+        self._get_running_loop: Callable[[], Any] = _NO_LOOP
+        self._states: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self.call_sites = CallSites((os.path.dirname(os.path.abspath(__file__)) + os.sep,))
         self._site = self.call_sites.find
 
@@ -299,6 +387,10 @@ class Tracer:
         self._local = threading.local()
         self._task_workers = {}
         self._process_label = None
+        # Record keys are given in the parent's file: this process gives its own.
+        self._keys = {}
+        for state in list(self._states):
+            state.ident = 0
 
     # ------------------------------------------------------------------ connections
 
@@ -345,7 +437,15 @@ class Tracer:
                 None if probe.instrumented else probe.reduced_reason,
             )
         )
+        self.keep_statement_budget(conn, state)
+        self._states.add(state)
         conn._lockprobe = state
+
+    def keep_statement_budget(self, conn: Any, state: _Connection) -> Any:
+        """Install the progress handler that keeps a long call's statements within budget."""
+        return self._sqlite3.Connection.set_progress_handler(
+            conn, state.fold_statements, StatementBudget.PROGRESS_OPS
+        )
 
     def on_close(self, state: _Connection) -> None:
         self.emit(("close", time.monotonic_ns(), state.conn_id))
@@ -355,90 +455,122 @@ class Tracer:
         state: _Connection,
         target: Any,
         conn: Any,
-        op: str,
-        sql: Any,
         method: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        op: int,
+        sql: Any,
+        a1: Any = NO_ARG,
+        a2: Any = NO_ARG,
     ) -> Any:
-        """Run one call into sqlite3 exactly as asked and record it. The result and any
-        exception are the original objects: the exception is re-raised unchanged.
-
-        The hot path: everything here runs for every statement the program executes."""
-        if type(sql) is str and ("imeout" in sql or "IMEOUT" in sql) and reads_busy_timeout(sql):
+        """Run one call into sqlite3 exactly as asked (`method(target, a1, a2)`, the arguments
+        given) and record it: the general path, for calls of any shape and any SQL. The
+        result and any exception are the original objects: the exception is re-raised
+        unchanged. (The instrumented methods make the common calls themselves, the same way,
+        and record them with `record`: traced.py.)"""
+        ident = get_ident()
+        if state.active == ident:  # a call made by a recorded call: the outer one records it
+            return _invoke(method, target, a1, a2)
+        special = sql_bits(sql)
+        if special & _READS_BUSY_TIMEOUT:
             method = self._reporting_busy_timeout(state, conn, method)
-        previous = state.active
-        state.active = get_ident()
-        probe = state.probe
-        busy_before = probe.busy_calls
+        state.active = ident
         t0 = monotonic_ns()
         try:
-            result = method(target, *args, **kwargs)
+            result = _invoke(method, target, a1, a2)
         except BaseException as exc:
-            t1 = monotonic_ns()
-            state.active = previous
-            interrupt = probe.take_interrupt()
-            # An interrupted wait is recorded as what the program sees: the interruption,
-            # not the SQLITE_BUSY that ending the wait early produced.
-            self._record_failure(state, conn, op, sql, t0, t1, busy_before, interrupt or exc)
+            state.active = 0
+            interrupt = self.failed(state, conn, op, sql, t0, exc)
             if interrupt is not None:
                 raise interrupt  # noqa: B904 - chained to the SQLite error, as untraced
             raise
         t1 = monotonic_ns()
-        state.active = previous
+        state.active = 0
+        if special:
+            self._record_full(state, conn, op, sql, t0, t1, None, special)
+        else:
+            self.record(state, conn, op, sql, t0, t1, ident)
+        return result
+
+    def record(
+        self, state: _Connection, conn: Any, op: int, sql: Any, t0: int, t1: int, ident: int
+    ) -> None:
+        """Record a call that went through (its SQL plain: sql_bits 0). The hot path: this
+        runs for every statement the program executes. A call that did not wait, did not open
+        a transaction, did not take long and stayed within the statement budget is one short
+        record; any other is recorded in full (`_record_full`)."""
         try:
-            if type(sql) is not str or len(sql) > SQL_LIMIT:
-                sql = _sql_text(sql)
-            if "imeout" in sql or "IMEOUT" in sql:
-                stmts = probe.take_statements()  # follows PRAGMA busy_timeout = N
+            in_txn = conn.in_transaction
+            statements = state.statements
+            if (
+                state.probe.busy_unclaimed
+                or state.folded
+                or len(statements) > _BUDGET_LIMIT
+                or t1 - t0 > LONG_CALL_NS
+            ):
+                self._record_full(state, conn, op, sql, t0, t1, None, 0)
+                return
+            if state.ident == ident and self._get_running_loop() is None:
+                key = state.key
+                site = state.site
             else:
-                statements = probe.statements
-                stmts = tuple(statements)
+                key, site = self._key(state, ident)
+            if in_txn:
+                if not state.in_txn:  # it began a transaction: where, for all its calls
+                    state.in_txn = True
+                    site = state.site = site or self._site(_RECORD_DEPTH)
+            elif state.in_txn:
+                state.in_txn = False
+                state.site = None
+            count = len(statements)
+            # One statement is the call's own: its SQL is kept, not its parameter values.
+            stmts = None if count == 1 else tuple(statements)
+            if count:
                 statements.clear()
-            # Who: the thread's part is cached per thread; the task is looked up (C calls).
-            local = self._local
-            try:
-                worker, thread, serves_tasks, announced = local.me
-            except AttributeError:
-                worker, thread, serves_tasks, announced = local.me = self._new_thread()
-            task = site = None
-            if serves_tasks:  # a driver's thread (aiosqlite) running a task's call
-                behalf = local.behalf
-                if behalf is not None:
-                    worker, task, site = behalf
-            else:
-                asyncio = _modules.get("asyncio")
-                if asyncio is not None and asyncio._get_running_loop() is not None:
-                    worker, thread, task, _ = self._who()
-            if task is None and not announced:
-                self._announce_thread()
-            (self._recording or self.recording).append(
-                (
-                    "call",
-                    t0,
-                    t1,
-                    state.conn_id,
-                    worker,
-                    thread,
-                    task,
-                    op,
-                    sql,
-                    stmts,
-                    probe.busy_calls - busy_before,
-                    None,
-                    None,
-                    None,
-                    conn.in_transaction,
-                    site or self._site(),
-                )
-            )
-            if "ournal_mode" in sql or "OURNAL_MODE" in sql:
-                self._follow_journal_mode(state)
+            (self._recording or self.recording).append((t0, t1, key + op, sql, stmts, in_txn, site))
         except Exception:  # noqa: S110 - a recording problem must never surface in the program
             pass
-        if probe.interrupted is not None:
-            raise probe.take_interrupt()  # type: ignore[misc]  # Ctrl-C during a wait
-        return result
+
+    def failed(
+        self, state: _Connection, conn: Any, op: int, sql: Any, t0: int, exc: BaseException
+    ) -> BaseException | None:
+        """Record a call that raised; returns the exception that ended its wait inside the
+        busy handler (Ctrl-C...), which the caller raises instead, or None."""
+        t1 = monotonic_ns()
+        interrupt = state.probe.take_interrupt()
+        # An interrupted wait is recorded as what the program sees: the interruption, not the
+        # SQLITE_BUSY that ending the wait early produced.
+        self._record_full(state, conn, op, sql, t0, t1, interrupt or exc, sql_bits(sql))
+        return interrupt
+
+    def _follow_asyncio(self) -> None:
+        """Once asyncio is imported, `_get_running_loop` is asyncio's own (a C call); until
+        then, a C call that returns None. Checked on the paths that are not hot."""
+        if self._get_running_loop is _NO_LOOP:
+            asyncio = _modules.get("asyncio")
+            if asyncio is not None:
+                self._get_running_loop = asyncio._get_running_loop
+
+    def _key(self, state: _Connection, ident: int) -> tuple[int, str | None]:
+        """The record key of who calls now on this connection (thread, task, worker), and the
+        call site a driver's thread was given for it (aiosqlite). A key is given once per
+        distinct caller by a TRACE_KEY event, and kept on the connection while the same
+        thread goes on calling outside an event loop."""
+        self._follow_asyncio()
+        worker, thread, task, site = self._who()
+        if site is None:
+            site = state.site
+        who = (state.conn_id, worker, thread, task)
+        key = self._keys.get(who)
+        if key is None:
+            if len(self._keys) >= _KEY_CACHE_LIMIT:
+                self._keys.clear()
+            key = self._keys[who] = next(self._key_numbers) << TRACE_OP_BITS
+            self.emit((TRACE_KEY, key, *who))
+        serves_tasks = self._local.me[2]
+        if task is None and not serves_tasks:
+            state.ident, state.key = ident, key
+        else:
+            state.ident = 0  # a task's: looked up again on the next call
+        return key, site
 
     def _reporting_busy_timeout(
         self, state: _Connection, conn: Any, method: Callable[..., Any]
@@ -465,30 +597,51 @@ class Tracer:
 
         return reporting
 
-    def _record_failure(
+    def _record_full(
         self,
         state: _Connection,
         conn: Any,
-        op: str,
+        op: int,
         sql: Any,
         t0: int,
         t1: int,
-        busy_before: int,
-        exc: BaseException,
+        exc: BaseException | None,
+        special: int,
     ) -> None:
+        """Record a call as a full `call` event: one that failed, waited, opened a
+        transaction (its call site is found now, and kept for the transaction's other calls),
+        took long, ran a statement that changes what the probe follows, or ran more
+        statements than the budget keeps."""
         try:
             probe = state.probe
-            err = ext = None
-            if isinstance(exc, self._sqlite3.Error):
-                msg = str(exc)
-                err, ext = probe.error_codes(exc) if probe.instrumented else error_codes(exc)
-            else:
-                msg = f"{type(exc).__name__}: {exc}"
+            err = ext = msg = None
+            if exc is not None:
+                if isinstance(exc, self._sqlite3.Error):
+                    msg = str(exc)
+                    err, ext = probe.error_codes(exc) if probe.instrumented else error_codes(exc)
+                else:
+                    msg = f"{type(exc).__name__}: {exc}"
             try:
                 in_txn = bool(conn.in_transaction)
             except Exception:  # closed meanwhile
                 in_txn = False
+            self._follow_asyncio()
+            statements = state.statements
+            if len(statements) > StatementBudget.LIMIT:
+                state.fold_statements.fold(statements)
+            folded, state.folded = state.folded, 0
+            stmts = probe.take_statements() if special & _MENTIONS_TIMEOUT else tuple(statements)
+            statements.clear()
+            busy, probe.busy_unclaimed = probe.busy_unclaimed, 0
             worker, thread, task, site = self._who()
+            if site is None:
+                site = self._site(_FULL_RECORD_DEPTH)
+            if not in_txn:
+                state.site = None
+            elif not state.in_txn:
+                state.site = site  # the transaction's calls that go through name it
+            state.in_txn = in_txn
+            state.ident = 0  # the next call finds its record key again
             self.emit(
                 (
                     "call",
@@ -498,19 +651,24 @@ class Tracer:
                     worker,
                     thread,
                     task,
-                    op,
+                    TRACE_OPS[op],
                     _sql_text(sql),
-                    probe.take_statements(),
-                    probe.busy_calls - busy_before,
+                    stmts,
+                    busy,
                     err,
                     ext,
                     msg,
                     in_txn,
-                    site or self._site(),
+                    site,
+                    folded,
                 )
             )
+            if special & _JOURNAL_MODE:
+                self._follow_journal_mode(state)
         except Exception:  # a recording problem must never surface in the program
             pass
+        if exc is None and state.probe.interrupted is not None:
+            raise state.probe.take_interrupt()  # type: ignore[misc]  # Ctrl-C during a wait
 
     def _meta(
         self, db: str | None, journal_mode: str | None, page_size: int | None
@@ -695,6 +853,49 @@ def _wrap_os_exits(tracer: Tracer) -> None:
         wrapper.__wrapped__ = original  # type: ignore[attr-defined]
         wrapper.__doc__ = original.__doc__
         setattr(os, original.__name__, wrapper)
+
+
+# SQL the hot path must not just record, by a bit each (classified once per SQL text: a
+# text that is none of these maps to 0 in `_special`).
+_READS_BUSY_TIMEOUT = 1  # runs with SQLite's own busy handler (see _reporting_busy_timeout)
+_MENTIONS_TIMEOUT = 2  # may set busy_timeout: the probe follows it
+_JOURNAL_MODE = 4  # may change the journal mode: read it again from the header
+_SLOW = 8  # not a str, or longer than SQL_LIMIT: recorded with its text cut
+_NO_LOOP = type(None)  # called, returns None: no event loop (see Tracer._follow_asyncio)
+_SPECIAL_CACHE_LIMIT = 4096
+_special = SQL_BITS
+_special_get = _special.get
+_BUDGET_LIMIT = StatementBudget.LIMIT
+
+
+def sql_bits(sql: Any) -> int:
+    """The bits above for one SQL text, cached (a program usually runs few distinct texts).
+    The instrumented methods look them up in `_special` themselves first."""
+    if type(sql) is not str:
+        return _SLOW
+    special = _special_get(sql)
+    if special is not None:
+        return special
+    special = _SLOW if len(sql) > SQL_LIMIT else 0
+    if "imeout" in sql or "IMEOUT" in sql:
+        special |= _MENTIONS_TIMEOUT
+        if reads_busy_timeout(sql):
+            special |= _READS_BUSY_TIMEOUT
+    if "ournal_mode" in sql or "OURNAL_MODE" in sql:
+        special |= _JOURNAL_MODE
+    if len(_special) >= _SPECIAL_CACHE_LIMIT:
+        _special.clear()
+    _special[sql] = special
+    return special
+
+
+def _invoke(method: Callable[..., Any], target: Any, a1: Any, a2: Any) -> Any:
+    """`method(target, a1, a2)` with only the arguments given (NO_ARG: not given)."""
+    if a1 is NO_ARG:
+        return method(target)
+    if a2 is NO_ARG:
+        return method(target, a1)
+    return method(target, a1, a2)
 
 
 _modules = sys.modules

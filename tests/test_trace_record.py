@@ -1,0 +1,189 @@
+"""What `lockprobe trace` records per call, end to end: the short record of a call that went
+through reads back as the same `call` event (who, where, what ran), a transaction's calls are
+named by the line that began it, and a call that runs many statements keeps them within the
+probe's budget, in the log and in the program's own memory.
+
+Runs on every supported CPython (`probe` marker): the probe lives in the traced interpreter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from sqlite_lockprobe.tracer import StatementBudget
+from tests.test_trace import line_of, trace_python, write_program
+
+pytestmark = pytest.mark.probe
+
+
+def calls(traced) -> list[dict]:
+    return [e for e in traced.events if e["k"] == "call"]
+
+
+def test_every_call_is_recorded_with_its_op_sql_transaction_state_and_site(tmp_path) -> None:
+    source = """
+    import sqlite3, sys
+    conn = sqlite3.connect(sys.argv[1])
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v)")  # MARK: create
+    conn.execute("INSERT INTO t (v) VALUES (?)", (1,))  # MARK: implicit begin
+    conn.execute("INSERT INTO t (v) VALUES (?)", (2,))  # MARK: insert 2
+    conn.commit()  # MARK: commit
+    rows = conn.execute("SELECT v FROM t").fetchall()  # MARK: select
+    with conn:  # MARK: with
+        conn.executemany("INSERT INTO t (v) VALUES (?)", [(3,), (4,)])  # MARK: many
+    cur = conn.cursor()
+    cur.execute("BEGIN IMMEDIATE")  # MARK: explicit begin
+    cur.execute("UPDATE t SET v = v + 1")  # MARK: update
+    conn.rollback()  # MARK: rollback
+    conn.executescript("SELECT 1; SELECT 2;")  # MARK: script
+    print(len(rows))
+    """
+    traced = trace_python(tmp_path, "prog.py", source, "app.db")
+    assert traced.proc.returncode == 0, traced.proc.stderr
+    assert traced.proc.stdout.startswith("2\n")
+
+    def site(mark: str | None) -> str | None:
+        return mark and f"prog.py:{line_of(source, mark)} <module>"
+
+    insert = "INSERT INTO t (v) VALUES (?)"
+    # (op, sql, statements, in_txn, the line of the transaction it is part of, its own line)
+    expected = [
+        ("execute", "CREATE TABLE t (id INTEGER PRIMARY KEY, v)",
+         ("CREATE TABLE t (id INTEGER PRIMARY KEY, v)",), False, None, "create"),
+        # Python's implicit BEGIN, as SQLite ran it, with the expanded parameter values.
+        ("execute", insert, ("BEGIN ", "INSERT INTO t (v) VALUES (1)"), True,
+         "implicit begin", "implicit begin"),
+        # A call that ran its own statement alone keeps its SQL, not its parameter values.
+        ("execute", insert, (insert,), True, "implicit begin", "insert 2"),
+        ("commit", "COMMIT", ("COMMIT",), False, "implicit begin", "commit"),
+        ("execute", "SELECT v FROM t", ("SELECT v FROM t",), False, None, "select"),
+        ("executemany", insert,
+         ("BEGIN ", "INSERT INTO t (v) VALUES (3)", "INSERT INTO t (v) VALUES (4)"), True,
+         "many", "many"),
+        ("commit", "COMMIT", ("COMMIT",), False, "many", "with"),
+        ("execute", "BEGIN IMMEDIATE", ("BEGIN IMMEDIATE",), True, "explicit begin",
+         "explicit begin"),
+        ("execute", "UPDATE t SET v = v + 1", ("UPDATE t SET v = v + 1",), True,
+         "explicit begin", "update"),
+        ("rollback", "ROLLBACK", ("ROLLBACK",), False, "explicit begin", "rollback"),
+        ("executescript", "SELECT 1; SELECT 2;", ("SELECT 1;", " SELECT 2;"), False, None,
+         "script"),
+    ]  # fmt: skip
+    got = calls(traced)
+    assert [(c["op"], c["sql"], tuple(c["stmts"]), c["in_txn"]) for c in got] == [
+        e[:4] for e in expected
+    ]
+    for call, (*_, transaction, own) in zip(got, expected, strict=True):
+        # A call that went through is named by the line that began its transaction (outside
+        # one, by none); one that took over a millisecond (a commit's fsync, on a loaded
+        # machine) by its own line.
+        assert call["site"] in (site(transaction), site(own)), call
+    pid_thread = {(c["worker"], c["thread"], c["task"], c["conn"]) for c in got}
+    assert len(pid_thread) == 1
+    worker, thread, task, _ = pid_thread.pop()
+    assert worker == "MainThread" and task is None and thread > 0
+    assert all(c["busy"] == 0 and c["err"] is None and c["t1"] >= c["t0"] for c in got)
+
+
+def test_a_failed_call_is_named_by_its_own_line_inside_a_transaction(tmp_path) -> None:
+    source = """
+    import sqlite3, sys
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    conn.execute("BEGIN")  # MARK: begin
+    conn.execute("INSERT INTO t VALUES (1)")
+    try:
+        conn.execute("INSERT INTO t VALUES (1)")  # MARK: fails
+    except sqlite3.IntegrityError as exc:
+        print("caught:", exc)
+    conn.execute("COMMIT")  # MARK: commit
+    """
+    traced = trace_python(tmp_path, "prog.py", source, "app.db")
+    assert "caught: UNIQUE constraint failed" in traced.proc.stdout, traced.proc.stderr
+    failed = [c for c in calls(traced) if c["err"] is not None]
+    assert len(failed) == 1
+    assert failed[0]["site"] == f"prog.py:{line_of(source, 'fails')} <module>"
+    assert failed[0]["err"] == 19 and failed[0]["in_txn"] is True
+    commit = calls(traced)[-1]
+    assert commit["sql"] == "COMMIT"
+    assert commit["site"] in (
+        f"prog.py:{line_of(source, mark)} <module>" for mark in ("begin", "commit")
+    )
+
+
+MANY_STATEMENTS = """
+import resource, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1])
+conn.executescript('''
+CREATE TABLE t (id INTEGER PRIMARY KEY, v);
+CREATE TABLE audit (n);
+CREATE TRIGGER trg AFTER INSERT ON t BEGIN INSERT INTO audit VALUES (new.v); END;
+''')
+rows = int(sys.argv[2])
+sql = "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?) INSERT INTO t (v) SELECT i FROM s"
+conn.execute(sql, (rows,))  # MARK: many statements
+conn.commit()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_kib(tmp_path, name: str, rows: int, traced: bool) -> int:
+    """The program's own peak RSS, as it prints it."""
+    program = write_program(tmp_path, "many.py", MANY_STATEMENTS)
+    command = [sys.executable, str(program), str(tmp_path / name), str(rows)]
+    if traced:
+        command = [sys.executable, "-m", "sqlite_lockprobe", "trace", "-q", "--", *command]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+    return int(out.stdout.split()[-1])
+
+
+def test_a_call_that_runs_many_statements_keeps_them_within_the_budget(tmp_path) -> None:
+    rows = 100_000  # each row runs the trigger: SQLite traces one statement per row
+    traced = trace_python(tmp_path, "many.py", MANY_STATEMENTS, "app.db", str(rows))
+    assert traced.proc.returncode == 0, traced.proc.stderr
+    (call,) = [c for c in calls(traced) if c["sql"].startswith("WITH RECURSIVE")]
+    assert len(call["stmts"]) <= StatementBudget.LIMIT
+    # The first statements are kept (and the last), the rest counted: the INSERT itself (not
+    # Python's implicit BEGIN, which Python leaves out for a statement that starts with WITH),
+    # then the trigger's statements, at least one per row (SQLite 3.40 traces two).
+    assert call["stmts"][0].startswith("WITH RECURSIVE")
+    assert len(call["stmts"]) + call["folded"] >= rows + 1
+    assert call["site"] == f"many.py:{line_of(MANY_STATEMENTS, 'many statements')} <module>"
+
+
+def test_many_statements_in_one_call_do_not_grow_the_programs_memory(tmp_path) -> None:
+    # The statements of one call used to be kept whole until it returned: one INSERT ... SELECT
+    # of 1,000,000 rows with a trigger grew the program from 110 MB to 418 MB. Now what the
+    # many rows add to the traced program's peak memory is what they add untraced, within the
+    # budget's few MiB (the trace hook's strings between two folds).
+    small, large = 1_000, 300_000
+    bare_growth = peak_rss_kib(tmp_path, "b1.db", large, False) - peak_rss_kib(
+        tmp_path, "b0.db", small, False
+    )
+    traced_growth = peak_rss_kib(tmp_path, "t1.db", large, True) - peak_rss_kib(
+        tmp_path, "t0.db", small, True
+    )
+    assert traced_growth <= max(bare_growth, 0) + 8 * 1024, (bare_growth, traced_growth)
+
+
+def test_folding_keeps_the_first_the_last_and_every_transaction_statement() -> None:
+    class State:
+        folded = 0
+        statements = ["BEGIN "] + [f"INSERT {i}" for i in range(1000)] + ["COMMIT"]
+
+    state = State()
+    statements = state.statements
+    statements[500] = "SAVEPOINT s"
+    statements[700] = "RELEASE s"
+    original = list(statements)
+    budget = StatementBudget(state)  # type: ignore[arg-type]
+    assert budget() == 0  # as SQLite's progress handler: it folds, and never interrupts
+    assert len(statements) <= StatementBudget.LIMIT
+    assert statements[: StatementBudget.FIRST] == original[: StatementBudget.FIRST]
+    assert statements[-StatementBudget.LAST :] == original[-StatementBudget.LAST :]
+    assert "SAVEPOINT s" in statements and "RELEASE s" in statements
+    assert state.folded + len(statements) == len(original)
+    del State.statements
+    assert budget() == 0  # even when it cannot fold
