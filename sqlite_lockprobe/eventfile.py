@@ -102,25 +102,34 @@ class EventFile:
         finally:
             stopped.release()
 
-    def flush(self) -> None:
-        with self._lock:
-            # Only this method removes events, under the lock, and appends only add at the
-            # end: the first `count` events stay put between these two C-level operations,
-            # whatever other threads append meanwhile.
-            pending = self.pending
-            count = len(pending)
-            batch = pending[:count]
-            del pending[:count]
-            if not batch or self.fd < 0:
-                return
-            self.written += len(batch)
-            data = marshal.dumps(batch, MARSHAL_VERSION)
-            chunk = len(data).to_bytes(8, "little") + data
-            # The trace directory may be gone (lockprobe killed): the program goes on.
-            with contextlib.suppress(OSError):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(self.fd, view) :]
+    def flush(self, timeout: float = -1) -> None:
+        """Write the pending events (waiting at most `timeout` seconds for another flush to
+        end: a signal handler may have interrupted one in its own thread)."""
+        if not self._lock.acquire(timeout=timeout):
+            return
+        try:
+            self._flush_locked()
+        finally:
+            self._lock.release()
+
+    def _flush_locked(self) -> None:
+        # Only this method removes events, under the lock, and appends only add at the
+        # end: the first `count` events stay put between these two C-level operations,
+        # whatever other threads append meanwhile.
+        pending = self.pending
+        count = len(pending)
+        batch = pending[:count]
+        del pending[:count]
+        if not batch or self.fd < 0:
+            return
+        self.written += len(batch)
+        data = marshal.dumps(batch, MARSHAL_VERSION)
+        chunk = len(data).to_bytes(8, "little") + data
+        # The trace directory may be gone (lockprobe killed): the program goes on.
+        with contextlib.suppress(OSError):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self.fd, view) :]
 
     def close(self) -> None:
         """Stop the flusher, write what is left, close the file."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import itertools
 import os
 import sys
@@ -190,15 +191,20 @@ class StatementBudget:
         return 0
 
     def fold(self, statements: list[str]) -> None:
-        """Fold `statements` in place down to at most LIMIT, counting what went."""
+        """Fold `statements` in place down to at most LIMIT, counting what went. A statement
+        equal to the one kept before it goes first: SQLite's trace hook reports a statement
+        again, parameter values expanded, for each trigger it fires (a 100 kB INSERT of 100
+        rows with one trigger was 201 copies)."""
         count = len(statements)
         middle = statements[self.FIRST : count - self.LAST]
         kept_middle = [s for s in middle if _ends_or_begins(s)]
         room = self.LIMIT - self.FIRST - self.LAST
         if len(kept_middle) > room:
             kept_middle = kept_middle[: room // 2] + kept_middle[len(kept_middle) - room // 2 :]
-        self.state.folded += len(middle) - len(kept_middle)
         statements[self.FIRST : count - self.LAST] = kept_middle
+        deduplicated = [s for i, s in enumerate(statements) if i == 0 or s != statements[i - 1]]
+        self.state.folded += count - len(deduplicated)
+        statements[:] = deduplicated
 
 
 _TRANSACTION_WORDS = ("BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE")
@@ -261,6 +267,7 @@ class Tracer:
                 after_in_parent=self._after_fork_in_parent,
                 after_in_child=self._after_fork_in_child,
             )
+        _flush_on_sigterm(self)
 
     def uninstall(self) -> None:
         """Restore sqlite3.connect (connections already made stay instrumented)."""
@@ -361,6 +368,15 @@ class Tracer:
         returns the ENV_NEXT_CONN value for the new program."""
         self.flush()
         return f"{os.getpid()}:{next(self._conn_numbers)}"
+
+    def flush_on_signal(self) -> None:
+        """Write what is recorded, from a signal handler. It may have interrupted this very
+        thread inside a flush (at exit, before exec), whose lock it then cannot take: it gives
+        up after 1 s. The flusher is left running (stopping it would wait for it, and it may
+        be waiting for that lock)."""
+        recording = self._recording
+        if recording is not None:
+            recording.flush(timeout=1.0)
 
     def flush_at_exit(self) -> None:
         recording = self._recording
@@ -817,6 +833,31 @@ def reads_busy_timeout(sql: str) -> bool:
 def _first_conn_number() -> int:
     pid, _, number = os.environ.get(ENV_NEXT_CONN, "").partition(":")
     return int(number) if pid == str(os.getpid()) and number.isdigit() else 1
+
+
+def _flush_on_sigterm(tracer: Tracer) -> None:
+    """Write what is recorded when SIGTERM ends this process, then end it as SIGTERM would:
+    multiprocessing's Pool.terminate(), a supervisor's stop and `kill` end a process that way,
+    and its last FLUSH_SECONDS of events were lost. Only where SIGTERM keeps its default action
+    (the program's own handler is left alone) and from the main thread (signal.signal's rule);
+    forked children inherit it. The handler runs when the main thread next runs Python code."""
+    import signal
+
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+        signal.signal(signal.SIGTERM, functools.partial(_flush_then_terminate, tracer))
+    except (ValueError, OSError, AttributeError):  # not the main thread; no SIGTERM here
+        return
+
+
+def _flush_then_terminate(tracer: Tracer, signum: int, frame: Any) -> None:
+    import signal
+
+    with contextlib.suppress(Exception):
+        tracer.flush_on_signal()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _wrap_os_exits(tracer: Tracer) -> None:

@@ -185,5 +185,58 @@ def test_folding_keeps_the_first_the_last_and_every_transaction_statement() -> N
     assert statements[-StatementBudget.LAST :] == original[-StatementBudget.LAST :]
     assert "SAVEPOINT s" in statements and "RELEASE s" in statements
     assert state.folded + len(statements) == len(original)
+    # A statement reported again (once per trigger it fires) is kept once.
+    state.folded = 0
+    statements[:] = ["INSERT big"] * 201 + ["COMMIT"]
+    budget.fold(statements)
+    assert statements == ["INSERT big", "COMMIT"] and state.folded == 200
     del State.statements
     assert budget() == 0  # even when it cannot fold
+
+
+POOL_TERMINATED = """
+import multiprocessing, os, sqlite3, sys
+
+DB = sys.argv[1]
+
+
+def work(args):
+    n, done = args
+    conn = sqlite3.connect(DB, timeout=10)
+    for i in range(25):
+        conn.execute("INSERT INTO t (worker, i) VALUES (?, ?)", (n, i))
+        conn.commit()
+    done.put(n)  # all its calls made; terminate() comes before the next periodic flush
+    multiprocessing.Event().wait()  # like a busy worker: until terminated
+
+
+if __name__ == "__main__":
+    setup = sqlite3.connect(DB)
+    setup.execute("CREATE TABLE t (worker, i)")
+    setup.commit()
+    setup.close()
+    ctx = multiprocessing.get_context("fork")
+    manager = ctx.Manager()
+    done = manager.Queue()
+    pool = ctx.Pool(3)
+    pool.map_async(work, [(n, done) for n in range(3)])
+    for _ in range(3):
+        done.get(timeout=60)
+    pool.terminate()  # SIGTERM to every worker
+    pool.join()
+    manager.shutdown()
+    print("rows", sqlite3.connect(DB).execute("SELECT count(*) FROM t").fetchone()[0])
+"""
+
+
+def test_workers_ended_by_pool_terminate_lose_no_recorded_call(tmp_path) -> None:
+    traced = trace_python(tmp_path, "pool.py", POOL_TERMINATED, "app.db")
+    assert traced.proc.returncode == 0, traced.proc.stderr
+    assert "rows 75" in traced.proc.stdout
+    inserts = [c for c in calls(traced) if c["sql"].startswith("INSERT INTO t")]
+    commits = [
+        c for c in calls(traced) if c["op"] == "commit" and c["conn"] != calls(traced)[0]["conn"]
+    ]
+    assert len(inserts) == 75 and len(commits) >= 75
+    # No transaction is left open by the recording's end: each one's COMMIT was written.
+    assert traced.report["findings"] == [], traced.report["findings"]
