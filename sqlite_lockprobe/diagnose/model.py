@@ -24,6 +24,19 @@ SQLITE_LOCKED_SHAREDCACHE = 262
 
 NS_PER_MS = 1_000_000
 
+# SQLite's message when a COMMIT or a RELEASE meets the connection's own statements still
+# running (vdbe.c OP_AutoCommit: "cannot commit transaction - SQL statements in progress";
+# OP_Savepoint: "cannot release savepoint - SQL statements in progress"). The code is
+# SQLITE_BUSY, but no lock and no other connection is involved: the counter it checks
+# (db->nVdbeWrite) counts this connection's own unfinished writing statements, such as an
+# INSERT ... RETURNING whose rows were not fetched yet.
+STATEMENTS_IN_PROGRESS = "SQL statements in progress"
+
+
+def busy_from_own_statements(error: int | None, message: str | None) -> bool:
+    """A SQLITE_BUSY that the connection's own unfinished statements caused, not a lock."""
+    return error == SQLITE_BUSY and STATEMENTS_IN_PROGRESS in (message or "")
+
 
 @dataclass(frozen=True)
 class Actor:
@@ -90,7 +103,12 @@ class Call:
 
     @property
     def failed_busy(self) -> bool:
-        return self.error == SQLITE_BUSY
+        """Failed with SQLITE_BUSY because of a lock (not of its own unfinished statements)."""
+        return self.error == SQLITE_BUSY and not self.busy_from_own_statements
+
+    @property
+    def busy_from_own_statements(self) -> bool:
+        return busy_from_own_statements(self.error, self.message)
 
     @property
     def failed_locked(self) -> bool:
@@ -104,7 +122,8 @@ class Call:
 @dataclass(frozen=True)
 class BusyWait:
     """A call that met a lock held by someone else: it invoked the busy handler at least once,
-    or failed with SQLITE_BUSY. `had_read` says the waiter's transaction had already read
+    or failed with SQLITE_BUSY (other than a BUSY from its own unfinished statements, which is
+    no wait: see STATEMENTS_IN_PROGRESS). `had_read` says the waiter's transaction had already read
     (held SHARED or a WAL snapshot) before this call: the upgrade-deadlock precondition."""
 
     waiter: Actor

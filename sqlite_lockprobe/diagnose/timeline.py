@@ -159,7 +159,7 @@ def build_timeline(
                 if calls_complete and len(calls) > keep_all_calls_up_to:
                     calls_complete = False
                     calls = [c for c in calls if c.error is not None or c.busy_calls]
-                if busy > 0 or error == SQLITE_BUSY:
+                if busy > 0 or (error == SQLITE_BUSY and not call.busy_from_own_statements):
                     waits.append(_busy_wait(call, state, plan))
             failed_code = None if error is None else (event.get("ext") or error)
             _advance(state, plan, event, t0, t1, busy, failed_code, in_txn)
@@ -568,7 +568,7 @@ def _busy_wait(call: Call, state: _ConnState, plan: _CallPlan) -> BusyWait:
         waiter=call.actor,
         call=call,
         handler_calls=call.busy_calls,
-        failed=call.error == SQLITE_BUSY,
+        failed=call.failed_busy,
         timeout_ms=state.info.timeout_ms,
         had_read=state.had_read,
         phase=plan.phase,
