@@ -10,6 +10,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 
 from sqlite_lockprobe.diagnose.model import (
+    END_NOT_RECORDED,
     NS_PER_MS,
     BusyWait,
     LockHold,
@@ -127,7 +128,7 @@ def hold_story(hold: LockHold, timeline: Timeline, origin: int) -> str:
         )
     if hold.failed_commit_t is not None:
         parts.append(_after_failed_commit(hold, origin))
-    elif hold.released_by in ("error", "end-of-run", "close", "process killed"):
+    elif hold.released_by in ("error", "end-of-run", "close", "process killed", END_NOT_RECORDED):
         parts.append(_left_open(hold.released_by))
     return "; ".join(parts)
 
@@ -166,6 +167,12 @@ def _left_open(released_by: str) -> str:
         return "the transaction was left open after an error until the connection failed"
     if released_by == "close":
         return "the transaction was never committed: closing the connection ended it"
+    if released_by == END_NOT_RECORDED:
+        return (
+            "its end was not recorded: the holder's process recorded nothing after this (it "
+            "was killed before its last events were written, or exited with the transaction "
+            "open); the hold may have ended at any moment since, so it is shown only up to there"
+        )
     if released_by == "process killed":
         return (
             "the holder's process was killed with the transaction open: the OS released its "
@@ -173,8 +180,8 @@ def _left_open(released_by: str) -> str:
             "frames) when the database was next read; none of its writes were kept"
         )
     return (
-        "the transaction was never committed or rolled back: still open when the run ended "
-        "(in a traced program: never closed before exit)"
+        "no COMMIT or ROLLBACK was recorded: still open when the run ended (in a traced "
+        "program: at exit, or its process's last events were lost)"
     )
 
 

@@ -24,6 +24,11 @@ SQLITE_LOCKED_SHAREDCACHE = 262
 
 NS_PER_MS = 1_000_000
 
+# LockHold.released_by when the holder's process recorded nothing after its last event
+# although the recording went on (killed before its last events were written, or exited with
+# the transaction open): the hold's end is unknown and it is cut at that last event.
+END_NOT_RECORDED = "end not recorded"
+
 # SQLite's message when a COMMIT or a RELEASE meets the connection's own statements still
 # running (vdbe.c OP_AutoCommit: "cannot commit transaction - SQL statements in progress";
 # OP_Savepoint: "cannot release savepoint - SQL statements in progress"). The code is
@@ -172,8 +177,10 @@ class LockHold:
     kind "write": RESERVED and above in rollback-journal mode, the WAL write lock in WAL mode.
     kind "read": an open read transaction (SHARED, or a WAL read snapshot).
     `taken_by` is the statement that took the lock, `released_by` what ended it (COMMIT,
-    ROLLBACK, close, error, end-of-run). `autocommit_false` says Python 3.12's autocommit=False
-    opened it (a BEGIN right after every commit and rollback, so one is always open);
+    ROLLBACK, close, error, end-of-run, process killed, or END_NOT_RECORDED: then `t1` is only
+    the last moment its process recorded). `autocommit_false` says Python 3.12's
+    autocommit=False opened it (a BEGIN right after every commit and rollback, so one is always
+    open);
     `failed_commit_t` is when a COMMIT of this transaction failed and left it open.
     `implicit_begin` is True when Python's sqlite3 opened
     the transaction itself (legacy DEFERRED BEGIN before DML). `in_statements_ns` is time
@@ -245,7 +252,7 @@ class OpenStatement:
     sql: str
     t0: int
     t1: int
-    closed_by: str  # "cursor closed", "connection closed", "end-of-run"
+    closed_by: str  # "cursor closed", "connection closed", "end-of-run", END_NOT_RECORDED
 
     def open_at(self, t: int) -> bool:
         return self.t0 <= t < self.t1

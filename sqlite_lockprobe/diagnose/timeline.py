@@ -10,6 +10,7 @@ from operator import attrgetter, eq, itemgetter
 from typing import Any
 
 from sqlite_lockprobe.diagnose.model import (
+    END_NOT_RECORDED,
     SQLITE_BUSY,
     Actor,
     BusyWait,
@@ -115,6 +116,10 @@ def build_timeline(
     last_call_t0: dict[str, int] = {}
     pids: set[int] = set()
     last_t = 0
+    # The last moment each process recorded anything but a call (calls: _ConnState.last_end),
+    # and the process of each worker: where a process's record stops, its open holds end.
+    process_last: dict[int, int] = {}
+    worker_pids: dict[str, int] = {}
     # Calls on a connection opened before recording began are counted but not drawn.
     unopened = activity.counts_for("")
     first_call_t0: int | None = None
@@ -170,6 +175,9 @@ def build_timeline(
         if t_end > last_t:
             last_t = t_end
         activity.observe(event)
+        pid = _event_pid(event, conns, worker_pids, meta)
+        if pid and t_end > process_last.get(pid, 0):
+            process_last[pid] = t_end
         if kind == "open":
             info = ConnectionInfo(
                 conn=event["conn"],
@@ -208,6 +216,7 @@ def build_timeline(
             interned.add_worker(event)
             if event.get("pid"):
                 pids.add(int(event["pid"]))
+                worker_pids[str(event["worker"])] = int(event["pid"])
         elif kind == "worker_end" and str(event.get("error") or "").startswith("killed by"):
             # The process died: the OS dropped its locks, and SQLite rolls its transaction back
             # (hot journal, or WAL frames never committed) when the database is next opened.
@@ -259,9 +268,17 @@ def build_timeline(
             if event.get("pid"):
                 pids.add(int(event["pid"]))
     activity.finish(seen, first_call_t0, last_call_t1)
+    for state in conns.values():  # calls count too: each connection's last one
+        pid = state.info.pid
+        process_last[pid] = max(process_last.get(pid, 0), state.last_end)
     for state in conns.values():
-        _end_txn(state, last_t, "end-of-run")
-        state.end_cursors(last_t, "end-of-run")
+        # A process whose record stops before the recording does (killed before its last
+        # events were written, or exited with the transaction open): what its holds did after
+        # its last event is unknown, so they end there, not at the end of the recording.
+        end = process_last[state.info.pid]
+        released_by = "end-of-run" if end >= last_t else END_NOT_RECORDED
+        _end_txn(state, min(end, last_t), released_by)
+        state.end_cursors(min(end, last_t), released_by)
     _sort_spans(calls, _CALL_ORDER)
     _sort_spans(waits, _WAIT_ORDER)
     infos = {c: s.info for c, s in conns.items()}
@@ -290,6 +307,25 @@ def build_timeline(
             )
         ),
     )
+
+
+def _event_pid(
+    event: dict[str, Any],
+    conns: dict[str, _ConnState],
+    worker_pids: dict[str, int],
+    meta: dict[str, Any],
+) -> int:
+    """The process that recorded a non-call event: its own pid field, else its connection's
+    or its worker's; the recording's own process for the rest (WAL samples, filesystem)."""
+    pid = event.get("pid")
+    if pid:
+        return int(pid)
+    owner = conns.get(event.get("conn") or "")
+    if owner is not None:
+        return owner.info.pid
+    if event["k"] == "worker_end":
+        return worker_pids.get(str(event.get("worker")), 0)
+    return int(meta.get("pid") or 0)
 
 
 # Spans are ordered by start, then end, then connection. The keys are C getters: a long log
