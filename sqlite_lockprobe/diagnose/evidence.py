@@ -102,7 +102,8 @@ def hold_story(hold: LockHold, timeline: Timeline, origin: int) -> str:
     if _notable_part(hold.own_wait_ns, hold):
         parts.append(
             f"of the time inside statements, {fmt_ms(ms(hold.own_wait_ns))} the holder itself "
-            "waited for a lock (its COMMIT waiting for other connections to let go)"
+            f"waited for a lock (its `{short_sql(hold.own_wait_sql or '?', 40)}` waiting for "
+            "other connections to let go)"
         )
     if _notable_part(hold.scheduling_delay_ns, hold):
         parts.append(

@@ -184,7 +184,10 @@ class LockHold:
     `failed_commit_t` is when a COMMIT of this transaction failed and left it open.
     `implicit_begin` is True when Python's sqlite3 opened
     the transaction itself (legacy DEFERRED BEGIN before DML). `in_statements_ns` is time
-    spent inside SQLite calls during the hold; the rest was idle in the application."""
+    spent inside SQLite calls during the hold; the rest was idle in the application.
+
+    A hold starts when the lock was granted: for a statement that waited in the busy handler,
+    at its last retry, not when the statement began (it held nothing while it waited)."""
 
     holder: Actor
     kind: str
@@ -200,6 +203,9 @@ class LockHold:
     autocommit_false: bool = False
     failed_commit_t: int | None = None
     failed_commit_code: int | None = None
+    # The statement of the holder's longest own wait during the hold, and how long it waited.
+    own_wait_sql: str = ""
+    own_wait_longest_ns: int = 0
 
     @property
     def duration_ms(self) -> float:

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlite_lockprobe.diagnose.model import (
     END_NOT_RECORDED,
+    NS_PER_MS,
     SQLITE_BUSY,
     Actor,
     BusyWait,
@@ -48,6 +49,10 @@ class _ConnState:
     autocommit_false: bool = False
     write_holds: list[LockHold] = field(default_factory=list)  # closed ones
     read_holds: list[LockHold] = field(default_factory=list)
+    # The holds the last call opened after waiting in the busy handler, and that call's span:
+    # its busy events (which follow it in the recording) say when the lock was granted.
+    granted: tuple[LockHold, ...] = ()
+    granted_span: tuple[int, int] = (0, 0)
     open_cursors: list[tuple[Actor, str, int]] = field(default_factory=list)
     closed_cursors: list[OpenStatement] = field(default_factory=list)
     # The actor of the last call, by its raw fields, while no open or worker event came since.
@@ -223,6 +228,10 @@ def build_timeline(
             for state in conns.values():
                 if state.worker == event["worker"]:
                     _end_txn(state, int(event["t"]), "process killed")
+        elif kind == "busy":
+            state = conns.get(event.get("conn") or "")
+            if state is not None and state.granted:
+                _granted(state, int(event["t"]), float(event.get("delay_ms") or 0))
         elif kind == "holders":
             conn = event.get("conn") or ""
             samples.append(
@@ -623,6 +632,8 @@ def _advance(
 ) -> None:
     """Move one connection's lock state past one call (failed_code: None if it succeeded)."""
     ok = failed_code is None
+    if state.granted:  # the call before's busy events have all been seen
+        state.granted = ()
     write, read = state.write, state.read
     last_end, last_sql, sql = state.last_end, state.last_sql, plan.sql
     if write is not None:
@@ -633,16 +644,23 @@ def _advance(
     if ok:
         if plan.begins_implicitly:
             state.implicit_txn = True
+        # A statement that waited got its lock at its last busy-handler retry: until its busy
+        # events say when (_granted), at its end, the latest the lock can have been granted.
+        acquired_at = t1 if busy else t0
+        granted: list[LockHold] = []
         if write is None and plan.write_taken_by is not None:
             implicit = False if plan.write_explicit else state.implicit_txn
-            acquired_at = t1 if busy else t0
             state.write = _open_hold(
                 state, event, "write", acquired_at, plan.write_taken_by, implicit
             )
             _add_call(state.write, t0, t1, sql, busy, 0, "")
+            granted.append(state.write)
         if read is None and (plan.read_if_no_write if write is None else plan.read_if_write):
-            state.read = _open_hold(state, event, "read", t0, sql, state.implicit_txn)
+            state.read = _open_hold(state, event, "read", acquired_at, sql, state.implicit_txn)
             _add_call(state.read, t0, t1, sql, busy, 0, "")
+            granted.append(state.read)
+        if busy and granted:
+            state.granted, state.granted_span = tuple(granted), (t0, t1)
         if plan.reads:
             state.had_read = True
     elif in_txn_after and plan.is_commit:
@@ -694,6 +712,21 @@ def _open_hold(
     )
 
 
+def _granted(state: _ConnState, t: int, delay_ms: float) -> None:
+    """A busy-handler call at t that slept delay_ms, during the call that opened
+    `state.granted`: the lock was granted at the retry after it, if no later one follows."""
+    t0, t1 = state.granted_span
+    if not t0 <= t <= t1 or delay_ms <= 0:
+        return
+    at = min(t1, t + int(delay_ms * NS_PER_MS))
+    for hold in state.granted:
+        # The opening call's time inside SQLite counted from the hold's start (_add_call).
+        hold.in_statements_ns += hold.t0 - at
+        hold.t0 = at
+        if hold.t1 < at:
+            hold.t1 = at
+
+
 def _add_call(
     hold: LockHold, t0: int, t1: int, sql: str, busy: int, last_end: int, last_sql: str
 ) -> None:
@@ -708,6 +741,8 @@ def _add_call(
         hold.in_statements_ns += t1 - start
     if busy and t0 >= hold.t0:
         hold.own_wait_ns += t1 - t0
+        if t1 - t0 > hold.own_wait_longest_ns:
+            hold.own_wait_longest_ns, hold.own_wait_sql = t1 - t0, sql
 
 
 def _add_app_idle(hold: LockHold, t0: int, t1: int) -> None:
