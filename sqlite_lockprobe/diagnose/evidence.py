@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlite_lockprobe.diagnose.model import (
     END_NOT_RECORDED,
@@ -184,6 +185,43 @@ def _left_open(released_by: str) -> str:
         "no COMMIT or ROLLBACK was recorded: still open when the run ended (in a traced "
         "program: at exit, or its process's last events were lost)"
     )
+
+
+@dataclass(frozen=True)
+class NearMiss:
+    """How close waits that all succeeded came to failing: the evidence line and its facts."""
+
+    line: str
+    facts: dict[str, object]
+
+
+def near_miss(waits: Sequence[BusyWait]) -> NearMiss | None:
+    """The margin the longest of these waits left before its busy_timeout, when none failed
+    (None when one did: then the margin is gone)."""
+    timed = [w for w in waits if w.timeout_ms > 0]
+    if not timed or any(w.failed for w in waits):
+        return None
+    worst = max(timed, key=lambda w: (w.duration_ms / w.timeout_ms, -w.t0))
+    used = math.floor(100 * worst.duration_ms / worst.timeout_ms)
+    if used >= 100:
+        margin = (
+            "no margin left (it got the lock on the busy handler's last retry, at the end of "
+            "its busy_timeout)"
+        )
+    else:
+        margin = f"{100 - used} % margin"
+    line = (
+        f"nothing failed, but the longest wait used {used} % of busy_timeout: {margin} "
+        f"({fmt_ms(ms(worst.t1 - worst.t0))} of {worst.timeout_ms} ms, {worst.waiter.describe()})"
+    )
+    facts: dict[str, object] = {
+        "longest_wait_ms": ms(worst.t1 - worst.t0),
+        "timeout_ms": worst.timeout_ms,
+        "used_percent": used,
+        "margin_percent": max(0, 100 - used),
+        "waiter_conn": worst.waiter.conn,
+    }
+    return NearMiss(line, facts)
 
 
 def hold_facts(hold: LockHold, origin: int) -> dict[str, object]:

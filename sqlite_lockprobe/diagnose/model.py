@@ -12,7 +12,11 @@ hold is open.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 # SQLite result codes (https://sqlite.org/rescode.html)
 SQLITE_BUSY = 5
@@ -337,6 +341,7 @@ class Timeline:
     _write_index: _SpanIndex = field(init=False, repr=False, compare=False)
     _read_index: _SpanIndex = field(init=False, repr=False, compare=False)
     _sample_times: list[int] = field(init=False, repr=False, compare=False)
+    _memo: dict[str, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         # Frozen dataclass: derived indexes are set once, here, and never change. Fresh objects,
@@ -345,6 +350,14 @@ class Timeline:
         object.__setattr__(self, "_write_index", _SpanIndex(self.write_holds))
         object.__setattr__(self, "_read_index", _SpanIndex(self.read_holds))
         object.__setattr__(self, "_sample_times", [s.t for s in self.os_lock_samples])
+
+    def memo(self, key: str, compute: Callable[[], _T]) -> _T:
+        """A value derived from this timeline, computed once and shared by the detectors
+        (such as which pattern owns each wait: causes.wait_causes)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        value: _T = self._memo[key]
+        return value
 
     @property
     def is_wal(self) -> bool:

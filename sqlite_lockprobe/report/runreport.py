@@ -22,8 +22,9 @@ from sqlite_lockprobe.runner import RunResult
 from sqlite_lockprobe.stats import ActivityCounter
 
 HEALTHY = (
-    "No busy timeouts, no upgrade deadlocks, no long lock holds: the workload's locking is "
-    "fine as recorded. (A finding needs evidence; none was guessed.)"
+    "No call failed on a lock (SQLITE_BUSY or SQLITE_LOCKED) and no wait used half of its "
+    "busy_timeout: the workload's locking is fine as recorded. (A finding needs evidence; "
+    "none was guessed.)"
 )
 
 
