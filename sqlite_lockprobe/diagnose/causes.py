@@ -49,8 +49,8 @@ PRECEDENCE = (
 
 # A wait that succeeded is a problem (a near-miss) once it used half its busy_timeout: the
 # margin left before "database is locked" is then smaller than the wait itself. Measured
-# (docs/patterns.md, "Near-misses"): healthy workloads' longest waits stay under 1% of a 5 s
-# timeout, while a convoy's longest wait moves by tens of percent from one run to the next.
+# (docs/patterns.md, "Near-misses"): healthy workloads' longest waits stay under a tenth of the
+# timeout, while a convoy's moves by 0.2 to 0.3 of it from one run of the same load to the next.
 LONG_WAIT_FRACTION = 0.5
 # Below this busy_timeout, ordinary contention (one commit takes a few ms with fsync) fails.
 TINY_TIMEOUT_MS = 50
@@ -66,11 +66,6 @@ UPGRADE_PHASES = ("write", "other")
 def is_long_wait(wait: BusyWait) -> bool:
     """Succeeded or not, used at least half its busy_timeout: a near-miss when it succeeded."""
     return wait.timeout_ms > 0 and wait.duration_ms >= LONG_WAIT_FRACTION * wait.timeout_ms
-
-
-def timeout_used(wait: BusyWait) -> float:
-    """The share of its busy_timeout a wait used (1.0 = all of it)."""
-    return wait.duration_ms / wait.timeout_ms if wait.timeout_ms > 0 else 1.0
 
 
 def is_harmful(wait: BusyWait) -> bool:
@@ -244,37 +239,6 @@ def external_blockers(wait: BusyWait, timeline: Timeline) -> list[tuple[OsLockSa
             continue
         found.extend((sample, lock) for lock in outside)
     return found
-
-
-def claimed_before_external(
-    wait: BusyWait, timeline: Timeline, second_halves: dict[int, tuple[BusyWait, BusyWait]]
-) -> bool:
-    """True when patterns 1-2 of PRECEDENCE already own this wait."""
-    if is_upgrade_refusal(wait, timeline) or id(wait) in second_halves:
-        return True
-    return same_thread_blocker(wait, timeline) is not None
-
-
-def is_external(
-    wait: BusyWait, timeline: Timeline, second_halves: dict[int, tuple[BusyWait, BusyWait]]
-) -> bool:
-    """external-holder owns this wait (pattern 3 of PRECEDENCE)."""
-    return not claimed_before_external(wait, timeline, second_halves) and bool(
-        external_blockers(wait, timeline)
-    )
-
-
-def claimed_before_long_write(
-    wait: BusyWait, timeline: Timeline, second_halves: dict[int, tuple[BusyWait, BusyWait]]
-) -> bool:
-    """True when patterns 1-5 of PRECEDENCE already own this wait."""
-    if claimed_before_external(wait, timeline, second_halves):
-        return True
-    if external_blockers(wait, timeline):
-        return True
-    if is_tiny_timeout_failure(wait):
-        return True
-    return bool(blocking_readers(wait, timeline)) and is_harmful(wait)
 
 
 def convoy_holders(wait: BusyWait, timeline: Timeline) -> list[str]:
