@@ -386,3 +386,23 @@ def finish_cursors() -> Advice:
             ),
         },
     )
+
+
+def find_the_holder() -> Advice:
+    return Advice(
+        text=(
+            "Find out who held the lock: trace every program that opens this database "
+            "(`lockprobe trace -- ...`: a process outside the recording cannot be named), and "
+            "while the failures happen run `lockprobe inspect app.db --watch`, which reads the "
+            "OS lock table and names the process holding each SQLite lock."
+        ),
+        snippets={
+            "sqlite3": (
+                "# every program on this database, recorded together\n"
+                "# lockprobe trace --json report.json -- python app.py\n"
+                "# and meanwhile, in another terminal:\n"
+                "# lockprobe inspect app.db --watch 0.2"
+            ),
+            "pragma": "-- see who holds which lock right now: lockprobe inspect app.db",
+        },
+    )

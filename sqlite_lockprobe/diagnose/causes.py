@@ -11,9 +11,13 @@ pattern earlier in PRECEDENCE does, so every detector stays correct when run alo
 4. no-busy-timeout: the waiter had (almost) no busy_timeout, so it failed at first contention.
 5. reader-blocks-writer: rollback-journal COMMIT waiting for other connections' SHARED locks.
 6. long-write-transaction: one holder held the write lock for most of the wait.
-7. write-convoy: failed waits behind many short holders.
+7. write-convoy: failed or long waits behind many short holders.
+8. unexplained-busy: a failed or long wait none of the above claims: said so, never guessed.
 table-locked (SQLITE_LOCKED), checkpoint-starvation (the -wal file) and network-filesystem
 (where the file lives) are not about busy waits and overlap with nothing.
+
+`cause_of` is these rules in one place; every wait detector reports the waits it gives its
+pattern, so each failed or long wait is in exactly one finding.
 """
 
 from __future__ import annotations
@@ -40,12 +44,14 @@ PRECEDENCE = (
     "checkpoint-starvation",
     "table-locked",
     "network-filesystem",
+    "unexplained-busy",
 )
 
-# A wait that succeeded is only a problem when it used a good part of its busy_timeout (half),
-# and never when shorter than 100 ms: a momentary wait is SQLite working as designed.
+# A wait that succeeded is a problem (a near-miss) once it used half its busy_timeout: the
+# margin left before "database is locked" is then smaller than the wait itself. Measured
+# (docs/patterns.md, "Near-misses"): healthy workloads' longest waits stay under a tenth of the
+# timeout, while a convoy's moves by 0.2 to 0.3 of it from one run of the same load to the next.
 LONG_WAIT_FRACTION = 0.5
-LONG_WAIT_FLOOR_MS = 100.0
 # Below this busy_timeout, ordinary contention (one commit takes a few ms with fsync) fails.
 TINY_TIMEOUT_MS = 50
 # A self-deadlocked wait always runs to its full timeout; 80% leaves room for clock jitter.
@@ -58,9 +64,8 @@ UPGRADE_PHASES = ("write", "other")
 
 
 def is_long_wait(wait: BusyWait) -> bool:
-    """Used at least half its busy_timeout (and 100 ms): slow enough for users to notice."""
-    limit = max(LONG_WAIT_FLOOR_MS, LONG_WAIT_FRACTION * wait.timeout_ms)
-    return wait.duration_ms >= limit
+    """Succeeded or not, used at least half its busy_timeout: a near-miss when it succeeded."""
+    return wait.timeout_ms > 0 and wait.duration_ms >= LONG_WAIT_FRACTION * wait.timeout_ms
 
 
 def is_harmful(wait: BusyWait) -> bool:
@@ -177,7 +182,7 @@ def dominant_holder(wait: BusyWait, timeline: Timeline) -> LockHold | None:
     if not holds:
         return None
     best = min(holds, key=lambda h: (-overlap_ns(h, wait.t0, t1), h.t0, h.holder.conn))
-    long_enough = max(LONG_WAIT_FLOOR_MS, LONG_HOLD_FRACTION * wait.timeout_ms) * NS_PER_MS
+    long_enough = LONG_HOLD_FRACTION * wait.timeout_ms * NS_PER_MS
     covers = overlap_ns(best, wait.t0, t1) >= DOMINANT_OVERLAP_FRACTION * (t1 - wait.t0)
     # Only time the holder itself spent counts: a hold stretched by scheduling delay (its
     # worker waiting for the GIL or a busy event loop) is a symptom of overload, not a long
@@ -236,32 +241,58 @@ def external_blockers(wait: BusyWait, timeline: Timeline) -> list[tuple[OsLockSa
     return found
 
 
-def claimed_before_external(
-    wait: BusyWait, timeline: Timeline, second_halves: dict[int, tuple[BusyWait, BusyWait]]
-) -> bool:
-    """True when patterns 1-2 of PRECEDENCE already own this wait."""
-    if is_upgrade_refusal(wait, timeline) or id(wait) in second_halves:
-        return True
-    return same_thread_blocker(wait, timeline) is not None
-
-
-def is_external(
-    wait: BusyWait, timeline: Timeline, second_halves: dict[int, tuple[BusyWait, BusyWait]]
-) -> bool:
-    """external-holder owns this wait (pattern 3 of PRECEDENCE)."""
-    return not claimed_before_external(wait, timeline, second_halves) and bool(
-        external_blockers(wait, timeline)
+def convoy_holders(wait: BusyWait, timeline: Timeline) -> list[str]:
+    """The connections that held the write lock during a wait that met the busy handler
+    (or failed under reduced detail): a queue of ours, when there are any."""
+    if wait.handler_calls == 0 and not is_reduced(timeline, wait.waiter.conn):
+        return []
+    t1 = max(wait.t1, wait.t0 + 1)
+    return sorted(
+        {h.holder.conn for h in timeline.write_holders_during(wait.t0, t1, wait.waiter.conn)}
     )
 
 
-def claimed_before_long_write(
+def cause_of(
     wait: BusyWait, timeline: Timeline, second_halves: dict[int, tuple[BusyWait, BusyWait]]
-) -> bool:
-    """True when patterns 1-5 of PRECEDENCE already own this wait."""
-    if claimed_before_external(wait, timeline, second_halves):
-        return True
+) -> str | None:
+    """The pattern that owns this wait, by PRECEDENCE; None for a momentary wait that is no
+    problem, and for a failed or long one no pattern explains (unexplained-busy's)."""
+    if is_upgrade_refusal(wait, timeline) or id(wait) in second_halves:
+        return "upgrade-deadlock"
+    if same_thread_blocker(wait, timeline) is not None:
+        return "self-deadlock"
     if external_blockers(wait, timeline):
-        return True
+        return "external-holder"
     if is_tiny_timeout_failure(wait):
-        return True
-    return bool(blocking_readers(wait, timeline)) and is_harmful(wait)
+        return "no-busy-timeout"
+    if not is_harmful(wait):
+        return None
+    if blocking_readers(wait, timeline):
+        return "reader-blocks-writer"
+    if dominant_holder(wait, timeline) is not None:
+        return "long-write-transaction"
+    if convoy_holders(wait, timeline):
+        return "write-convoy"
+    return None
+
+
+def wait_causes(timeline: Timeline) -> dict[int, str | None]:
+    """cause_of for every wait, by id(wait): worked out once per timeline for all detectors."""
+
+    def compute() -> dict[int, str | None]:
+        halves = upgrade_second_halves(timeline)
+        return {id(w): cause_of(w, timeline, halves) for w in timeline.waits}
+
+    return timeline.memo("wait_causes", compute)
+
+
+def waits_of(pattern: str, timeline: Timeline) -> list[BusyWait]:
+    """The waits this pattern owns, in the timeline's order."""
+    causes = wait_causes(timeline)
+    return [w for w in timeline.waits if causes[id(w)] == pattern]
+
+
+def unexplained(timeline: Timeline) -> list[BusyWait]:
+    """Failed or long waits no pattern explains."""
+    causes = wait_causes(timeline)
+    return [w for w in timeline.waits if causes[id(w)] is None and is_harmful(w)]

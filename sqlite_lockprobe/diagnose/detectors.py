@@ -18,6 +18,7 @@ from sqlite_lockprobe.diagnose import (
     reader_blocks_writer,
     self_deadlock,
     table_locked,
+    unexplained_busy,
     upgrade_deadlock,
     write_convoy,
 )
@@ -37,6 +38,7 @@ DETECTORS: dict[str, Detector] = {
     checkpoint_starvation.PATTERN: checkpoint_starvation.detect,
     table_locked.PATTERN: table_locked.detect,
     network_filesystem.PATTERN: network_filesystem.detect,
+    unexplained_busy.PATTERN: unexplained_busy.detect,
 }
 
 

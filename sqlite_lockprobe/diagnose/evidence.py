@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlite_lockprobe.diagnose.model import (
+    END_NOT_RECORDED,
     NS_PER_MS,
     BusyWait,
     LockHold,
@@ -101,7 +103,8 @@ def hold_story(hold: LockHold, timeline: Timeline, origin: int) -> str:
     if _notable_part(hold.own_wait_ns, hold):
         parts.append(
             f"of the time inside statements, {fmt_ms(ms(hold.own_wait_ns))} the holder itself "
-            "waited for a lock (its COMMIT waiting for other connections to let go)"
+            f"waited for a lock (its `{short_sql(hold.own_wait_sql or '?', 40)}` waiting for "
+            "other connections to let go)"
         )
     if _notable_part(hold.scheduling_delay_ns, hold):
         parts.append(
@@ -127,7 +130,7 @@ def hold_story(hold: LockHold, timeline: Timeline, origin: int) -> str:
         )
     if hold.failed_commit_t is not None:
         parts.append(_after_failed_commit(hold, origin))
-    elif hold.released_by in ("error", "end-of-run", "close", "process killed"):
+    elif hold.released_by in ("error", "end-of-run", "close", "process killed", END_NOT_RECORDED):
         parts.append(_left_open(hold.released_by))
     return "; ".join(parts)
 
@@ -166,6 +169,12 @@ def _left_open(released_by: str) -> str:
         return "the transaction was left open after an error until the connection failed"
     if released_by == "close":
         return "the transaction was never committed: closing the connection ended it"
+    if released_by == END_NOT_RECORDED:
+        return (
+            "its end was not recorded: the holder's process recorded nothing after this (it "
+            "was killed before its last events were written, or exited with the transaction "
+            "open); the hold may have ended at any moment since, so it is shown only up to there"
+        )
     if released_by == "process killed":
         return (
             "the holder's process was killed with the transaction open: the OS released its "
@@ -173,9 +182,46 @@ def _left_open(released_by: str) -> str:
             "frames) when the database was next read; none of its writes were kept"
         )
     return (
-        "the transaction was never committed or rolled back: still open when the run ended "
-        "(in a traced program: never closed before exit)"
+        "no COMMIT or ROLLBACK was recorded: still open when the run ended (in a traced "
+        "program: at exit, or its process's last events were lost)"
     )
+
+
+@dataclass(frozen=True)
+class NearMiss:
+    """How close waits that all succeeded came to failing: the evidence line and its facts."""
+
+    line: str
+    facts: dict[str, object]
+
+
+def near_miss(waits: Sequence[BusyWait]) -> NearMiss | None:
+    """The margin the longest of these waits left before its busy_timeout, when none failed
+    (None when one did: then the margin is gone)."""
+    timed = [w for w in waits if w.timeout_ms > 0]
+    if not timed or any(w.failed for w in waits):
+        return None
+    worst = max(timed, key=lambda w: (w.duration_ms / w.timeout_ms, -w.t0))
+    used = math.floor(100 * worst.duration_ms / worst.timeout_ms)
+    if used >= 100:
+        margin = (
+            "no margin left (it got the lock on the busy handler's last retry, at the end of "
+            "its busy_timeout)"
+        )
+    else:
+        margin = f"{100 - used} % margin"
+    line = (
+        f"nothing failed, but the longest wait used {used} % of busy_timeout: {margin} "
+        f"({fmt_ms(ms(worst.t1 - worst.t0))} of {worst.timeout_ms} ms, {worst.waiter.describe()})"
+    )
+    facts: dict[str, object] = {
+        "longest_wait_ms": ms(worst.t1 - worst.t0),
+        "timeout_ms": worst.timeout_ms,
+        "used_percent": used,
+        "margin_percent": max(0, 100 - used),
+        "waiter_conn": worst.waiter.conn,
+    }
+    return NearMiss(line, facts)
 
 
 def hold_facts(hold: LockHold, origin: int) -> dict[str, object]:

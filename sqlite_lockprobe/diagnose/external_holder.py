@@ -14,12 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 from sqlite_lockprobe.diagnose import advice
-from sqlite_lockprobe.diagnose.causes import (
-    claimed_before_external,
-    external_blockers,
-    upgrade_second_halves,
-)
-from sqlite_lockprobe.diagnose.evidence import at, wait_facts, wait_line, wait_order
+from sqlite_lockprobe.diagnose.causes import external_blockers, waits_of
+from sqlite_lockprobe.diagnose.evidence import at, near_miss, wait_facts, wait_line, wait_order
 from sqlite_lockprobe.diagnose.model import BusyWait, OsLock, OsLockSample, Timeline
 from sqlite_lockprobe.findings import Finding
 
@@ -57,11 +53,8 @@ def detect(timeline: Timeline) -> list[Finding]:
     """One finding per outside process that held a blocking lock during recorded waits."""
     if not timeline.os_lock_samples:
         return []
-    halves = upgrade_second_halves(timeline)
     outsiders: dict[int, _Outsider] = {}
-    for wait in timeline.waits:
-        if claimed_before_external(wait, timeline, halves):
-            continue
+    for wait in waits_of(PATTERN, timeline):
         for sample, lock in external_blockers(wait, timeline):
             assert lock.pid is not None
             seen = outsiders.get(lock.pid)
@@ -122,6 +115,9 @@ def _finding(outsider: _Outsider, timeline: Timeline, origin: int) -> Finding:
         f" at those moments; {len(waits)} wait{'s' if len(waits) != 1 else ''} "
         f"({len(failed)} failed) met this lock",
     ]
+    missed = near_miss([w for w in waits if w.duration_ms * 2 >= w.timeout_ms])
+    if missed is not None and not failed:
+        evidence.append(missed.line)
     if outsider.first.started is not None:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(outsider.first.started))
         evidence.append(f"that process has been running since {started}")
@@ -173,5 +169,6 @@ def _finding(outsider: _Outsider, timeline: Timeline, origin: int) -> Finding:
             "waits": len(waits),
             "failed": len(failed),
             "first": wait_facts(waits[0], origin),
+            **({"near_miss": missed.facts} if missed is not None and not failed else {}),
         },
     )

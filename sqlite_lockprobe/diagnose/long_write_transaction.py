@@ -8,18 +8,14 @@ other writer sleep in the busy handler, and fail once busy_timeout runs out.
 from __future__ import annotations
 
 from sqlite_lockprobe.diagnose import advice
-from sqlite_lockprobe.diagnose.causes import (
-    claimed_before_long_write,
-    dominant_holder,
-    is_harmful,
-    upgrade_second_halves,
-)
+from sqlite_lockprobe.diagnose.causes import dominant_holder, waits_of
 from sqlite_lockprobe.diagnose.evidence import (
     fmt_ms,
     hold_facts,
     hold_story,
     is_reduced,
     ms,
+    near_miss,
     wait_facts,
     wait_line,
     wait_order,
@@ -33,12 +29,9 @@ WORST_SHOWN = 3
 
 def detect(timeline: Timeline) -> list[Finding]:
     """One finding naming the long write holds behind failed or long waits, longest first."""
-    halves = upgrade_second_halves(timeline)
     victims: dict[int, list[BusyWait]] = {}
     holds: dict[int, LockHold] = {}
-    for wait in timeline.waits:
-        if not is_harmful(wait) or claimed_before_long_write(wait, timeline, halves):
-            continue
+    for wait in waits_of(PATTERN, timeline):
         hold = dominant_holder(wait, timeline)
         if hold is None:
             continue
@@ -68,6 +61,9 @@ def detect(timeline: Timeline) -> list[Finding]:
         f"({len(failed)} failed); the longest held the lock for "
         f"{fmt_ms(ms(longest.t1 - longest.t0))}",
     ]
+    missed = near_miss(all_victims)
+    if missed is not None:
+        evidence.append(missed.line)
     for hold in ranked[:WORST_SHOWN]:
         hold_victims = victims[id(hold)]
         evidence.append("holder: " + hold_story(hold, timeline, origin))
@@ -118,6 +114,7 @@ def detect(timeline: Timeline) -> list[Finding]:
                     for h in ranked[:WORST_SHOWN]
                 ],
                 "worst": wait_facts(victims[id(ranked[0])][0], origin),
+                **({"near_miss": missed.facts} if missed is not None else {}),
             },
         )
     ]

@@ -12,7 +12,11 @@ hold is open.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 # SQLite result codes (https://sqlite.org/rescode.html)
 SQLITE_BUSY = 5
@@ -23,6 +27,24 @@ SQLITE_BUSY_TIMEOUT = 773
 SQLITE_LOCKED_SHAREDCACHE = 262
 
 NS_PER_MS = 1_000_000
+
+# LockHold.released_by when the holder's process recorded nothing after its last event
+# although the recording went on (killed before its last events were written, or exited with
+# the transaction open): the hold's end is unknown and it is cut at that last event.
+END_NOT_RECORDED = "end not recorded"
+
+# SQLite's message when a COMMIT or a RELEASE meets the connection's own statements still
+# running (vdbe.c OP_AutoCommit: "cannot commit transaction - SQL statements in progress";
+# OP_Savepoint: "cannot release savepoint - SQL statements in progress"). The code is
+# SQLITE_BUSY, but no lock and no other connection is involved: the counter it checks
+# (db->nVdbeWrite) counts this connection's own unfinished writing statements, such as an
+# INSERT ... RETURNING whose rows were not fetched yet.
+STATEMENTS_IN_PROGRESS = "SQL statements in progress"
+
+
+def busy_from_own_statements(error: int | None, message: str | None) -> bool:
+    """A SQLITE_BUSY that the connection's own unfinished statements caused, not a lock."""
+    return error == SQLITE_BUSY and STATEMENTS_IN_PROGRESS in (message or "")
 
 
 @dataclass(frozen=True)
@@ -90,7 +112,12 @@ class Call:
 
     @property
     def failed_busy(self) -> bool:
-        return self.error == SQLITE_BUSY
+        """Failed with SQLITE_BUSY because of a lock (not of its own unfinished statements)."""
+        return self.error == SQLITE_BUSY and not self.busy_from_own_statements
+
+    @property
+    def busy_from_own_statements(self) -> bool:
+        return busy_from_own_statements(self.error, self.message)
 
     @property
     def failed_locked(self) -> bool:
@@ -104,7 +131,8 @@ class Call:
 @dataclass(frozen=True)
 class BusyWait:
     """A call that met a lock held by someone else: it invoked the busy handler at least once,
-    or failed with SQLITE_BUSY. `had_read` says the waiter's transaction had already read
+    or failed with SQLITE_BUSY (other than a BUSY from its own unfinished statements, which is
+    no wait: see STATEMENTS_IN_PROGRESS). `had_read` says the waiter's transaction had already read
     (held SHARED or a WAL snapshot) before this call: the upgrade-deadlock precondition."""
 
     waiter: Actor
@@ -153,12 +181,17 @@ class LockHold:
     kind "write": RESERVED and above in rollback-journal mode, the WAL write lock in WAL mode.
     kind "read": an open read transaction (SHARED, or a WAL read snapshot).
     `taken_by` is the statement that took the lock, `released_by` what ended it (COMMIT,
-    ROLLBACK, close, error, end-of-run). `autocommit_false` says Python 3.12's autocommit=False
-    opened it (a BEGIN right after every commit and rollback, so one is always open);
+    ROLLBACK, close, error, end-of-run, process killed, or END_NOT_RECORDED: then `t1` is only
+    the last moment its process recorded). `autocommit_false` says Python 3.12's
+    autocommit=False opened it (a BEGIN right after every commit and rollback, so one is always
+    open);
     `failed_commit_t` is when a COMMIT of this transaction failed and left it open.
     `implicit_begin` is True when Python's sqlite3 opened
     the transaction itself (legacy DEFERRED BEGIN before DML). `in_statements_ns` is time
-    spent inside SQLite calls during the hold; the rest was idle in the application."""
+    spent inside SQLite calls during the hold; the rest was idle in the application.
+
+    A hold starts when the lock was granted: for a statement that waited in the busy handler,
+    at its last retry, not when the statement began (it held nothing while it waited)."""
 
     holder: Actor
     kind: str
@@ -174,6 +207,9 @@ class LockHold:
     autocommit_false: bool = False
     failed_commit_t: int | None = None
     failed_commit_code: int | None = None
+    # The statement of the holder's longest own wait during the hold, and how long it waited.
+    own_wait_sql: str = ""
+    own_wait_longest_ns: int = 0
 
     @property
     def duration_ms(self) -> float:
@@ -226,7 +262,7 @@ class OpenStatement:
     sql: str
     t0: int
     t1: int
-    closed_by: str  # "cursor closed", "connection closed", "end-of-run"
+    closed_by: str  # "cursor closed", "connection closed", "end-of-run", END_NOT_RECORDED
 
     def open_at(self, t: int) -> bool:
         return self.t0 <= t < self.t1
@@ -305,6 +341,7 @@ class Timeline:
     _write_index: _SpanIndex = field(init=False, repr=False, compare=False)
     _read_index: _SpanIndex = field(init=False, repr=False, compare=False)
     _sample_times: list[int] = field(init=False, repr=False, compare=False)
+    _memo: dict[str, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         # Frozen dataclass: derived indexes are set once, here, and never change. Fresh objects,
@@ -313,6 +350,14 @@ class Timeline:
         object.__setattr__(self, "_write_index", _SpanIndex(self.write_holds))
         object.__setattr__(self, "_read_index", _SpanIndex(self.read_holds))
         object.__setattr__(self, "_sample_times", [s.t for s in self.os_lock_samples])
+
+    def memo(self, key: str, compute: Callable[[], _T]) -> _T:
+        """A value derived from this timeline, computed once and shared by the detectors
+        (such as which pattern owns each wait: causes.wait_causes)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        value: _T = self._memo[key]
+        return value
 
     @property
     def is_wal(self) -> bool:

@@ -9,14 +9,7 @@ sets its own.
 from __future__ import annotations
 
 from sqlite_lockprobe.diagnose import advice
-from sqlite_lockprobe.diagnose.causes import (
-    TINY_TIMEOUT_MS,
-    external_blockers,
-    is_tiny_timeout_failure,
-    is_upgrade_refusal,
-    same_thread_blocker,
-    upgrade_second_halves,
-)
+from sqlite_lockprobe.diagnose.causes import TINY_TIMEOUT_MS, waits_of
 from sqlite_lockprobe.diagnose.evidence import hold_story, wait_facts, wait_line, wait_order
 from sqlite_lockprobe.diagnose.model import Timeline
 from sqlite_lockprobe.findings import Finding
@@ -27,16 +20,7 @@ WORST_SHOWN = 3
 
 def detect(timeline: Timeline) -> list[Finding]:
     """One finding for BUSY failures on connections whose busy_timeout is under 50 ms."""
-    halves = upgrade_second_halves(timeline)
-    failures = [
-        w
-        for w in timeline.waits
-        if is_tiny_timeout_failure(w)
-        and not is_upgrade_refusal(w, timeline)
-        and id(w) not in halves
-        and same_thread_blocker(w, timeline) is None
-        and not external_blockers(w, timeline)
-    ]
+    failures = waits_of(PATTERN, timeline)
     if not failures:
         return []
     failures.sort(key=lambda w: (w.t0, w.waiter.conn))

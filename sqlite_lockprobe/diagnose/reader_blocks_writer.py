@@ -9,20 +9,12 @@ so long or frequent reads stall commits and commits stall reads. WAL mode has no
 from __future__ import annotations
 
 from sqlite_lockprobe.diagnose import advice
-from sqlite_lockprobe.diagnose.causes import (
-    blocking_readers,
-    external_blockers,
-    is_harmful,
-    is_tiny_timeout_failure,
-    is_upgrade_refusal,
-    overlap_ns,
-    same_thread_blocker,
-    upgrade_second_halves,
-)
+from sqlite_lockprobe.diagnose.causes import blocking_readers, overlap_ns, waits_of
 from sqlite_lockprobe.diagnose.evidence import (
     hold_facts,
     hold_story,
     is_reduced,
+    near_miss,
     wait_facts,
     wait_line,
     wait_order,
@@ -39,17 +31,8 @@ def detect(timeline: Timeline) -> list[Finding]:
     """One finding for rollback-mode COMMITs that failed or waited long behind readers."""
     if timeline.is_wal:
         return []
-    halves = upgrade_second_halves(timeline)
     cases: list[tuple[BusyWait, list[LockHold]]] = []
-    for wait in timeline.waits:
-        if wait.phase != "commit" or not is_harmful(wait):
-            continue
-        if is_upgrade_refusal(wait, timeline) or id(wait) in halves:
-            continue
-        if is_tiny_timeout_failure(wait) or same_thread_blocker(wait, timeline) is not None:
-            continue
-        if external_blockers(wait, timeline):
-            continue
+    for wait in waits_of(PATTERN, timeline):
         t1 = max(wait.t1, wait.t0 + 1)
         readers = sorted(
             blocking_readers(wait, timeline),
@@ -70,6 +53,9 @@ def detect(timeline: Timeline) -> list[Finding]:
         f"({len(failed)} failed); {len(reader_conns)} reading connection"
         f"{'s' if len(reader_conns) != 1 else ''} involved",
     ]
+    missed = near_miss([w for w, _ in cases])
+    if missed is not None:
+        evidence.append(missed.line)
     for wait, readers in cases[:WORST_SHOWN]:
         evidence.append("writer: " + wait_line(wait, origin))
         t1 = max(wait.t1, wait.t0 + 1)
@@ -104,6 +90,7 @@ def detect(timeline: Timeline) -> list[Finding]:
                 "readers": reader_conns,
                 "worst": wait_facts(worst_wait, origin),
                 "worst_reader": hold_facts(worst_readers[0], origin),
+                **({"near_miss": missed.facts} if missed is not None else {}),
             },
         )
     ]

@@ -9,16 +9,13 @@ run after the wait gives up: the wait always lasts the full busy_timeout, then f
 from __future__ import annotations
 
 from sqlite_lockprobe.diagnose import advice
-from sqlite_lockprobe.diagnose.causes import (
-    is_upgrade_refusal,
-    same_thread_blocker,
-    upgrade_second_halves,
-)
+from sqlite_lockprobe.diagnose.causes import same_thread_blocker, waits_of
 from sqlite_lockprobe.diagnose.chain import wait_for_chain
 from sqlite_lockprobe.diagnose.evidence import (
     hold_facts,
     hold_story,
     is_reduced,
+    near_miss,
     wait_facts,
     wait_line,
     wait_order,
@@ -32,11 +29,8 @@ WORST_SHOWN = 3
 
 def detect(timeline: Timeline) -> list[Finding]:
     """One finding for every wait whose lock holder runs on the waiter's own thread."""
-    halves = upgrade_second_halves(timeline)
     cases: list[tuple[BusyWait, LockHold]] = []
-    for wait in timeline.waits:
-        if is_upgrade_refusal(wait, timeline) or id(wait) in halves:
-            continue
+    for wait in waits_of(PATTERN, timeline):
         hold = same_thread_blocker(wait, timeline)
         if hold is not None:
             cases.append((wait, hold))
@@ -52,6 +46,9 @@ def detect(timeline: Timeline) -> list[Finding]:
         f"{len(cases)} wait{'s' if len(cases) != 1 else ''} ({len(failed)} failed) on a lock "
         "held by another connection driven by the same OS thread",
     ]
+    missed = near_miss([w for w, _ in cases])
+    if missed is not None:
+        evidence.append(missed.line)
     for wait, hold in cases[:WORST_SHOWN]:
         evidence.append("waiter: " + wait_line(wait, origin))
         evidence.append("  holder: " + hold_story(hold, timeline, origin))
@@ -91,6 +88,7 @@ def detect(timeline: Timeline) -> list[Finding]:
                 "worst": wait_facts(worst_wait, origin),
                 "worst_holder": hold_facts(worst_hold, origin),
                 "chain": chain,
+                **({"near_miss": missed.facts} if missed is not None else {}),
             },
         )
     ]

@@ -10,6 +10,8 @@ from operator import attrgetter, eq, itemgetter
 from typing import Any
 
 from sqlite_lockprobe.diagnose.model import (
+    END_NOT_RECORDED,
+    NS_PER_MS,
     SQLITE_BUSY,
     Actor,
     BusyWait,
@@ -47,6 +49,10 @@ class _ConnState:
     autocommit_false: bool = False
     write_holds: list[LockHold] = field(default_factory=list)  # closed ones
     read_holds: list[LockHold] = field(default_factory=list)
+    # The holds the last call opened after waiting in the busy handler, and that call's span:
+    # its busy events (which follow it in the recording) say when the lock was granted.
+    granted: tuple[LockHold, ...] = ()
+    granted_span: tuple[int, int] = (0, 0)
     open_cursors: list[tuple[Actor, str, int]] = field(default_factory=list)
     closed_cursors: list[OpenStatement] = field(default_factory=list)
     # The actor of the last call, by its raw fields, while no open or worker event came since.
@@ -115,6 +121,10 @@ def build_timeline(
     last_call_t0: dict[str, int] = {}
     pids: set[int] = set()
     last_t = 0
+    # The last moment each process recorded anything but a call (calls: _ConnState.last_end),
+    # and the process of each worker: where a process's record stops, its open holds end.
+    process_last: dict[int, int] = {}
+    worker_pids: dict[str, int] = {}
     # Calls on a connection opened before recording began are counted but not drawn.
     unopened = activity.counts_for("")
     first_call_t0: int | None = None
@@ -159,7 +169,7 @@ def build_timeline(
                 if calls_complete and len(calls) > keep_all_calls_up_to:
                     calls_complete = False
                     calls = [c for c in calls if c.error is not None or c.busy_calls]
-                if busy > 0 or error == SQLITE_BUSY:
+                if busy > 0 or (error == SQLITE_BUSY and not call.busy_from_own_statements):
                     waits.append(_busy_wait(call, state, plan))
             failed_code = None if error is None else (event.get("ext") or error)
             _advance(state, plan, event, t0, t1, busy, failed_code, in_txn)
@@ -170,6 +180,9 @@ def build_timeline(
         if t_end > last_t:
             last_t = t_end
         activity.observe(event)
+        pid = _event_pid(event, conns, worker_pids, meta)
+        if pid and t_end > process_last.get(pid, 0):
+            process_last[pid] = t_end
         if kind == "open":
             info = ConnectionInfo(
                 conn=event["conn"],
@@ -208,12 +221,17 @@ def build_timeline(
             interned.add_worker(event)
             if event.get("pid"):
                 pids.add(int(event["pid"]))
+                worker_pids[str(event["worker"])] = int(event["pid"])
         elif kind == "worker_end" and str(event.get("error") or "").startswith("killed by"):
             # The process died: the OS dropped its locks, and SQLite rolls its transaction back
             # (hot journal, or WAL frames never committed) when the database is next opened.
             for state in conns.values():
                 if state.worker == event["worker"]:
                     _end_txn(state, int(event["t"]), "process killed")
+        elif kind == "busy":
+            state = conns.get(event.get("conn") or "")
+            if state is not None and state.granted:
+                _granted(state, int(event["t"]), float(event.get("delay_ms") or 0))
         elif kind == "holders":
             conn = event.get("conn") or ""
             samples.append(
@@ -259,9 +277,17 @@ def build_timeline(
             if event.get("pid"):
                 pids.add(int(event["pid"]))
     activity.finish(seen, first_call_t0, last_call_t1)
+    for state in conns.values():  # calls count too: each connection's last one
+        pid = state.info.pid
+        process_last[pid] = max(process_last.get(pid, 0), state.last_end)
     for state in conns.values():
-        _end_txn(state, last_t, "end-of-run")
-        state.end_cursors(last_t, "end-of-run")
+        # A process whose record stops before the recording does (killed before its last
+        # events were written, or exited with the transaction open): what its holds did after
+        # its last event is unknown, so they end there, not at the end of the recording.
+        end = process_last[state.info.pid]
+        released_by = "end-of-run" if end >= last_t else END_NOT_RECORDED
+        _end_txn(state, min(end, last_t), released_by)
+        state.end_cursors(min(end, last_t), released_by)
     _sort_spans(calls, _CALL_ORDER)
     _sort_spans(waits, _WAIT_ORDER)
     infos = {c: s.info for c, s in conns.items()}
@@ -290,6 +316,25 @@ def build_timeline(
             )
         ),
     )
+
+
+def _event_pid(
+    event: dict[str, Any],
+    conns: dict[str, _ConnState],
+    worker_pids: dict[str, int],
+    meta: dict[str, Any],
+) -> int:
+    """The process that recorded a non-call event: its own pid field, else its connection's
+    or its worker's; the recording's own process for the rest (WAL samples, filesystem)."""
+    pid = event.get("pid")
+    if pid:
+        return int(pid)
+    owner = conns.get(event.get("conn") or "")
+    if owner is not None:
+        return owner.info.pid
+    if event["k"] == "worker_end":
+        return worker_pids.get(str(event.get("worker")), 0)
+    return int(meta.get("pid") or 0)
 
 
 # Spans are ordered by start, then end, then connection. The keys are C getters: a long log
@@ -568,7 +613,7 @@ def _busy_wait(call: Call, state: _ConnState, plan: _CallPlan) -> BusyWait:
         waiter=call.actor,
         call=call,
         handler_calls=call.busy_calls,
-        failed=call.error == SQLITE_BUSY,
+        failed=call.failed_busy,
         timeout_ms=state.info.timeout_ms,
         had_read=state.had_read,
         phase=plan.phase,
@@ -587,6 +632,8 @@ def _advance(
 ) -> None:
     """Move one connection's lock state past one call (failed_code: None if it succeeded)."""
     ok = failed_code is None
+    if state.granted:  # the call before's busy events have all been seen
+        state.granted = ()
     write, read = state.write, state.read
     last_end, last_sql, sql = state.last_end, state.last_sql, plan.sql
     if write is not None:
@@ -597,16 +644,23 @@ def _advance(
     if ok:
         if plan.begins_implicitly:
             state.implicit_txn = True
+        # A statement that waited got its lock at its last busy-handler retry: until its busy
+        # events say when (_granted), at its end, the latest the lock can have been granted.
+        acquired_at = t1 if busy else t0
+        granted: list[LockHold] = []
         if write is None and plan.write_taken_by is not None:
             implicit = False if plan.write_explicit else state.implicit_txn
-            acquired_at = t1 if busy else t0
             state.write = _open_hold(
                 state, event, "write", acquired_at, plan.write_taken_by, implicit
             )
             _add_call(state.write, t0, t1, sql, busy, 0, "")
+            granted.append(state.write)
         if read is None and (plan.read_if_no_write if write is None else plan.read_if_write):
-            state.read = _open_hold(state, event, "read", t0, sql, state.implicit_txn)
+            state.read = _open_hold(state, event, "read", acquired_at, sql, state.implicit_txn)
             _add_call(state.read, t0, t1, sql, busy, 0, "")
+            granted.append(state.read)
+        if busy and granted:
+            state.granted, state.granted_span = tuple(granted), (t0, t1)
         if plan.reads:
             state.had_read = True
     elif in_txn_after and plan.is_commit:
@@ -658,6 +712,21 @@ def _open_hold(
     )
 
 
+def _granted(state: _ConnState, t: int, delay_ms: float) -> None:
+    """A busy-handler call at t that slept delay_ms, during the call that opened
+    `state.granted`: the lock was granted at the retry after it, if no later one follows."""
+    t0, t1 = state.granted_span
+    if not t0 <= t <= t1 or delay_ms <= 0:
+        return
+    at = min(t1, t + int(delay_ms * NS_PER_MS))
+    for hold in state.granted:
+        # The opening call's time inside SQLite counted from the hold's start (_add_call).
+        hold.in_statements_ns += hold.t0 - at
+        hold.t0 = at
+        if hold.t1 < at:
+            hold.t1 = at
+
+
 def _add_call(
     hold: LockHold, t0: int, t1: int, sql: str, busy: int, last_end: int, last_sql: str
 ) -> None:
@@ -672,6 +741,8 @@ def _add_call(
         hold.in_statements_ns += t1 - start
     if busy and t0 >= hold.t0:
         hold.own_wait_ns += t1 - t0
+        if t1 - t0 > hold.own_wait_longest_ns:
+            hold.own_wait_longest_ns, hold.own_wait_sql = t1 - t0, sql
 
 
 def _add_app_idle(hold: LockHold, t0: int, t1: int) -> None:

@@ -9,16 +9,12 @@ some waiters keep losing until busy_timeout runs out, though no single holder he
 from __future__ import annotations
 
 from sqlite_lockprobe.diagnose import advice
-from sqlite_lockprobe.diagnose.causes import (
-    claimed_before_long_write,
-    dominant_holder,
-    is_harmful,
-    upgrade_second_halves,
-)
+from sqlite_lockprobe.diagnose.causes import convoy_holders, wait_causes, waits_of
 from sqlite_lockprobe.diagnose.evidence import (
     fmt_ms,
     hold_story,
     is_reduced,
+    near_miss,
     percentile,
     wait_facts,
     wait_line,
@@ -35,59 +31,62 @@ NEAR_TIMEOUT_FRACTION = 0.9
 
 
 def detect(timeline: Timeline) -> list[Finding]:
-    """One finding when waits timed out behind a stream of short holders."""
-    halves = upgrade_second_halves(timeline)
-    timed_out: list[tuple[BusyWait, list[str]]] = []
-    for wait in timeline.waits:
-        if not wait.failed or (wait.handler_calls == 0 and not _reduced(timeline, wait)):
-            continue
-        if claimed_before_long_write(wait, timeline, halves):
-            continue
-        if dominant_holder(wait, timeline) is not None:
-            continue
-        t1 = max(wait.t1, wait.t0 + 1)
-        holders = timeline.write_holders_during(wait.t0, t1, wait.waiter.conn)
-        if not holders:
-            continue  # nobody recorded held the lock: not a convoy of ours
-        timed_out.append((wait, sorted({h.holder.conn for h in holders})))
-    if not timed_out:
+    """One finding when waits timed out, or came close to it (used half their busy_timeout),
+    behind a stream of short holders."""
+    cases = [(w, convoy_holders(w, timeline)) for w in waits_of(PATTERN, timeline)]
+    if not cases:
         return []
     origin = timeline.origin_ns
-    timed_out.sort(key=lambda case: (-len(case[1]), *wait_order(case[0])))
+    cases.sort(key=lambda case: (not case[0].failed, -len(case[1]), *wait_order(case[0])))
+    timed_out = [case for case in cases if case[0].failed]
+    missed = near_miss([w for w, _ in cases])
 
     # The distribution covers the convoy's own waits: none that another pattern explains.
+    causes = wait_causes(timeline)
     queued = [
         w
         for w in timeline.waits
-        if (w.handler_calls > 0 or w.failed)
-        and not claimed_before_long_write(w, timeline, halves)
-        and (not is_harmful(w) or dominant_holder(w, timeline) is None)
+        if (w.handler_calls > 0 or w.failed) and causes[id(w)] in (None, PATTERN)
     ]
     durations = sorted(w.duration_ms for w in queued)
     near = sum(1 for w in queued if w.duration_ms >= NEAR_TIMEOUT_FRACTION * w.timeout_ms > 0)
-    holder_counts = sorted(len(holders) for _, holders in timed_out)
+    holder_counts = sorted(len(holders) for _, holders in timed_out or cases)
     median_holders = holder_counts[(len(holder_counts) - 1) // 2]
-    distinct = sorted({conn for _, holders in timed_out for conn in holders})
+    distinct = sorted({conn for _, holders in cases for conn in holders})
     p50, p95, p99 = (round(percentile(durations, p), 1) for p in (50, 95, 99))
     worst_max = round(durations[-1], 1) if durations else 0.0
-    worst_wait, worst_holders = timed_out[0]
+    worst_wait, worst_holders = cases[0]
 
+    if timed_out:
+        what = (
+            f"{len(timed_out)} wait{'s' if len(timed_out) != 1 else ''} ran out of "
+            "busy_timeout with no single long holder"
+        )
+        if len(cases) > len(timed_out):
+            what += f" ({len(cases) - len(timed_out)} more used over half of it)"
+    else:
+        what = (
+            f"no wait failed, but {len(cases)} wait{'s' if len(cases) != 1 else ''} used over "
+            "half of their busy_timeout with no single long holder (a near-miss)"
+        )
     evidence = [
-        f"{len(timed_out)} wait{'s' if len(timed_out) != 1 else ''} ran out of busy_timeout "
-        f"with no single long holder; {len(distinct)} distinct connections held the write lock "
-        "during them",
+        f"{what}; {len(distinct)} distinct connections held the write lock during them",
         f"wait times over {len(durations)} busy waits: p50 {fmt_ms(p50)}, p95 {fmt_ms(p95)}, "
         f"p99 {fmt_ms(p99)}, max {fmt_ms(worst_max)}; {near} ended within 10% of their "
         "busy_timeout",
-        f"the worst failed wait saw {len(worst_holders)} different holders come and go: "
-        + wait_line(worst_wait, origin),
     ]
+    if missed is not None:
+        evidence.append(missed.line)
+    evidence.append(
+        f"the worst {'failed ' if worst_wait.failed else ''}wait saw {len(worst_holders)} "
+        "different holders come and go: " + wait_line(worst_wait, origin)
+    )
     t1 = max(worst_wait.t1, worst_wait.t0 + 1)
     worst_holds = timeline.write_holders_during(worst_wait.t0, t1, worst_wait.waiter.conn)
     longest_first = sorted(worst_holds, key=lambda h: (-(h.t1 - h.t0), h.t0, h.holder.conn))
     for hold in longest_first[:HOLDERS_SHOWN]:
         evidence.append("  holder: " + hold_story(hold, timeline, origin))
-    for wait, conns in timed_out[1:WORST_SHOWN]:
+    for wait, conns in cases[1:WORST_SHOWN]:
         evidence.append(f"also ({len(conns)} holders): " + wait_line(wait, origin))
     starved = _starved_holds(timeline, distinct)
     if starved:
@@ -101,18 +100,38 @@ def detect(timeline: Timeline) -> list[Finding]:
     confidence = "high" if median_holders >= 2 else "medium"
     if confidence == "medium":
         evidence.append(
-            "most failed waits saw only one holder: the lock was free part of the time while "
-            "the waiters slept in the busy handler (unfair retries), so confidence is medium"
+            f"most {'failed' if timed_out else 'long'} waits saw only one holder: the lock was "
+            "free part of the time while the waiters slept in the busy handler (unfair "
+            "retries), so confidence is medium"
         )
-    if any(_reduced(timeline, w) for w, _ in timed_out):
+    if any(_reduced(timeline, w) for w, _ in cases):
         confidence = "medium"
         evidence.append("busy-handler calls were not recorded (reduced detail)")
 
+    facts: dict[str, object] = {
+        "timed_out_waits": len(timed_out),
+        "long_waits": len(cases) - len(timed_out),
+        "distinct_holders": len(distinct),
+        "holders": distinct,
+        "median_holders_per_failed_wait": median_holders,
+        "wait_ms": {"p50": p50, "p95": p95, "p99": p99, "max": worst_max},
+        "waits": len(durations),
+        "near_timeout": near,
+        "starved_holders": len(starved),
+        "worst": wait_facts(worst_wait, origin),
+    }
+    if missed is not None:
+        facts["near_miss"] = missed.facts
     return [
         Finding(
             pattern=PATTERN,
-            title="Writers queue for the write lock and some time out (write convoy)",
-            severity="error",
+            title=(
+                "Writers queue for the write lock and some time out (write convoy)"
+                if timed_out
+                else "Writers queue for the write lock and came close to timing out "
+                "(write convoy, near-miss)"
+            ),
+            severity="error" if timed_out else "warning",
             confidence=confidence,
             explanation=(
                 "Many connections write in short transactions and all need SQLite's single "
@@ -121,6 +140,13 @@ def detect(timeline: Timeline) -> list[Finding]:
                 "so some waiters starve until busy_timeout runs out while others get through. "
                 "No single transaction is to blame; the number of concurrent writers is. The "
                 "more connections (hundreds of coroutines each with its own), the worse."
+                + (
+                    ""
+                    if timed_out
+                    else " Nothing failed this time, but the longest waits used most of the "
+                    "busy_timeout: a little more load or a slower disk and they fail with "
+                    '"database is locked".'
+                )
             ),
             evidence=tuple(evidence),
             advice=(
@@ -128,17 +154,7 @@ def detect(timeline: Timeline) -> list[Finding]:
                 advice.synchronous_normal() if timeline.is_wal else advice.wal_mode(),
                 advice.raise_busy_timeout_stopgap(max(10000, 2 * worst_wait.timeout_ms)),
             ),
-            facts={
-                "timed_out_waits": len(timed_out),
-                "distinct_holders": len(distinct),
-                "holders": distinct,
-                "median_holders_per_failed_wait": median_holders,
-                "wait_ms": {"p50": p50, "p95": p95, "p99": p99, "max": worst_max},
-                "waits": len(durations),
-                "near_timeout": near,
-                "starved_holders": len(starved),
-                "worst": wait_facts(worst_wait, origin),
-            },
+            facts=facts,
         )
     ]
 

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from sqlite_lockprobe.analysis import Analysis
 from sqlite_lockprobe.comparefix import HANDSHAKE_LIMIT_S, FixComparison, describe_fix
+from sqlite_lockprobe.diagnose.model import Timeline
 from sqlite_lockprobe.report.jsonreport import report_document
 from sqlite_lockprobe.report.terminal import diagnosis, groups_table, print_lines, worst_waits
 from sqlite_lockprobe.report.terminal_timeline import window_renderable, worst_window
@@ -21,9 +22,27 @@ from sqlite_lockprobe.runner import RunResult
 from sqlite_lockprobe.stats import ActivityCounter
 
 HEALTHY = (
-    "No busy timeouts, no upgrade deadlocks, no long lock holds: the workload's locking is "
-    "fine as recorded. (A finding needs evidence; none was guessed.)"
+    "No call failed on a lock (SQLITE_BUSY or SQLITE_LOCKED) and no wait used half of its "
+    "busy_timeout: the workload's locking is fine as recorded. (A finding needs evidence; "
+    "none was guessed.)"
 )
+
+
+def healthy_note(timeline: Timeline) -> str:
+    """HEALTHY, and why the SQLITE_BUSY errors the table may show are no lock problem: a
+    COMMIT or RELEASE met the connection's own unfinished statements (model.py,
+    STATEMENTS_IN_PROGRESS)."""
+    own = [c for c in timeline.calls if c.busy_from_own_statements]
+    if not own:
+        return HEALTHY
+    messages = sorted({c.message or "" for c in own})
+    return (
+        f"{HEALTHY}\n{len(own)} call{'s' if len(own) != 1 else ''} failed with SQLITE_BUSY "
+        f"because of {'their' if len(own) != 1 else 'its'} own connection's unfinished "
+        f"statements, not a lock ({'; '.join(messages)}): a COMMIT or RELEASE while a "
+        "statement of the same connection was still running, such as an INSERT ... RETURNING "
+        "whose rows were not fetched yet. No other connection was involved."
+    )
 
 
 @dataclass(frozen=True)
@@ -58,7 +77,7 @@ def render(console: Console, header: ReportHeader, analysis: Analysis) -> None:
     if window is not None:
         console.print(window_renderable(window))
     console.print()
-    console.print(diagnosis(analysis.findings, HEALTHY))
+    console.print(diagnosis(analysis.findings, healthy_note(analysis.timeline)))
 
 
 def document(command: str, header: ReportHeader, analysis: Analysis) -> dict[str, Any]:
