@@ -28,6 +28,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,16 +259,22 @@ def differences(bare: dict[str, str], traced: dict[str, str]) -> list[str]:
     ]
 
 
-def print_findings(report: dict | None) -> None:
+def print_findings(report: dict | None, shown: set[str]) -> None:
+    """Each finding with its evidence, once: a finding seen in an earlier round is skipped."""
     if report is None:
         print("    no report (lockprobe failed: see output.log)")
         return
     for finding in report["findings"]:
+        lines = finding["evidence"].get("lines", [])
+        key = json.dumps([finding["pattern"], lines])
+        if key in shown:
+            continue
+        shown.add(key)
         print(
             f"    finding {finding['pattern']} ({finding['severity']}, "
             f"{finding['confidence']}): {finding['title']}"
         )
-        for line in finding["evidence"].get("lines", []):
+        for line in lines:
             print(f"      - {line}")
 
 
@@ -285,8 +292,10 @@ def bench_suite(suite: Suite, home: Path, args: argparse.Namespace) -> bool:
             mode = "traced" if traced else "bare"
             print(
                 f"  round {n + 1} {mode:6}: exit {result.exit_code}, {result.wall_seconds:.1f} s "
-                f"(pytest {result.pytest_seconds:.1f} s), {counts_text(result.counts)}  "
-                f"[{result.last_line}]",
+                f"(pytest {result.pytest_seconds:.1f} s), {counts_text(result.counts)}, "
+                f"largest process {result.program_rss_kib / 1024:.0f} MiB"
+                + (f", lockprobe {result.lockprobe_rss_kib / 1024:.0f} MiB" if traced else "")
+                + f"  [{result.last_line}]",
                 flush=True,
             )
             pair.append(result)
@@ -307,6 +316,10 @@ def bench_suite(suite: Suite, home: Path, args: argparse.Namespace) -> bool:
     return ok
 
 
+def median_of(runs: list[RunResult], value: Callable[[RunResult], float]) -> float:
+    return statistics.median(value(run) for run in runs)
+
+
 def summarize(suite: Suite, rounds: list[tuple[RunResult, RunResult]]) -> None:
     bare = [b for b, _ in rounds]
     traced = [t for _, t in rounds]
@@ -318,15 +331,21 @@ def summarize(suite: Suite, rounds: list[tuple[RunResult, RunResult]]) -> None:
     total = report.get("summary", {}).get("total", {})
     patterns = Counter(f["pattern"] for t in traced for f in (t.report or {}).get("findings", []))
     identical = all(not differences(b.outcomes, t.outcomes) for b, t in rounds)
-    bare_rss = max(b.program_rss_kib for b in bare)
     print(f"[{suite.name}] summary over {len(rounds)} round(s)")
     print(f"  tests bare:   {counts_text(bare[-1].counts)}")
     print(f"  tests traced: {counts_text(last.counts)}")
     print(f"  results identical: {'yes' if identical else 'NO'}")
     print(
-        f"  wall time: bare median {statistics.median(b.wall_seconds for b in bare):.1f} s, "
-        f"traced {statistics.median(t.wall_seconds for t in traced):.1f} s, "
+        f"  wall time: bare median {median_of(bare, lambda r: r.wall_seconds):.1f} s, "
+        f"traced {median_of(traced, lambda r: r.wall_seconds):.1f} s, "
         f"ratio traced/bare median {wall:.2f} (pytest's own time: {statistics.median(own):.2f})"
+    )
+    # Outside pytest's session: interpreter start-up, and for traced runs lockprobe's reading
+    # of the event files, analysis, report and --events log after the program ended.
+    print(
+        "  outside pytest's session: bare median "
+        f"{median_of(bare, lambda r: r.wall_seconds - r.pytest_seconds):.1f} s, traced "
+        f"{median_of(traced, lambda r: r.wall_seconds - r.pytest_seconds):.1f} s"
     )
     print(
         f"  recorded: {len(trace.get('pids', []))} process(es), "
@@ -334,14 +353,16 @@ def summarize(suite: Suite, rounds: list[tuple[RunResult, RunResult]]) -> None:
         f"event log {max(t.events_bytes for t in traced) / 2**20:.1f} MiB"
     )
     print(
-        f"  peak RSS: lockprobe {max(t.lockprobe_rss_kib for t in traced) / 1024:.0f} MiB; "
-        f"the suite's largest process traced {max(t.program_rss_kib for t in traced) / 1024:.0f}"
-        f" MiB, bare {bare_rss / 1024:.0f} MiB"
+        f"  peak RSS: lockprobe max {max(t.lockprobe_rss_kib for t in traced) / 1024:.0f} MiB; "
+        "the suite's largest process, median: "
+        f"bare {median_of(bare, lambda r: r.program_rss_kib) / 1024:.0f} MiB, "
+        f"traced {median_of(traced, lambda r: r.program_rss_kib) / 1024:.0f} MiB"
     )
     found = ", ".join(f"{p} x{n}" for p, n in patterns.most_common()) or "none"
     print(f"  findings (all traced rounds): {found}")
+    shown: set[str] = set()
     for t in traced:
-        print_findings(t.report)
+        print_findings(t.report, shown)
 
 
 def main() -> int:
