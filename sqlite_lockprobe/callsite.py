@@ -53,6 +53,11 @@ class CallSites:
             frame: Any = _getframe(depth)
         except ValueError:  # called with fewer frames above (a thread's bare target)
             return None
+        return self.find_from(frame)
+
+    def find_from(self, frame: Any) -> str | None:
+        """The call site as `find` gives it, walking up from `frame` (another thread's
+        current frame, from sys._current_frames)."""
         places = self._places
         fallback = None
         while frame is not None:

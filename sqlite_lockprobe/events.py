@@ -71,6 +71,10 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
         # (tracer.StatementBudget; absent or 0: every statement is in stmts).
         "folded",
     ),
+    # A statement of conn left unfinished outside a transaction (a cursor not exhausted), seen
+    # while another connection of the same process waited: it keeps conn's read lock. site:
+    # where conn's thread was at that moment (trace only).
+    "unfinished": ("t", "conn", "sql", "site"),
     # One busy-handler invocation: retry number n, then a sleep of delay_ms (0 = gave up).
     "busy": ("t", "conn", "n", "delay_ms"),
     # The OS lock table of database file `db` while conn waited (or right after it failed with

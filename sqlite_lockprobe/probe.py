@@ -86,6 +86,28 @@ class SqliteCApi:
         self.db_filename = lib.sqlite3_db_filename
         self.db_filename.argtypes = [vp, c_char_p]
         self.db_filename.restype = c_char_p
+        # For `unfinished_statements`: another thread's connection, read under its own mutex.
+        self.db_mutex = lib.sqlite3_db_mutex
+        self.db_mutex.argtypes = [vp]
+        self.db_mutex.restype = vp
+        self.mutex_try = lib.sqlite3_mutex_try
+        self.mutex_try.argtypes = [vp]
+        self.mutex_try.restype = c_int
+        self.mutex_leave = lib.sqlite3_mutex_leave
+        self.mutex_leave.argtypes = [vp]
+        self.mutex_leave.restype = None
+        self.next_stmt = lib.sqlite3_next_stmt
+        self.next_stmt.argtypes = [vp, vp]
+        self.next_stmt.restype = vp
+        self.stmt_busy = lib.sqlite3_stmt_busy
+        self.stmt_busy.argtypes = [vp]
+        self.stmt_busy.restype = c_int
+        self.stmt_readonly = lib.sqlite3_stmt_readonly
+        self.stmt_readonly.argtypes = [vp]
+        self.stmt_readonly.restype = c_int
+        self.stmt_sql = lib.sqlite3_sql
+        self.stmt_sql.argtypes = [vp]
+        self.stmt_sql.restype = c_char_p
         # CPython's pysqlite_Connection starts with PyObject_HEAD then `sqlite3 *db`
         # (Modules/_sqlite/connection.h, 3.10 to 3.13): the handle is right after the header.
         self._handle_offset = object.__basicsize__
@@ -177,6 +199,7 @@ class ConnectionProbe:
         "_wait_started_ns",
         "interrupted",
         "_emit",
+        "on_sample",
         "_api",
         "_db",
         "_callback",
@@ -200,6 +223,9 @@ class ConnectionProbe:
         self.statements: list[str] = []
         self.interrupted: BaseException | None = None
         self._emit = emit
+        # Called with this probe after each reading of the lock table during a wait: the
+        # tracer then looks at the process's other connections (Tracer.look_at_readers).
+        self.on_sample: Callable[[ConnectionProbe], None] | None = None
         self._conn = conn
         self._callback: Any = None
         api, why = load_capi()
@@ -292,6 +318,33 @@ class ConnectionProbe:
             locks.append(entry)
         self.last_sample_ns = t
         self._emit(("holders", t, self.conn_id, self.db_path, sample.source, locks, sample.note))
+        if self.on_sample is not None:
+            self.on_sample(self)
+
+    def unfinished_statements(self) -> list[str] | None:
+        """The SQL of this connection's statements left unfinished (stepped, not yet reset: a
+        cursor not exhausted), which keep its read lock outside any transaction; None when
+        the connection could not be looked at now.
+
+        Called from another connection's busy handler, on another thread: the connection may
+        be inside a statement right now. Everything is read under its own mutex, taken only
+        if free (sqlite3_mutex_try): two waiters looking at each other must never block."""
+        api, db = self._api, self._db
+        if api is None or not db:
+            return None
+        mutex = api.db_mutex(db)
+        if not mutex or api.mutex_try(mutex) != 0:  # no mutex (not serialized), or in use
+            return None
+        try:
+            found = []
+            stmt = api.next_stmt(db, None)
+            while stmt:
+                if api.stmt_busy(stmt):
+                    found.append(os.fsdecode(api.stmt_sql(stmt) or b""))
+                stmt = api.next_stmt(db, stmt)
+            return found
+        finally:
+            api.mutex_leave(mutex)
 
     def _database_file(self) -> str | None:
         """The main database's file name (None for in-memory and temporary databases)."""

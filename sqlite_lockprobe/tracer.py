@@ -455,7 +455,36 @@ class Tracer:
         )
         self.keep_statement_budget(conn, state)
         self._states.add(state)
+        probe.on_sample = self.look_at_readers
         conn._lockprobe = state
+
+    def look_at_readers(self, waiter: ConnectionProbe) -> None:
+        """While a connection waits (at each reading of the OS lock table), record every
+        other connection of this process to the same file that keeps a read lock through a
+        statement left unfinished outside a transaction: a cursor not exhausted, in legacy
+        autocommit (no BEGIN), holds SHARED (or a WAL snapshot) until it is. No call marks
+        it, so it is seen here, at the moment it matters, as an `unfinished` event with
+        where its thread is now (the code that has not finished reading)."""
+        frames: dict[int, Any] | None = None
+        for state in list(self._states):
+            probe = state.probe
+            if probe is waiter or probe.db_path != waiter.db_path:
+                continue
+            try:
+                if probe._conn.in_transaction:
+                    continue  # its transaction's hold covers it
+            except Exception:  # closed meanwhile
+                continue
+            statements = probe.unfinished_statements()
+            if not statements:
+                continue
+            if frames is None:
+                frames = sys._current_frames()
+            frame = frames.get(state.ident) if state.ident else None
+            site = self.call_sites.find_from(frame) if frame is not None else None
+            now = time.monotonic_ns()
+            for sql in statements:
+                self.emit(("unfinished", now, state.conn_id, _sql_text(sql), site))
 
     def keep_statement_budget(self, conn: Any, state: _Connection) -> Any:
         """Install the progress handler that keeps a long call's statements within budget."""
@@ -681,6 +710,8 @@ class Tracer:
             )
             if special & _JOURNAL_MODE:
                 self._follow_journal_mode(state)
+            if err == _SQLITE_BUSY and probe.db_path:
+                self.look_at_readers(probe)  # who still keeps a read lock, as the wait ends
         except Exception:  # a recording problem must never surface in the program
             pass
         if exc is None and state.probe.interrupted is not None:
@@ -902,6 +933,7 @@ _READS_BUSY_TIMEOUT = 1  # runs with SQLite's own busy handler (see _reporting_b
 _MENTIONS_TIMEOUT = 2  # may set busy_timeout: the probe follows it
 _JOURNAL_MODE = 4  # may change the journal mode: read it again from the header
 _SLOW = 8  # not a str, or longer than SQL_LIMIT: recorded with its text cut
+_SQLITE_BUSY = 5
 _NO_LOOP = type(None)  # called, returns None: no event loop (see Tracer._follow_asyncio)
 _SPECIAL_CACHE_LIMIT = 4096
 _special = SQL_BITS

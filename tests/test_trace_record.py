@@ -240,3 +240,67 @@ def test_workers_ended_by_pool_terminate_lose_no_recorded_call(tmp_path) -> None
     assert len(inserts) == 75 and len(commits) >= 75
     # No transaction is left open by the recording's end: each one's COMMIT was written.
     assert traced.report["findings"] == [], traced.report["findings"]
+
+
+UNFINISHED_EXPORT = """
+import sqlite3, sys, threading
+
+DB = sys.argv[1]
+setup = sqlite3.connect(DB)
+setup.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+setup.executemany("INSERT INTO items (name) VALUES (?)", [(f"item {i}",) for i in range(1000)])
+setup.commit()
+setup.close()
+reading, writer_done = threading.Event(), threading.Event()
+
+
+def export():
+    conn = sqlite3.connect(DB, timeout=0.5)
+    cursor = conn.execute("SELECT id, name FROM items")
+    first = cursor.fetchmany(10)  # stops reading halfway: the statement stays unfinished
+    reading.set()
+    writer_done.wait()  # MARK: export paused
+    cursor.close()
+    conn.close()
+    print("exported", len(first))
+
+
+def writer():
+    conn = sqlite3.connect(DB, timeout=0.5)
+    reading.wait()
+    conn.execute("INSERT INTO items (name) VALUES ('new')")
+    try:
+        conn.commit()
+    except sqlite3.OperationalError as exc:
+        print("commit failed:", exc)
+        conn.rollback()
+    writer_done.set()
+    conn.close()
+
+
+threads = [threading.Thread(target=export), threading.Thread(target=writer)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_a_cursor_left_unfinished_outside_a_transaction_is_the_reader_a_commit_waits_for(
+    tmp_path,
+) -> None:
+    # Rollback journal, legacy autocommit (no BEGIN): the unfinished SELECT keeps SHARED, and
+    # the other thread's COMMIT fails after its whole busy_timeout. It used to be reported as
+    # "no lock problems found".
+    traced = trace_python(tmp_path, "export.py", UNFINISHED_EXPORT, "app.db")
+    assert "commit failed: database is locked" in traced.proc.stdout, traced.proc.stderr
+    assert [f["pattern"] for f in traced.report["findings"]] == ["reader-blocks-writer"]
+    (finding,) = traced.report["findings"]
+    assert finding["evidence"]["unfinished_statements"] == 1
+    reader = finding["evidence"]["worst_reader"]
+    assert reader["taken_by"] == "SELECT id, name FROM items"
+    assert reader["released_by"] == "unfinished statement"
+    paused = f"export.py:{line_of(UNFINISHED_EXPORT, 'export paused')} export"
+    assert paused in traced.evidence()
+    sightings = [e for e in traced.events if e["k"] == "unfinished"]
+    assert sightings and {e["sql"] for e in sightings} == {"SELECT id, name FROM items"}

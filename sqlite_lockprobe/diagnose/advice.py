@@ -388,6 +388,37 @@ def finish_cursors() -> Advice:
     )
 
 
+def finish_unfinished_reads() -> Advice:
+    return Advice(
+        text=(
+            "Finish reading before anything slow: a cursor left unfinished outside a "
+            "transaction keeps its read lock (SHARED in rollback-journal mode) until it is "
+            "fetched to the end or closed, and every COMMIT waits for it. Fetch the rows "
+            "first, close the cursor when you stop early, or read a large export in chunks "
+            "that each finish (keyset pagination)."
+        ),
+        snippets={
+            "sqlite3": (
+                'rows = conn.execute("SELECT id, name FROM items").fetchall()  # lock released\n'
+                "# or, a large export in chunks that each finish:\n"
+                "last = 0\n"
+                'page = "SELECT id, name FROM items WHERE id > ? ORDER BY id LIMIT 1000"\n'
+                "while chunk := conn.execute(page, (last,)).fetchall():\n"
+                "    write_out(chunk)\n"
+                "    last = chunk[-1][0]"
+            ),
+            "django": (
+                "# .iterator() keeps a cursor open while you loop: materialise, or use chunks\n"
+                "for item in Item.objects.all():  # fetched at once, cursor finished\n"
+                "    write_out(item)"
+            ),
+            "sqlalchemy": (
+                "rows = session.execute(select(Item)).scalars().all()  # finished at once"
+            ),
+        },
+    )
+
+
 def find_the_holder() -> Advice:
     return Advice(
         text=(

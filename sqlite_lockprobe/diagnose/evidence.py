@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlite_lockprobe.diagnose.model import (
     END_NOT_RECORDED,
     NS_PER_MS,
+    UNFINISHED_STATEMENT,
     BusyWait,
     LockHold,
     Timeline,
@@ -94,10 +95,17 @@ def hold_story(hold: LockHold, timeline: Timeline, origin: int) -> str:
     held_ms = ms(hold.t1 - hold.t0)
     inside_ms = ms(hold.in_statements_ns)
     idle_ms = ms(hold.idle_ns)
+    if hold.released_by == UNFINISHED_STATEMENT:
+        ending = (
+            f"still unfinished when last seen at {at(hold.t1, origin)} (a cursor not exhausted "
+            "outside any transaction keeps its read lock until it is fetched to the end or "
+            "closed; its thread was then at the line named)"
+        )
+    else:
+        ending = f"released by {hold.released_by}"
     parts = [
         f"{lock_name(hold, timeline)} held by {hold.holder.describe()} for {fmt_ms(held_ms)} "
-        f"from {at(hold.t0, origin)}, taken by `{short_sql(hold.taken_by)}`, "
-        f"released by {hold.released_by}",
+        f"from {at(hold.t0, origin)}, taken by `{short_sql(hold.taken_by)}`, {ending}",
         f"{fmt_ms(inside_ms)} inside SQLite statements, {fmt_ms(idle_ms)} idle in the application",
     ]
     if _notable_part(hold.own_wait_ns, hold):

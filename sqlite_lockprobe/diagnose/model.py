@@ -32,6 +32,9 @@ NS_PER_MS = 1_000_000
 # although the recording went on (killed before its last events were written, or exited with
 # the transaction open): the hold's end is unknown and it is cut at that last event.
 END_NOT_RECORDED = "end not recorded"
+# LockHold.released_by of a read hold kept by a statement left unfinished outside any
+# transaction (a cursor not exhausted): `t1` is the last moment it was seen open.
+UNFINISHED_STATEMENT = "unfinished statement"
 
 # SQLite's message when a COMMIT or a RELEASE meets the connection's own statements still
 # running (vdbe.c OP_AutoCommit: "cannot commit transaction - SQL statements in progress";

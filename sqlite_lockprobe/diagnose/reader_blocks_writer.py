@@ -19,7 +19,7 @@ from sqlite_lockprobe.diagnose.evidence import (
     wait_line,
     wait_order,
 )
-from sqlite_lockprobe.diagnose.model import BusyWait, LockHold, Timeline
+from sqlite_lockprobe.diagnose.model import UNFINISHED_STATEMENT, BusyWait, LockHold, Timeline
 from sqlite_lockprobe.findings import Finding
 
 PATTERN = "reader-blocks-writer"
@@ -66,6 +66,12 @@ def detect(timeline: Timeline) -> list[Finding]:
     if reduced:
         evidence.append("busy-handler calls were not recorded (reduced detail)")
     worst_wait, worst_readers = cases[0]
+    unfinished = sum(
+        1 for _, readers in cases for h in readers if h.released_by == UNFINISHED_STATEMENT
+    )
+    changes = (advice.wal_mode(),)
+    if unfinished:  # a cursor left open: finishing it is the fix in any journal mode
+        changes = (advice.finish_unfinished_reads(), *changes)
 
     return [
         Finding(
@@ -82,12 +88,13 @@ def detect(timeline: Timeline) -> list[Finding]:
                 "the writer."
             ),
             evidence=tuple(evidence),
-            advice=(advice.wal_mode(),),
+            advice=changes,
             facts={
                 "journal_mode": timeline.journal_mode,
                 "commit_waits": len(cases),
                 "failed": len(failed),
                 "readers": reader_conns,
+                "unfinished_statements": unfinished,
                 "worst": wait_facts(worst_wait, origin),
                 "worst_reader": hold_facts(worst_readers[0], origin),
                 **({"near_miss": missed.facts} if missed is not None else {}),

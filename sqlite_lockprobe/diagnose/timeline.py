@@ -5,7 +5,7 @@ statement, until which COMMIT/ROLLBACK, and how that time was spent)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter, eq, itemgetter
 from typing import Any
 
@@ -13,6 +13,7 @@ from sqlite_lockprobe.diagnose.model import (
     END_NOT_RECORDED,
     NS_PER_MS,
     SQLITE_BUSY,
+    UNFINISHED_STATEMENT,
     Actor,
     BusyWait,
     Call,
@@ -43,6 +44,10 @@ class _ConnState:
     read: LockHold | None = None
     # The last call's end and SQL: where the holds' next idle gap would begin.
     last_end: int = 0
+    last_start: int = 0
+    # The read hold of a statement left unfinished outside a transaction, while it is still
+    # the last thing seen of this connection (`unfinished` events).
+    unfinished: LockHold | None = None
     last_sql: str = ""
     implicit_txn: bool = False
     # Python >= 3.12 autocommit=False: seen once its commit/rollback ran a BEGIN after itself.
@@ -228,6 +233,10 @@ def build_timeline(
             for state in conns.values():
                 if state.worker == event["worker"]:
                     _end_txn(state, int(event["t"]), "process killed")
+        elif kind == "unfinished":
+            state = conns.get(event.get("conn") or "")
+            if state is not None:
+                _unfinished(state, event)
         elif kind == "busy":
             state = conns.get(event.get("conn") or "")
             if state is not None and state.granted:
@@ -640,7 +649,7 @@ def _advance(
         _add_call(write, t0, t1, sql, busy, last_end, last_sql)
     if read is not None:
         _add_call(read, t0, t1, sql, busy, last_end, last_sql)
-    state.last_end, state.last_sql = t1, sql
+    state.last_start, state.last_end, state.last_sql = t0, t1, sql
     if ok:
         if plan.begins_implicitly:
             state.implicit_txn = True
@@ -710,6 +719,32 @@ def _open_hold(
         None,
         None,
     )
+
+
+def _unfinished(state: _ConnState, event: dict[str, Any]) -> None:
+    """A statement of this connection seen unfinished outside a transaction (tracer.py,
+    look_at_readers) keeps its read lock: a read hold from the call that ran it (its last call,
+    when that ran this SQL) to the last moment it was seen open. Its holder is named by where
+    the connection's thread was then: the code that has not finished reading."""
+    if state.write is not None or state.read is not None:
+        return  # a transaction's hold already covers it
+    t, sql = int(event["t"]), str(event.get("sql") or "")
+    hold = state.unfinished
+    if hold is not None and hold.taken_by == sql and hold.t1 >= state.last_end:
+        hold.t1 = t  # still open, and no call on the connection since
+        return
+    start = state.last_start if state.last_sql == sql and state.last_start else t
+    actor = state.actor
+    if actor is None:
+        actor = state.actor_of(event)
+    if event.get("site"):
+        actor = replace(actor, call_site=event["site"])
+    hold = _open_hold(state, event, "read", start, sql, False)
+    hold.holder = actor
+    hold.t1 = t
+    hold.released_by = UNFINISHED_STATEMENT
+    state.unfinished = hold
+    state.read_holds.append(hold)
 
 
 def _granted(state: _ConnState, t: int, delay_ms: float) -> None:
