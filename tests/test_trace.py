@@ -863,6 +863,9 @@ def test_call_sites_skip_libraries_and_generated_code_but_not_the_users_scripts(
             USER,
             "django/contrib/sessions/backends/db.py",
         ),
+        # A framework's decorators and wrappers are library frames too.
+        f"{site}/django/utils/asyncio.py": (LIBRARY, "django/utils/asyncio.py"),
+        f"{site}/starlette/concurrency.py": (LIBRARY, "starlette/concurrency.py"),
         f"{site}/sqlalchemy/orm/session.py": (LIBRARY, "sqlalchemy/orm/session.py"),
         "<sqlalchemy generated warned() wrapper for Session._flush>": (
             LIBRARY,
