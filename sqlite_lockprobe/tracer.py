@@ -28,6 +28,7 @@ from sqlite_lockprobe.callsite import CallSites
 from sqlite_lockprobe.eventfile import EventFile
 from sqlite_lockprobe.probe import ConnectionProbe, error_codes, load_capi
 from sqlite_lockprobe.traced import connection_subclass, cursor_subclass
+from sqlite_lockprobe.tracewal import TraceWal
 
 ENV_DIR = "LOCKPROBE_TRACE_DIR"
 ENV_DB = "LOCKPROBE_TRACE_DB"
@@ -151,6 +152,7 @@ class Tracer:
         self._first_db: str | None = None
         self.call_sites = CallSites((os.path.dirname(os.path.abspath(__file__)) + os.sep,))
         self._site = self.call_sites.find
+        self.wal = TraceWal(self.emit)  # samples on the event file's flusher tick
 
     # ------------------------------------------------------------------ install / uninstall
 
@@ -261,6 +263,7 @@ class Tracer:
             self._exit_hooked = True
             atexit.register(self.flush_at_exit)
             _wrap_os_exits(self)
+        recording.tick = self.wal.tick
         recording.start_flusher()
         return recording
 
@@ -299,6 +302,7 @@ class Tracer:
         self._local = threading.local()
         self._task_workers = {}
         self._process_label = None
+        self.wal.forget_connections()
 
     # ------------------------------------------------------------------ connections
 
@@ -346,8 +350,11 @@ class Tracer:
             )
         )
         conn._lockprobe = state
+        if path is not None:
+            self.wal.opened(path)
 
     def on_close(self, state: _Connection) -> None:
+        self.wal.closed(state.path)  # first: no sample of it is later than its close event
         self.emit(("close", time.monotonic_ns(), state.conn_id))
 
     def call(
