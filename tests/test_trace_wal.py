@@ -53,17 +53,23 @@ def wait_for_samples(count):
 READERS_AND_WRITER = (
     """
 import glob
+import multiprocessing
 import os
 import sqlite3
 import sys
 import threading
 import time
 
-DB, MODE = sys.argv[1], sys.argv[2]
+DB, MODE, KIND = sys.argv[1:4]
 WAL = sqlite3.connect(DB).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 ROUNDS, COMMITS, ROWS = 4, 10, 150
-begun = [threading.Event() for _ in range(ROUNDS + 1)]
-written = [threading.Event() for _ in range(ROUNDS)]
+if KIND == "processes":  # the readers in forked processes, which sample app.db too
+    ctx = multiprocessing.get_context("fork")
+    Event, Reader = ctx.Event, ctx.Process
+else:
+    Event, Reader = threading.Event, threading.Thread
+begun = [Event() for _ in range(ROUNDS + 1)]
+written = [Event() for _ in range(ROUNDS)]
 """
     + WAIT_FOR_SAMPLES
     + """
@@ -102,11 +108,12 @@ def writer():
     conn.close()
 
 
-threads = [threading.Thread(target=reader, args=(i,), name=f"reader-{i}") for i in range(3)]
-threads.append(threading.Thread(target=writer, name="writer"))
-for t in threads:
-    t.start()
-for t in threads:
+readers = [Reader(target=reader, args=(i,), name=f"reader-{i}") for i in range(3)]
+for r in readers:  # forked (if processes) before the writer's thread starts
+    r.start()
+writing = threading.Thread(target=writer, name="writer")
+writing.start()
+for t in [*readers, writing]:
     t.join()
 print("rows", sqlite3.connect(DB).execute("SELECT count(*) FROM t").fetchone()[0])
 """
@@ -162,10 +169,12 @@ def make_db(path: Path, journal_mode: str = "wal") -> Path:
     return path
 
 
-def run_readers_and_writer(tmp_path: Path, mode: str, journal_mode: str = "wal") -> Traced:
+def run_readers_and_writer(
+    tmp_path: Path, mode: str, journal_mode: str = "wal", kind: str = "threads"
+) -> Traced:
     make_db(tmp_path / "app.db", journal_mode)
     program = write_program(tmp_path, "relay.py", READERS_AND_WRITER)
-    traced = lockprobe_trace(tmp_path, sys.executable, program.name, "app.db", mode)
+    traced = lockprobe_trace(tmp_path, sys.executable, program.name, "app.db", mode, kind)
     assert traced.proc.returncode == 0, traced.proc.stderr
     assert traced.proc.stdout.startswith("rows 6000\n")
     return traced
@@ -178,8 +187,15 @@ def wal_samples(traced: Traced) -> list[dict]:
 # ------------------------------------------------------------------- trace, end to end
 
 
-def test_readers_that_always_overlap_starve_the_checkpoint_and_trace_finds_it(tmp_path) -> None:
-    traced = run_readers_and_writer(tmp_path, "starved")
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_readers_that_always_overlap_starve_the_checkpoint_and_trace_finds_it(
+    tmp_path, kind: str
+) -> None:
+    # With processes, each of the four samples app.db: one file's readings, merged by time.
+    traced = run_readers_and_writer(tmp_path, "starved", kind=kind)
+    assert len({e["pid"] for e in traced.events if e["k"] == "open"}) == (
+        4 if kind == "processes" else 1
+    )
     assert traced.patterns == ["checkpoint-starvation"]
     (finding,) = traced.report["findings"]
     facts = finding["evidence"]
