@@ -16,7 +16,7 @@ import contextlib
 import marshal
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 FLUSH_SECONDS = 0.25
@@ -52,7 +52,9 @@ class EventFile:
     process killed mid-write leaves at most a torn last chunk, which the reader skips.
 
     The flusher is a bare `_thread` thread: it is not in `threading.enumerate()` or
-    `active_count()`, so the program sees the same threads as untraced."""
+    `active_count()`, so the program sees the same threads as untraced. `tick`, when set, runs
+    on it before each flush and once more when it stops (exit, fork): periodic sampling
+    (trace's WAL samples, tracewal.py) without a thread of its own."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -62,6 +64,7 @@ class EventFile:
         self.append = self.pending.append
         self._lock = _thread.allocate_lock()
         self._running: tuple[Any, Any] | None = None  # (stop, stopped) locks of the flusher
+        self.tick: Callable[[], None] | None = None
         self.written = 0
 
     @classmethod
@@ -98,9 +101,17 @@ class EventFile:
     def _loop(self, stop: Any, stopped: Any) -> None:
         try:
             while not stop.acquire(timeout=FLUSH_SECONDS):
+                self._tick()
                 self.flush()
+            self._tick()  # the state at exit or fork: whoever stopped the flusher writes it
         finally:
             stopped.release()
+
+    def _tick(self) -> None:
+        tick = self.tick
+        if tick is not None:
+            with contextlib.suppress(Exception):  # a sampling problem must not stop the flushes
+                tick()
 
     def flush(self, timeout: float = -1) -> None:
         """Write the pending events (waiting at most `timeout` seconds for another flush to

@@ -82,8 +82,11 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     # lock, kind} (plus name, cmdline, uid on each other process's first lock); source
     # "/proc/locks", "F_GETLK" or "unavailable" (note says why).
     "holders": ("t", "conn", "db", "source", "locks", "note"),
-    # A reading of the -wal file (bytes) and of the -shm header (frames) during the run.
-    "wal": ("t", "bytes", "mx_frame", "backfilled"),
+    # A reading of the -wal file (bytes) and of the -shm header (frames) during the run, of
+    # database `db` (real path under trace; absent from logs before it was added). Under
+    # trace every process samples the databases it has open: samples of one file from
+    # several processes are readings of the same file.
+    "wal": ("t", "bytes", "mx_frame", "backfilled", "db"),
     # The application's own time between calls (sleep / await steps), for the timeline.
     "idle": ("t0", "t1", "worker", "conn", "what"),
     # A worker ended; `error` names an unexpected failure (a crash, not a SQLite error).

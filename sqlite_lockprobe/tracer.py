@@ -30,6 +30,7 @@ from sqlite_lockprobe.callsite import CallSites
 from sqlite_lockprobe.eventfile import TRACE_KEY, TRACE_OP_BITS, TRACE_OPS, EventFile
 from sqlite_lockprobe.probe import ConnectionProbe, error_codes, load_capi
 from sqlite_lockprobe.traced import NO_ARG, SQL_BITS, connection_subclass, cursor_subclass
+from sqlite_lockprobe.tracewal import TraceWal
 
 ENV_DIR = "LOCKPROBE_TRACE_DIR"
 ENV_DB = "LOCKPROBE_TRACE_DB"
@@ -245,6 +246,7 @@ class Tracer:
         self._states: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self.call_sites = CallSites((os.path.dirname(os.path.abspath(__file__)) + os.sep,))
         self._site = self.call_sites.find
+        self.wal = TraceWal(self.emit)  # samples on the event file's flusher tick
 
     # ------------------------------------------------------------------ install / uninstall
 
@@ -356,6 +358,7 @@ class Tracer:
             self._exit_hooked = True
             atexit.register(self.flush_at_exit)
             _wrap_os_exits(self)
+        recording.tick = self.wal.tick
         recording.start_flusher()
         return recording
 
@@ -407,6 +410,7 @@ class Tracer:
         self._keys = {}
         for state in list(self._states):
             state.ident = 0
+        self.wal.forget_connections()
 
     # ------------------------------------------------------------------ connections
 
@@ -457,6 +461,8 @@ class Tracer:
         self._states.add(state)
         probe.on_sample = self.look_at_readers
         conn._lockprobe = state
+        if path is not None:
+            self.wal.opened(path)
 
     def look_at_readers(self, waiter: ConnectionProbe) -> None:
         """While a connection waits (at each reading of the OS lock table), record every
@@ -493,6 +499,7 @@ class Tracer:
         )
 
     def on_close(self, state: _Connection) -> None:
+        self.wal.closed(state.path)  # first: no sample of it is later than its close event
         self.emit(("close", time.monotonic_ns(), state.conn_id))
 
     def call(

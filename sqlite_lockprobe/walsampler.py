@@ -1,21 +1,16 @@
 """Samples the -wal file and the WAL-index (-shm) header while a run goes on, so checkpoint
-starvation shows as data: WAL size, frames written, frames checkpointed."""
+starvation shows as data: WAL size, frames written, frames checkpointed. (Under `trace`, each
+traced process samples the databases it has open itself: tracewal.py.)"""
 
 from __future__ import annotations
 
 import os
-import struct
 import threading
 import time
 from pathlib import Path
 
 from sqlite_lockprobe.probe import Emit
-
-# The WAL-index header (wal.c, WalIndexHdr) is in native byte order: mxFrame is the u32 at
-# offset 16 of the first copy; the checkpoint info (WalCkptInfo) follows the two 48-byte
-# copies, and its first field nBackfill is the u32 at offset 96.
-_MX_FRAME_OFFSET = 16
-_BACKFILL_OFFSET = 96
+from sqlite_lockprobe.tracewal import wal_index_frames
 
 
 class WalSampler:
@@ -47,19 +42,12 @@ class WalSampler:
                 self._shm_fd = os.open(f"{self.db_path}-shm", os.O_RDONLY)
             except OSError:
                 return wal_bytes, None, None
-        try:
-            head = os.pread(self._shm_fd, _BACKFILL_OFFSET + 4, 0)
-        except OSError:
-            return wal_bytes, None, None
-        if len(head) < _BACKFILL_OFFSET + 4:
-            return wal_bytes, None, None
-        (mx_frame,) = struct.unpack_from("=I", head, _MX_FRAME_OFFSET)
-        (backfilled,) = struct.unpack_from("=I", head, _BACKFILL_OFFSET)
-        return wal_bytes, mx_frame, backfilled
+        return (wal_bytes, *wal_index_frames(self._shm_fd))
 
     def _loop(self) -> None:
+        db = os.fspath(self.db_path)
         while True:
-            self.emit(("wal", time.monotonic_ns(), *self.sample()))
+            self.emit(("wal", time.monotonic_ns(), *self.sample(), db))
             if self._stop.wait(self.interval):
                 break
 

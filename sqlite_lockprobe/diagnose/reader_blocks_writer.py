@@ -20,7 +20,7 @@ from sqlite_lockprobe.diagnose.evidence import (
     wait_order,
 )
 from sqlite_lockprobe.diagnose.model import UNFINISHED_STATEMENT, BusyWait, LockHold, Timeline
-from sqlite_lockprobe.findings import Finding
+from sqlite_lockprobe.findings import Advice, Finding
 
 PATTERN = "reader-blocks-writer"
 WORST_SHOWN = 3
@@ -69,7 +69,7 @@ def detect(timeline: Timeline) -> list[Finding]:
     unfinished = sum(
         1 for _, readers in cases for h in readers if h.released_by == UNFINISHED_STATEMENT
     )
-    changes = (advice.wal_mode(),)
+    changes: tuple[Advice, ...] = (advice.wal_mode(),)
     if unfinished:  # a cursor left open: finishing it is the fix in any journal mode
         changes = (advice.finish_unfinished_reads(), *changes)
 
