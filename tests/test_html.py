@@ -5,6 +5,7 @@ loaded from the network, and the embedded JSON is the report's."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -130,7 +131,11 @@ def rendered_dom(path: Path) -> str:
     have come from the network."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.fail("chromium is not installed (Debian: apt-get install chromium; .ci/run does)")
+        # A contributor's machine may have only Python; CI must run these (.ci/run sets it).
+        why = "chromium is not installed (Debian: apt-get install chromium; .ci/run does)"
+        if os.environ.get("LOCKPROBE_REQUIRE_BROWSER") == "1":
+            pytest.fail(why + "; LOCKPROBE_REQUIRE_BROWSER=1 makes this a failure")
+        pytest.skip(why)
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(
             [
