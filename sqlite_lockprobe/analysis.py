@@ -33,7 +33,8 @@ def analyze(events: Iterable[dict[str, Any]]) -> Analysis:
     threshold it went over them again and again (1 s of a 1,000,000-event log's 8)."""
     activity = ActivityCounter()
     with fewer_collections():
-        timeline = with_process_details(build_timeline(events, activity=activity))
+        counted = activity.attributing(events)
+        timeline = with_process_details(build_timeline(counted, activity=activity))
         return Analysis(timeline, summarize(timeline, activity), diagnose(timeline), activity)
 
 
