@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+from sqlite_lockprobe.databases import DatabaseLog, journal_mode_set_by
 from sqlite_lockprobe.diagnose.model import SQLITE_BUSY, Actor, Timeline
 from sqlite_lockprobe.diagnose.statements import statement_kind
 from sqlite_lockprobe.resultcodes import code_name
@@ -130,6 +131,16 @@ def rolls_back(op: Any, statements: Any) -> bool:
 _COUNTED_FIELD_NAMES = ("conn", "worker", "busy", "err", "op", "sql")
 _COUNTED_FIELDS = itemgetter(*_COUNTED_FIELD_NAMES)
 _MAX_TEXTS = 50_000
+_MAY_ROLL_BACK = "rollback?"
+
+
+def _role(sql: Any) -> str:
+    """_MAY_ROLL_BACK, the journal mode the SQL sets, or ''."""
+    text = str(sql or "")
+    if "ROLLBACK" in text.upper():
+        return _MAY_ROLL_BACK
+    return journal_mode_set_by(text) or ""
+
 
 # The group shown for calls counted per connection whose `open` event named no group, when
 # the events were not read through `ActivityCounter.attributing` (which counts them per worker).
@@ -160,6 +171,7 @@ class ActivityCounter:
         self._by_worker: dict[str, CallCounts] = {}  # per worker, for the other connections
         self._attributing = False
         self._superseded = CallCounts()  # the builder's count of what `attributing` counts
+        self.databases = DatabaseLog()
 
     @property
     def workers(self) -> dict[str, int]:
@@ -214,9 +226,10 @@ class ActivityCounter:
     def _counting(self, events: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         grouped: set[str] = set()
         by_worker = self._by_worker
-        # Whether a call's SQL may end its transaction with ROLLBACK, by SQL text (the
-        # program's own, parameters not expanded): then its statements are looked at.
-        may_roll_back: dict[Any, bool] = {}
+        # What a call's SQL may do, by SQL text (the program's own, parameters not expanded):
+        # end its transaction with ROLLBACK (then its statements are looked at), or set the
+        # journal mode (to this mode).
+        roles: dict[Any, str] = {}
         for event in events:
             kind = event["k"]
             if kind == "call":
@@ -237,13 +250,16 @@ class ActivityCounter:
                     counts.failed(error, event.get("ext") or error)
                     yield event
                     continue
-                maybe = may_roll_back.get(sql)
-                if maybe is None:
-                    if len(may_roll_back) >= _MAX_TEXTS:
-                        may_roll_back.clear()
-                    maybe = may_roll_back[sql] = "ROLLBACK" in str(sql).upper()
-                if (maybe or op == "rollback") and rolls_back(op, event.get("stmts")):
-                    counts.rolled_back()
+                role = roles.get(sql)
+                if role is None:
+                    if len(roles) >= _MAX_TEXTS:
+                        roles.clear()
+                    role = roles[sql] = _role(sql)
+                if role == _MAY_ROLL_BACK or op == "rollback":
+                    if rolls_back(op, event.get("stmts")):
+                        counts.rolled_back()
+                elif role:
+                    self.databases.set_mode(conn, role)
             elif kind == "open":
                 if event.get("group"):
                     grouped.add(event["conn"])
@@ -263,8 +279,14 @@ class ActivityCounter:
             worker = str(event["worker"])
             group = self.worker_groups.get(worker) or worker.split("#")[0]
             self.crashes.setdefault(group, []).append(f"{worker}: {event['error']}")
-        elif kind == "meta" and not self.meta:
-            self.meta = event
+        elif kind == "open":
+            self.databases.opened(event)
+        elif kind == "meta":
+            self.databases.meta(event)
+            if not self.meta:
+                self.meta = event
+        elif kind == "wal":
+            self.databases.wal_sample(event)
 
     def finish(self, events: int, first_ns: int | None, last_ns: int | None) -> None:
         """The pass is over: how many events it saw, and when the calls began and ended."""

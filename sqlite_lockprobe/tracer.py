@@ -344,6 +344,7 @@ class Tracer:
                 journal_mode,
                 probe.instrumented,
                 None if probe.instrumented else probe.reduced_reason,
+                path,
             )
         )
         conn._lockprobe = state

@@ -103,7 +103,11 @@ def worst_waits(waits: Sequence[BusyWait], origin_ns: int, limit: int = _WORST_E
 
 
 def finding_panel(finding: Finding) -> Panel:
-    parts: list[RenderableType] = [Text(finding.explanation)]
+    parts: list[RenderableType] = []
+    if finding.database is not None or finding.journal_mode is not None:
+        where = finding.database or "in-memory databases"
+        parts.append(Text(f"database: {where} (journal mode {finding.journal_mode})", "dim"))
+    parts.append(Text(finding.explanation))
     if finding.evidence:
         evidence = Text("\nEvidence\n", style="bold")
         for line in finding.evidence:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 
 from sqlite_lockprobe.analysis import Analysis
+from sqlite_lockprobe.databases import DatabaseInfo
 from sqlite_lockprobe.report.runreport import ReportHeader
 from sqlite_lockprobe.tracing import TraceResult
 
@@ -14,18 +17,18 @@ NOTHING_TO_TRACE = "nothing to trace (no sqlite3 connection recorded)"
 
 
 def trace_header(result: TraceResult, analysis: Analysis) -> ReportHeader:
-    meta: dict[str, Any] = next((e for e in reversed(result.events) if e["k"] == "meta"), {})
-    journal = analysis.timeline.journal_mode if not result.nothing_recorded else None
+    meta = analysis.activity.meta  # the first: the recording's database
+    databases = () if result.nothing_recorded else analysis.databases
     processes = ", ".join(str(p) for p in result.pids) or "none"
     facts = [
         ("command", result.command),
         ("program", result.outcome),
         ("recorded", f"{result.connections} connection(s) in {len(result.pids)} process(es)"),
         ("processes", processes),
-        ("database", result.db or str(meta.get("db") or "every database opened")),
-        ("journal mode", str(journal or "?")),
+        *database_facts(result, analysis, meta),
         ("wall time", f"{result.wall_seconds:.2f} s"),
     ]
+    main = _main_database(result, databases, meta)
     data = {
         "trace": {
             "command": list(result.argv),
@@ -38,9 +41,78 @@ def trace_header(result: TraceResult, analysis: Analysis) -> ReportHeader:
             "connections": result.connections,
             "nothing_recorded": result.nothing_recorded,
         },
-        "database": {"path": result.db or meta.get("db"), "journal_mode": journal},
+        "database": {
+            "path": main.path if main else result.db or meta.get("db"),
+            "journal_mode": main.journal_mode if main else None,
+        },
+        "databases": [
+            {
+                "path": db.path,
+                "journal_mode": db.journal_mode,
+                "connections": len(db.connections),
+                "findings": _patterns_on(db, analysis),
+            }
+            for db in databases
+        ],
     }
     return ReportHeader(f"trace {result.command}", tuple(facts), data)
+
+
+# Up to this many databases are listed one per line; past it, counted by journal mode, and
+# only the ones with findings listed.
+LIST_DATABASES_UP_TO = 4
+
+
+def database_facts(
+    result: TraceResult, analysis: Analysis, meta: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """The header lines about databases: one database and its journal mode, or how many
+    there were in which mode, with each one (or, when many, each one a finding is about)."""
+    databases = () if result.nothing_recorded else analysis.databases
+    if len(databases) <= 1:
+        main = _main_database(result, databases, meta)
+        path = main.path if main else result.db or meta.get("db")
+        return [
+            ("database", str(path or "every database opened")),
+            ("journal mode", str(main.journal_mode if main else "?")),
+        ]
+    facts = [("databases", f"{len(databases)} databases: {modes_summary(databases)}")]
+    if len(databases) <= LIST_DATABASES_UP_TO:
+        for db in databases:
+            patterns = _patterns_on(db, analysis)
+            facts.append(("", db.label + (f": {', '.join(patterns)}" if patterns else "")))
+        return facts
+    label = "findings on"
+    for db in databases:
+        patterns = _patterns_on(db, analysis)
+        if patterns:
+            facts.append((label, f"{db.label}: {', '.join(patterns)}"))
+            label = ""
+    return facts
+
+
+def modes_summary(databases: Sequence[DatabaseInfo]) -> str:
+    """'35 in WAL, 2 in rollback journal (delete)': WAL first, then by count."""
+    counts = Counter(db.journal_mode for db in databases)
+    order = sorted(counts, key=lambda mode: (mode != "wal", -counts[mode], mode))
+    return ", ".join(
+        f"{counts[mode]} {_MODE_WORDS.get(mode, f'in rollback journal ({mode})')}" for mode in order
+    )
+
+
+_MODE_WORDS = {"wal": "in WAL", "memory": "in memory", "off": "without a journal"}
+
+
+def _patterns_on(db: DatabaseInfo, analysis: Analysis) -> list[str]:
+    return sorted({f.pattern for f in analysis.findings if f.database == db.path})
+
+
+def _main_database(
+    result: TraceResult, databases: Sequence[DatabaseInfo], meta: dict[str, Any]
+) -> DatabaseInfo | None:
+    """The database `database` names: the --db filter, the only one, or the first recorded."""
+    wanted = result.db or (databases[0].path if len(databases) == 1 else meta.get("db"))
+    return next((db for db in databases if db.path == wanted), None)
 
 
 def render_nothing_recorded(console: Console, header: ReportHeader) -> None:
