@@ -242,3 +242,55 @@ def test_a_connection_shared_by_threads_counts_each_call_for_the_thread_that_mad
         ("beta", "thread", 1, 3, 1, 0, {}, 0, 0, 0),
     ]
     assert (summary["total"]["calls"], summary["total"]["commits"]) == (10, 4)
+
+
+# ---------------------------------------------------------------- how the program ended
+
+
+def test_sigterm_to_lockprobe_is_reported_as_sigterm_not_as_ctrl_c(tmp_path) -> None:
+    import signal
+    import time
+
+    source = """
+    import signal, sqlite3, sys, threading
+    conn = sqlite3.connect(sys.argv[1])
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+
+    def stop(signum, frame):
+        print("program: got", signal.Signals(signum).name)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    open("ready", "w").close()
+    threading.Event().wait()  # like a server: until it is told to stop
+    """
+    program = tmp_path / "server.py"
+    program.write_text(textwrap.dedent(source).lstrip("\n"))
+    report = tmp_path / "report.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sqlite_lockprobe", "trace", "--json", str(report)]
+        + ["--", sys.executable, program.name, "app.db"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + SAFETY_TIMEOUT
+        while not (tmp_path / "ready").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the program never got ready"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=SAFETY_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err  # the program's own exit code
+    assert "program: got SIGTERM" in out
+    assert "exited with code 0 after SIGTERM" in out
+    assert "Ctrl-C" not in out
+    data = json.loads(report.read_text())["trace"]
+    assert data["received_signals"] == ["SIGTERM"]
+    assert data["interrupted"] is True and data["exit_code"] == 0 and data["signal"] is None

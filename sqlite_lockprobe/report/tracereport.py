@@ -35,6 +35,7 @@ def trace_header(result: TraceResult, analysis: Analysis) -> ReportHeader:
             "exit_code": result.exit_code,
             "signal": result.signal,
             "interrupted": result.interrupted,
+            "received_signals": list(result.received),
             "escalated": result.escalated,
             "wall_seconds": round(result.wall_seconds, 3),
             "pids": list(result.pids),
