@@ -294,3 +294,127 @@ def test_sigterm_to_lockprobe_is_reported_as_sigterm_not_as_ctrl_c(tmp_path) -> 
     data = json.loads(report.read_text())["trace"]
     assert data["received_signals"] == ["SIGTERM"]
     assert data["interrupted"] is True and data["exit_code"] == 0 and data["signal"] is None
+
+
+# ------------------------------------------------------------------------- output files
+
+STARTS = """
+import sqlite3, sys
+open("started", "w").close()
+sqlite3.connect("app.db").execute("CREATE TABLE t (x)")
+"""
+
+
+def lockprobe(tmp_path: Path, *argv: str, **popen: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sqlite_lockprobe", *argv],
+        capture_output=True,
+        text=True,
+        timeout=SAFETY_TIMEOUT,
+        cwd=tmp_path,
+        **popen,
+    )
+
+
+@pytest.mark.parametrize("option", ["--json", "--html", "--events", "--timeline"])
+def test_an_output_file_in_a_missing_directory_stops_trace_before_the_program_starts(
+    tmp_path, option: str
+) -> None:
+    (tmp_path / "prog.py").write_text(textwrap.dedent(STARTS))
+    proc = lockprobe(tmp_path, "trace", option, "missing/out.file", "--", sys.executable, "prog.py")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("lockprobe: ") and f"'{option}'" in proc.stderr
+    assert "missing: no such directory" in proc.stderr
+    assert not (tmp_path / "started").exists()  # the program never ran
+
+
+@pytest.mark.parametrize("option", ["--json", "--events"])
+def test_an_output_file_in_a_missing_directory_stops_run_before_it_starts(
+    tmp_path, option: str
+) -> None:
+    proc = lockprobe(tmp_path, "run", "healthy", option, "missing/out.file")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "missing: no such directory" in proc.stderr
+
+
+def test_an_output_file_that_cannot_be_written_at_the_end_still_gets_the_report(
+    tmp_path,
+) -> None:
+    # The output directory is there when lockprobe starts, and the program removes it.
+    out = tmp_path / "out"
+    out.mkdir()
+    source = """
+    import shutil, sqlite3, sys
+    conn = sqlite3.connect("app.db")
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    shutil.rmtree(sys.argv[1])
+    """
+    (tmp_path / "prog.py").write_text(textwrap.dedent(source))
+    proc = lockprobe(
+        tmp_path,
+        "trace",
+        "--json",
+        "out/report.json",
+        "--events",
+        "out/events.jsonl",
+        "--html",
+        "report.html",
+        "--",
+        sys.executable,
+        "prog.py",
+        str(out),
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == 2
+    assert "Diagnosis: no lock problems found" in proc.stdout  # the report is printed
+    problems = proc.stderr.splitlines()
+    assert len(problems) == 2, proc.stderr
+    assert problems[0].startswith("lockprobe: cannot write event log out/events.jsonl")
+    assert problems[1].startswith("lockprobe: cannot write out/report.json")
+    assert "<!DOCTYPE html>" in (tmp_path / "report.html").read_text()  # the others are written
+
+
+def test_report_files_are_created_with_the_users_umask(tmp_path) -> None:
+    (tmp_path / "prog.py").write_text(textwrap.dedent(STARTS))
+    names = ("report.json", "report.html", "timeline.json", "events.jsonl")
+    (tmp_path / "report.html").write_text("an older report")
+    (tmp_path / "report.html").chmod(0o604)  # a file replaced keeps its mode
+    proc = lockprobe(
+        tmp_path,
+        "trace",
+        "-q",
+        "--json",
+        names[0],
+        "--html",
+        names[1],
+        "--timeline",
+        names[2],
+        "--events",
+        names[3],
+        "--",
+        sys.executable,
+        "prog.py",
+        preexec_fn=lambda: os.umask(0o027),
+    )
+    assert proc.returncode == 0, proc.stderr
+    modes = {name: (tmp_path / name).stat().st_mode & 0o777 for name in names}
+    assert modes == {
+        "report.json": 0o640,
+        "report.html": 0o604,
+        "timeline.json": 0o640,
+        "events.jsonl": 0o640,
+    }
+
+
+def test_an_output_path_that_is_a_directory_or_under_a_file_is_refused(tmp_path) -> None:
+    (tmp_path / "a-directory").mkdir()
+    (tmp_path / "a-file").write_text("")
+    proc = lockprobe(tmp_path, "run", "healthy", "--json", "a-directory")
+    assert proc.returncode == 2 and "a-directory: is a directory" in proc.stderr
+    proc = lockprobe(tmp_path, "run", "healthy", "--html", "a-file/report.html")
+    assert proc.returncode == 2 and "a-file: not a directory" in proc.stderr
