@@ -382,7 +382,7 @@ def scenarios() -> None:
 def report(events_file: Path, outputs: ReportOutputs) -> None:
     """Diagnose a saved event log (from run --events or trace --events)."""
     analysis = analyze(stream_event_log(events_file))
-    header = runreport.log_header(str(events_file), analysis.activity)
+    header = runreport.log_header(str(events_file), analysis)
     emit_report("report", header, analysis, outputs)
 
 

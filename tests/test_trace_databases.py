@@ -197,3 +197,36 @@ def test_the_journal_mode_a_statement_sets_is_read_from_its_sql() -> None:
     assert journal_mode_set_by("PRAGMA other.journal_mode=WAL") is None  # an attached file
     assert journal_mode_set_by("PRAGMA journal_mode=nonsense") is None
     assert journal_mode_set_by("SELECT 'journal_mode'") is None
+
+
+def test_the_saved_log_of_a_trace_is_reported_with_the_same_databases(tmp_path) -> None:
+    (tmp_path / "prog.py").write_text(textwrap.dedent(SEVERAL_DATABASES).lstrip("\n"))
+
+    def lockprobe(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sqlite_lockprobe", *argv],
+            capture_output=True,
+            text=True,
+            timeout=SAFETY_TIMEOUT,
+            cwd=tmp_path,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+
+    traced = lockprobe(
+        "trace", "-q", "--events", "events.jsonl", "--", sys.executable, "prog.py", "1", "3"
+    )
+    assert traced.returncode == 0, traced.stderr
+    reported = lockprobe("report", "events.jsonl", "--json", "report.json")
+    assert reported.returncode == 0, reported.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    contended = str((tmp_path / "rollback-0.db").resolve())
+    assert [(d["journal_mode"], d["findings"]) for d in report["databases"]] == [
+        ("delete", ["upgrade-deadlock"]),
+        ("wal", []),
+        ("wal", []),
+        ("wal", []),
+    ]
+    [finding] = report["findings"]
+    assert finding["database"] == {"path": contended, "journal_mode": "delete"}
+    facts = header_facts(reported.stdout.replace("lockprobe · report", "lockprobe · trace"))
+    assert facts["databases"] == "4 databases: 3 in WAL, 1 in rollback journal (delete)"

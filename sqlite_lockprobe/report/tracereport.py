@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ from rich.console import Console
 
 from sqlite_lockprobe.analysis import Analysis
 from sqlite_lockprobe.databases import DatabaseInfo
+from sqlite_lockprobe.report.databasefacts import databases_json, several_databases
 from sqlite_lockprobe.report.runreport import ReportHeader
 from sqlite_lockprobe.tracing import TraceResult
 
@@ -46,22 +46,9 @@ def trace_header(result: TraceResult, analysis: Analysis) -> ReportHeader:
             "path": main.path if main else result.db or meta.get("db"),
             "journal_mode": main.journal_mode if main else None,
         },
-        "databases": [
-            {
-                "path": db.path,
-                "journal_mode": db.journal_mode,
-                "connections": len(db.connections),
-                "findings": _patterns_on(db, analysis),
-            }
-            for db in databases
-        ],
+        "databases": databases_json(databases, analysis.findings),
     }
     return ReportHeader(f"trace {result.command}", tuple(facts), data)
-
-
-# Up to this many databases are listed one per line; past it, counted by journal mode, and
-# only the ones with findings listed.
-LIST_DATABASES_UP_TO = 4
 
 
 def database_facts(
@@ -70,42 +57,14 @@ def database_facts(
     """The header lines about databases: one database and its journal mode, or how many
     there were in which mode, with each one (or, when many, each one a finding is about)."""
     databases = () if result.nothing_recorded else analysis.databases
-    if len(databases) <= 1:
-        main = _main_database(result, databases, meta)
-        path = main.path if main else result.db or meta.get("db")
-        return [
-            ("database", str(path or "every database opened")),
-            ("journal mode", str(main.journal_mode if main else "?")),
-        ]
-    facts = [("databases", f"{len(databases)} databases: {modes_summary(databases)}")]
-    if len(databases) <= LIST_DATABASES_UP_TO:
-        for db in databases:
-            patterns = _patterns_on(db, analysis)
-            facts.append(("", db.label + (f": {', '.join(patterns)}" if patterns else "")))
-        return facts
-    label = "findings on"
-    for db in databases:
-        patterns = _patterns_on(db, analysis)
-        if patterns:
-            facts.append((label, f"{db.label}: {', '.join(patterns)}"))
-            label = ""
-    return facts
-
-
-def modes_summary(databases: Sequence[DatabaseInfo]) -> str:
-    """'35 in WAL, 2 in rollback journal (delete)': WAL first, then by count."""
-    counts = Counter(db.journal_mode for db in databases)
-    order = sorted(counts, key=lambda mode: (mode != "wal", -counts[mode], mode))
-    return ", ".join(
-        f"{counts[mode]} {_MODE_WORDS.get(mode, f'in rollback journal ({mode})')}" for mode in order
-    )
-
-
-_MODE_WORDS = {"wal": "in WAL", "memory": "in memory", "off": "without a journal"}
-
-
-def _patterns_on(db: DatabaseInfo, analysis: Analysis) -> list[str]:
-    return sorted({f.pattern for f in analysis.findings if f.database == db.path})
+    if len(databases) > 1:
+        return several_databases(databases, analysis.findings)
+    main = _main_database(result, databases, meta)
+    path = main.path if main else result.db or meta.get("db")
+    return [
+        ("database", str(path or "every database opened")),
+        ("journal mode", str(main.journal_mode if main else "?")),
+    ]
 
 
 def _main_database(
