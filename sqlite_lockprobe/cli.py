@@ -6,7 +6,6 @@ No SQLite, analysis or formatting lives here; each command is a few lines over t
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import signal
@@ -34,7 +33,11 @@ from sqlite_lockprobe.report.checkreport import check_document, check_table
 from sqlite_lockprobe.report.html import render_html
 from sqlite_lockprobe.report.inspect_json import inspection_document
 from sqlite_lockprobe.report.inspect_terminal import render_inspection, render_watch
-from sqlite_lockprobe.report.jsonreport import write_json_atomically, write_text_atomically
+from sqlite_lockprobe.report.jsonreport import (
+    output_problem,
+    write_json_atomically,
+    write_text_atomically,
+)
 from sqlite_lockprobe.report.junit import junit_xml
 from sqlite_lockprobe.report.progress import live_progress
 from sqlite_lockprobe.report.runreport import ReportHeader
@@ -122,8 +125,12 @@ def main() -> None:
         sys.exit(130)
     except click.UsageError as exc:
         # One line, not click's usage block: a bad option is a user's mistake like any other.
-        command = exc.ctx.command_path if exc.ctx is not None else "lockprobe"
-        command = "lockprobe" + command[command.find(" ") :] if " " in command else "lockprobe"
+        # The subcommands by name: the program's own may be "python -m sqlite_lockprobe".
+        names, ctx = [], exc.ctx
+        while ctx is not None and ctx.parent is not None:
+            names.append(ctx.info_name or "")
+            ctx = ctx.parent
+        command = " ".join(["lockprobe", *reversed(names)])
         click.echo(f"lockprobe: {exc.format_message()} (see '{command} --help')", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -155,10 +162,22 @@ def sigterm_interrupts() -> Iterator[list[int]]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def writable_output(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+    """Refuse at once an output file that could not be written at the end (`-` is stdout), so
+    a run or a traced program is not started for results that would be lost."""
+    if value is None or str(value) == "-":
+        return value
+    problem = output_problem(value)
+    if problem is not None:
+        raise click.BadParameter(problem)
+    return value
+
+
 events_option = click.option(
     "--events",
     "events_path",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=writable_output,
     help="Keep the full event log (JSON lines) in this file.",
 )
 
@@ -178,7 +197,11 @@ def report_outputs(command: F) -> F:
     """The output options shared by run, report and trace; passes `outputs: ReportOutputs`."""
 
     @click.option(
-        "--json", "json_path", metavar="FILE|-", help="Write the JSON report (- for stdout)."
+        "--json",
+        "json_path",
+        metavar="FILE|-",
+        callback=writable_output,
+        help="Write the JSON report (- for stdout).",
     )
     @click.option(
         "--expect",
@@ -192,6 +215,7 @@ def report_outputs(command: F) -> F:
         "timeline_path",
         type=click.Path(dir_okay=False, path_type=Path),
         metavar="FILE.json",
+        callback=writable_output,
         help="Write the lock timeline for ui.perfetto.dev or chrome://tracing.",
     )
     @click.option(
@@ -199,6 +223,7 @@ def report_outputs(command: F) -> F:
         "html_path",
         type=click.Path(dir_okay=False, path_type=Path),
         metavar="FILE",
+        callback=writable_output,
         help="Write a self-contained HTML report (opens offline).",
     )
     @functools.wraps(command)
@@ -223,26 +248,42 @@ def emit_report(
     analysis: Analysis,
     outputs: ReportOutputs,
     appendix: tuple[RenderableType, ...] = (),
+    unwritten: tuple[str, ...] = (),
+    render: Callable[[Console], None] | None = None,
 ) -> None:
     """Write the JSON, timeline and HTML files and print the terminal report (then
-    `appendix`) as asked; exit 1 when --expect differs."""
+    `appendix`) as asked, or `render`'s instead. A file that cannot be written does not stop
+    the others nor the report: each is named after it (with `unwritten`, the ones that failed
+    before), then exit 2. Else exit 1 when --expect differs."""
+    failed = list(unwritten)
+
+    def write(path: Path | str, text: str) -> None:
+        try:
+            write_text_atomically(path, text)
+        except LockprobeError as exc:
+            failed.append(str(exc))
+
     if outputs.timeline_path:
         trace = chrome_trace(analysis.timeline, header.title)
-        write_text_atomically(outputs.timeline_path, json.dumps(trace, separators=(",", ":")))
+        write(outputs.timeline_path, json.dumps(trace, separators=(",", ":")))
     document = runreport.document(command, header, analysis)
     if outputs.html_path:
-        page = render_html(header.title, header.facts, analysis, document)
-        write_text_atomically(outputs.html_path, page)
-    if outputs.json_path:
-        if outputs.json_path == "-":
-            click.echo(json.dumps(document, indent=2))
-        else:
-            write_json_atomically(outputs.json_path, document)
+        write(outputs.html_path, render_html(header.title, header.facts, analysis, document))
+    if outputs.json_path == "-":
+        click.echo(json.dumps(document, indent=2))
+    elif outputs.json_path:
+        write(outputs.json_path, json.dumps(document, indent=2) + "\n")
     if outputs.json_path != "-" and not outputs.quiet:
         console = Console()
-        runreport.render(console, header, analysis)
+        if render is not None:
+            render(console)
+        else:
+            runreport.render(console, header, analysis)
         for renderable in appendix:
             console.print(renderable)
+    for problem in failed:
+        click.echo(f"lockprobe: {problem}", err=True)
+    mismatch = False
     if outputs.expect:
         want = sorted({e for e in outputs.expect if e not in ("healthy", "none")})
         got = analysis.pattern_ids
@@ -251,7 +292,22 @@ def emit_report(
                 f"lockprobe: expected patterns {want or ['healthy']}, found {got or ['healthy']}",
                 err=True,
             )
-            sys.exit(1)
+            mismatch = True
+    if failed:
+        sys.exit(2)
+    if mismatch:
+        sys.exit(1)
+
+
+def write_event_log(path: Path | None, events: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Write --events; what went wrong, to say after the report rather than instead of it."""
+    if path is None:
+        return ()
+    try:
+        write_events(path, events)
+    except LockprobeError as exc:
+        return (str(exc),)
+    return ()
 
 
 @cli.command()
@@ -291,8 +347,7 @@ def run(
         live_progress(show_progress, f"running {loaded.name}") as progress,
     ):
         result = run_scenario(loaded, db=db, instrument=not no_probe, progress=progress)
-    if events_path:
-        write_events(events_path, result.events)
+    unwritten = write_event_log(events_path, result.events)
     analysis = analyze(result.events)
     header = runreport.run_header(result)
     appendix: tuple[RenderableType, ...] = ()
@@ -301,7 +356,7 @@ def run(
             comparison = run_with_fixes(loaded, analysis, db=db, instrument=not no_probe)
         header.data["compare_fix"] = comparison.to_json()
         appendix = (runreport.comparison_renderable(comparison),)
-    emit_report("run", header, analysis, outputs, appendix)
+    emit_report("run", header, analysis, outputs, appendix, unwritten)
     if result.interrupted:
         sys.exit(143 if terminated else 130)
 
@@ -327,7 +382,7 @@ def scenarios() -> None:
 def report(events_file: Path, outputs: ReportOutputs) -> None:
     """Diagnose a saved event log (from run --events or trace --events)."""
     analysis = analyze(stream_event_log(events_file))
-    header = runreport.log_header(str(events_file), analysis.activity)
+    header = runreport.log_header(str(events_file), analysis)
     emit_report("report", header, analysis, outputs)
 
 
@@ -463,16 +518,17 @@ def trace(
     `run`: lockprobe trace [OPTIONS] -- python app.py ARGS. Ctrl-C goes to the program
     first; lockprobe exits with the program's exit code."""
     result = trace_program(list(command), db=db, grace_seconds=grace)
-    if events_path:
-        write_events(events_path, result.events)
+    unwritten = write_event_log(events_path, result.events)
     analysis = analyze(result.events)
     header = tracereport.trace_header(result, analysis)
     if result.nothing_recorded:
-        emit_report("trace", header, analysis, dataclasses.replace(outputs, quiet=True))
-        if not outputs.quiet and outputs.json_path != "-":
-            tracereport.render_nothing_recorded(Console(), header)
+
+        def nothing(console: Console) -> None:
+            tracereport.render_nothing_recorded(console, header)
+
+        emit_report("trace", header, analysis, outputs, unwritten=unwritten, render=nothing)
     else:
-        emit_report("trace", header, analysis, outputs)
+        emit_report("trace", header, analysis, outputs, unwritten=unwritten)
     failed = [p for p in analysis.pattern_ids if p in fail_on or "any" in fail_on]
     if failed:
         click.echo(f"lockprobe: found {', '.join(failed)} (--fail-on)", err=True)

@@ -35,7 +35,8 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "filesystem": ("t", "db", "type", "mount_point", "source", "network_reason"),
     # A worker (thread, process or asyncio task) started; identity of who does the calls.
     "worker": ("t", "worker", "group", "kind", "pid", "thread", "task"),
-    # A connection was opened and (maybe) instrumented.
+    # A connection was opened and (maybe) instrumented; `db` is the database file's real path
+    # (trace only; None for in-memory and temporary databases).
     "open": (
         "t",
         "conn",
@@ -47,6 +48,7 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
         "journal_mode",
         "instrumented",
         "reduced_reason",
+        "db",
     ),
     "close": ("t", "conn"),
     # One application call into sqlite3 (execute, commit, rollback), with the statements

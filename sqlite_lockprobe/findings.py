@@ -37,7 +37,9 @@ class Advice:
 @dataclass(frozen=True)
 class Finding:
     """One problem found. `facts` is machine-readable evidence (counts, pids, durations in ms);
-    `evidence` is the same evidence as sentences, worst instance first."""
+    `evidence` is the same evidence as sentences, worst instance first. `database` and
+    `journal_mode` name the database file it is about and that file's mode, where known
+    (set by the analysis, which diagnoses each database file on its own)."""
 
     pattern: str
     title: str
@@ -47,6 +49,8 @@ class Finding:
     evidence: tuple[str, ...]
     advice: tuple[Advice, ...]
     facts: dict[str, Any] = field(default_factory=dict)
+    database: str | None = None
+    journal_mode: str | None = None
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -60,7 +64,7 @@ class Finding:
         return SEVERITIES.index(self.severity), CONFIDENCES.index(self.confidence)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "pattern": self.pattern,
             "title": self.title,
             "severity": self.severity,
@@ -69,6 +73,9 @@ class Finding:
             "evidence": {"lines": list(self.evidence), **self.facts},
             "advice": [a.to_json() for a in self.advice],
         }
+        if self.database is not None or self.journal_mode is not None:
+            out["database"] = {"path": self.database, "journal_mode": self.journal_mode}
+        return out
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
-from sqlite_lockprobe.diagnose.model import SQLITE_BUSY, Timeline
+from sqlite_lockprobe.databases import DatabaseLog, journal_mode_set_by
+from sqlite_lockprobe.diagnose.model import SQLITE_BUSY, Actor, Timeline
+from sqlite_lockprobe.diagnose.statements import statement_kind
 from sqlite_lockprobe.resultcodes import code_name
 
 
@@ -82,8 +87,9 @@ class RunSummary:
 
 @dataclass(slots=True)
 class CallCounts:
-    """The calls of one group. The timeline builder adds to `calls` and `handler_calls`
-    itself (it sees every call), and calls `failed` or `rolled_back` for the few others."""
+    """The calls of one group (or one worker). The timeline builder adds to `calls` and
+    `handler_calls` itself (it sees every call), and calls `failed` or `rolled_back` for the
+    few others."""
 
     calls: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -100,45 +106,187 @@ class CallCounts:
     def rolled_back(self) -> None:
         self.rollbacks += 1
 
+    def add(self, other: CallCounts) -> None:
+        self.calls += other.calls
+        self.errors.update(other.errors)
+        self.busy_errors += other.busy_errors
+        self.handler_calls += other.handler_calls
+        self.rollbacks += other.rollbacks
+
+
+def rolls_back(op: Any, statements: Any) -> bool:
+    """A call that ended its transaction with ROLLBACK: a rollback() call, or one that ran a
+    ROLLBACK statement (not ROLLBACK TO a savepoint); the timeline builder's rule."""
+    if op == "rollback":
+        return True
+    for statement in statements or ():
+        if (
+            statement.lstrip(" \t\r\n(")[:1] in ("R", "r")
+            and statement_kind(statement) == "rollback"
+        ):
+            return True
+    return False
+
+
+_COUNTED_FIELD_NAMES = ("conn", "worker", "busy", "err", "op", "sql")
+_COUNTED_FIELDS = itemgetter(*_COUNTED_FIELD_NAMES)
+_MAX_TEXTS = 50_000
+_MAY_ROLL_BACK = "rollback?"
+
+
+def _role(sql: Any) -> str:
+    """_MAY_ROLL_BACK, the journal mode the SQL sets, or ''."""
+    text = str(sql or "")
+    if "ROLLBACK" in text.upper():
+        return _MAY_ROLL_BACK
+    return journal_mode_set_by(text) or ""
+
+
+# The group shown for calls counted per connection whose `open` event named no group, when
+# the events were not read through `ActivityCounter.attributing` (which counts them per worker).
+UNATTRIBUTED = "(no worker)"
+
 
 class ActivityCounter:
     """Counts what the summary needs in the timeline builder's one pass over the events
-    (`build_timeline(events, activity)`), so no event has to be kept and no second pass or
-    generator layer runs per event: the builder adds each call to `counts_for` its group and
-    shows the counter every other event (`observe`)."""
+    (`build_timeline(events, activity)`), so no event has to be kept and no second pass runs:
+    the builder adds each call to `counts_for` its connection's group and shows the counter
+    every other event (`observe`).
+
+    `run` names each connection's group when it opens it (one worker per connection). `trace`
+    cannot: a connection may serve several threads or tasks (a pool), and aiosqlite opens each
+    one on its driver thread. Its calls are counted per worker by `attributing`, a layer over
+    the events that `analyze` adds, and summed per group when the worker events are all in."""
 
     def __init__(self) -> None:
         self.kinds: dict[str, str] = {}
-        self.workers: Counter[str] = Counter()
+        self.worker_groups: dict[str, str] = {}  # worker label -> its group (worker events)
         self.crashes: dict[str, list[str]] = {}
         self.first_ns: int | None = None
         self.last_ns: int | None = None
         self.events = 0
         self.meta: dict[str, Any] = {}
-        self._counts: dict[str, CallCounts] = {}
+        self._members: dict[str, set[tuple[Any, str]]] = {}  # group -> {(pid, worker)}
+        self._counts: dict[str, CallCounts] = {}  # per group named by the connection
+        self._by_worker: dict[str, CallCounts] = {}  # per worker, for the other connections
+        self._attributing = False
+        self._superseded = CallCounts()  # the builder's count of what `attributing` counts
+        self.databases = DatabaseLog()
+
+    @property
+    def workers(self) -> dict[str, int]:
+        """How many workers (distinct process and label) each group has."""
+        return {group: len(members) for group, members in self._members.items()}
 
     @property
     def groups(self) -> dict[str, CallCounts]:
         """The counts of each group that made calls."""
-        return {group: counts for group, counts in self._counts.items() if counts.calls}
+        merged: dict[str, CallCounts] = {}
+        for group, counts in self._counts.items():
+            if counts.calls:
+                merged.setdefault(group or UNATTRIBUTED, CallCounts()).add(counts)
+        for worker, counts in self._by_worker.items():
+            merged.setdefault(self.group_of(worker), CallCounts()).add(counts)
+        return merged
+
+    def group_of(self, worker: str) -> str:
+        """A worker's group, from its worker event (its own label if it had none)."""
+        return self.worker_groups.get(worker) or worker
+
+    def actor_group(self, actor: Actor) -> str:
+        """The group of whoever made a call. The worker event wins over the actor's group,
+        which the builder took from the events seen so far: a thread announces itself after
+        its first call has ended, so that call was made before its worker event."""
+        return self.worker_groups.get(actor.worker) or actor.group or actor.worker
 
     def counts_for(self, group: str) -> CallCounts:
+        if not group and self._attributing:
+            return self._superseded
         counts = self._counts.get(group)
         if counts is None:
             counts = self._counts[group] = CallCounts()
         return counts
 
+    def attributing(self, events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The events, unchanged, with each call on a connection whose `open` named no group
+        (or that was opened before recording began) counted on the way for the worker that
+        made it. A `run` log (its first event says so) names every connection's group: it is
+        passed through as it is, as the layer costs a step per event (7 % of a long log's
+        analysis)."""
+        stream = iter(events)
+        first = next(stream, None)
+        if first is None:
+            return stream
+        stream = itertools.chain((first,), stream)
+        if first["k"] == "meta" and str(first.get("source") or "").startswith("run "):
+            return stream
+        self._attributing = True
+        return self._counting(stream)
+
+    def _counting(self, events: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        grouped: set[str] = set()
+        by_worker = self._by_worker
+        # What a call's SQL may do, by SQL text (the program's own, parameters not expanded):
+        # end its transaction with ROLLBACK (then its statements are looked at), or set the
+        # journal mode (to this mode).
+        roles: dict[Any, str] = {}
+        for event in events:
+            kind = event["k"]
+            if kind == "call":
+                try:
+                    conn, worker, busy, error, op, sql = _COUNTED_FIELDS(event)
+                except KeyError:
+                    conn, worker, busy, error, op, sql = map(event.get, _COUNTED_FIELD_NAMES)
+                if conn in grouped:
+                    yield event
+                    continue
+                counts = by_worker.get(worker or conn)
+                if counts is None:
+                    counts = by_worker[worker or conn] = CallCounts()
+                counts.calls += 1
+                if busy:
+                    counts.handler_calls += int(busy)
+                if error is not None:
+                    counts.failed(error, event.get("ext") or error)
+                    yield event
+                    continue
+                role = roles.get(sql)
+                if role is None:
+                    if len(roles) >= _MAX_TEXTS:
+                        roles.clear()
+                    role = roles[sql] = _role(sql)
+                if role == _MAY_ROLL_BACK or op == "rollback":
+                    if rolls_back(op, event.get("stmts")):
+                        counts.rolled_back()
+                elif role:
+                    self.databases.set_mode(conn, role)
+            elif kind == "open":
+                if event.get("group"):
+                    grouped.add(event["conn"])
+                else:
+                    grouped.discard(event["conn"])
+            yield event
+
     def observe(self, event: dict[str, Any]) -> None:
         """An event other than a call."""
         kind = event["k"]
         if kind == "worker":
-            self.kinds[event["group"]] = event.get("kind") or ""
-            self.workers[event["group"]] += 1
+            group, worker = event["group"], event["worker"]
+            self.kinds[group] = event.get("kind") or ""
+            self.worker_groups[worker] = group
+            self._members.setdefault(group, set()).add((event.get("pid"), worker))
         elif kind == "worker_end" and event.get("error"):
-            group = str(event["worker"]).split("#")[0]
-            self.crashes.setdefault(group, []).append(f"{event['worker']}: {event['error']}")
-        elif kind == "meta" and not self.meta:
-            self.meta = event
+            worker = str(event["worker"])
+            group = self.worker_groups.get(worker) or worker.split("#")[0]
+            self.crashes.setdefault(group, []).append(f"{worker}: {event['error']}")
+        elif kind == "open":
+            self.databases.opened(event)
+        elif kind == "meta":
+            self.databases.meta(event)
+            if not self.meta:
+                self.meta = event
+        elif kind == "wal":
+            self.databases.wal_sample(event)
 
     def finish(self, events: int, first_ns: int | None, last_ns: int | None) -> None:
         """The pass is over: how many events it saw, and when the calls began and ended."""
@@ -148,50 +296,75 @@ class ActivityCounter:
 
 
 def summarize(timeline: Timeline, activity: ActivityCounter) -> RunSummary:
-    """Per-group and total statistics from the timeline and the counted activity."""
-    active_ns = (activity.last_ns or 0) - (activity.first_ns or 0)
-    seconds = active_ns / 1e9
-    groups = sorted(set(activity.groups) | set(activity.kinds))
-    commits_by_group: Counter[str] = Counter(
-        h.holder.group for h in timeline.write_holds if h.released_by in ("COMMIT", "autocommit")
+    """Per-group and total statistics from the timeline and the counted activity. Calls,
+    commits and waits are each put in the group of the worker that made them, and the total
+    is the sum of the groups."""
+    seconds = ((activity.last_ns or 0) - (activity.first_ns or 0)) / 1e9
+    counted = activity.groups
+    workers = activity.workers
+    group_of = activity.actor_group
+    commits: Counter[str] = Counter(
+        group_of(h.holder)
+        for h in timeline.write_holds
+        if h.released_by in ("COMMIT", "autocommit")
     )
+    waits: dict[str, list[float]] = {}
+    for w in timeline.waits:
+        waits.setdefault(group_of(w.waiter), []).append(w.duration_ms)
 
-    def stats_for(name: str | None) -> GroupStats:
-        chosen = [c for g, c in activity.groups.items() if name is None or g == name]
-        errors: Counter[str] = Counter()
+    def stats(
+        name: str,
+        kind: str,
+        members: int,
+        chosen: list[CallCounts],
+        n_commits: int,
+        durations: list[float],
+        crashes: list[str],
+    ) -> GroupStats:
+        counts = CallCounts()
         for c in chosen:
-            errors.update(c.errors)
-        commits = commits_by_group[name] if name is not None else sum(commits_by_group.values())
-        waits = [w.duration_ms for w in timeline.waits if name is None or w.waiter.group == name]
-        crashes = (
-            activity.crashes.get(name, [])
-            if name
-            else [x for v in activity.crashes.values() for x in v]
-        )
+            counts.add(c)
         return GroupStats(
-            group=name or "all",
-            kind=activity.kinds.get(name, "") if name else "",
-            workers=activity.workers[name] if name else sum(activity.workers.values()),
-            calls=sum(c.calls for c in chosen),
-            commits=commits,
-            rollbacks=sum(c.rollbacks for c in chosen),
-            errors=dict(sorted(errors.items())),
-            busy_errors=sum(c.busy_errors for c in chosen),
-            handler_calls=sum(c.handler_calls for c in chosen),
-            waits=WaitStats.of(waits),
-            commits_per_second=commits / seconds if seconds > 0 else 0.0,
+            group=name,
+            kind=kind,
+            workers=members,
+            calls=counts.calls,
+            commits=n_commits,
+            rollbacks=counts.rollbacks,
+            errors=dict(sorted(counts.errors.items())),
+            busy_errors=counts.busy_errors,
+            handler_calls=counts.handler_calls,
+            waits=WaitStats.of(durations),
+            commits_per_second=n_commits / seconds if seconds > 0 else 0.0,
             crashes=tuple(crashes),
         )
 
+    names = sorted(set(counted) | set(workers) | set(commits) | set(waits))
+    groups = tuple(
+        stats(
+            name,
+            activity.kinds.get(name, ""),
+            workers.get(name, 0),
+            [counted[name]] if name in counted else [],
+            commits[name],
+            waits.get(name, []),
+            activity.crashes.get(name, []),
+        )
+        for name in names
+    )
+    total = stats(
+        "all",
+        "",
+        sum(workers.values()),
+        list(counted.values()),
+        sum(commits.values()),
+        [d for durations in waits.values() for d in durations],
+        [c for crashes in activity.crashes.values() for c in crashes],
+    )
     notes = []
     if timeline.reduced_detail:
         notes.append(
             "reduced detail: the probe's busy-handler hook could not be installed on some "
             "connections, so waits that did not fail are not seen there"
         )
-    return RunSummary(
-        groups=tuple(stats_for(g) for g in groups),
-        total=stats_for(None),
-        active_seconds=seconds,
-        notes=tuple(notes),
-    )
+    return RunSummary(groups=groups, total=total, active_seconds=seconds, notes=tuple(notes))

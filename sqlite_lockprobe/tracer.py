@@ -24,6 +24,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from sqlite_lockprobe.callsite import CallSites
@@ -455,6 +456,7 @@ class Tracer:
                 journal_mode,
                 probe.instrumented,
                 None if probe.instrumented else probe.reduced_reason,
+                path,
             )
         )
         self.keep_statement_budget(conn, state)
@@ -777,10 +779,16 @@ class Tracer:
 
     def _new_thread(self) -> tuple[str, int, bool, bool]:
         """This thread's (worker label, native id, serves tasks, announced): its `worker`
-        event waits until a call is made for the thread itself, not for one of its tasks."""
+        event waits until a call is made for the thread itself, not for one of its tasks.
+        aiosqlite's driver threads are never announced: they make calls only on behalf of
+        the tasks that await them (bridge_aiosqlite), so they are no worker of their own."""
         prefix = self._process()
         name = threading.current_thread().name
-        return (f"{prefix}/{name}" if prefix else name), threading.get_native_id(), False, False
+        label = f"{prefix}/{name}" if prefix else name
+        if "aiosqlite.core" in _modules and _in_aiosqlite_driver():
+            self._local.behalf = None
+            return label, threading.get_native_id(), True, True
+        return label, threading.get_native_id(), False, False
 
     def _announce_thread(self) -> None:
         worker, thread, serves_tasks, _ = self._local.me
@@ -821,6 +829,7 @@ class Tracer:
             return await original(self, on_behalf, *args, **kwargs)
 
         _execute.__wrapped__ = original  # type: ignore[attr-defined]
+        _execute.__lockprobe__ = True  # type: ignore[attr-defined]
         _execute.__doc__ = original.__doc__
         cls._execute = _execute  # type: ignore[union-attr]
 
@@ -839,7 +848,7 @@ class Tracer:
         """The `worker` event: its group is the label without numbering (Thread-3 -> Thread)."""
         import re
 
-        group = re.sub(r"[-_#]?\d+", "", worker) or worker
+        group = re.sub(r"[-_# ]?\d+", "", worker) or worker
         self.emit(("worker", time.monotonic_ns(), worker, group, kind, os.getpid(), thread, task))
 
     def _process(self) -> str:
@@ -852,6 +861,21 @@ class Tracer:
                 label = name if name != "MainProcess" else f"pid {os.getpid()}"
             self._process_label = label
         return self._process_label
+
+
+def _in_aiosqlite_driver() -> bool:
+    """Whether this thread is an aiosqlite connection's driver thread (its loop,
+    `_connection_worker_thread`, is below on the stack) whose calls are bridged to tasks."""
+    core = _modules.get("aiosqlite.core")
+    execute = getattr(getattr(core, "Connection", None), "_execute", None)
+    if not getattr(execute, "__lockprobe__", False):
+        return False
+    frame: FrameType | None = _getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_connection_worker_thread" and frame.f_globals is vars(core):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _sql_text(sql: Any) -> str:

@@ -52,6 +52,10 @@ class TraceResult:
     escalated: str | None = None  # "SIGTERM" or "SIGKILL" when lockprobe had to stop it
     connections: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # The signals lockprobe received while the program ran, in order ("SIGINT", "SIGTERM"),
+    # and whether a SIGINT among them was a terminal's Ctrl-C (sent by the kernel).
+    received: tuple[str, ...] = ()
+    ctrl_c: bool = False
 
     @property
     def command(self) -> str:
@@ -68,11 +72,17 @@ class TraceResult:
             text = f"killed by {signal_name(self.signal)}"
         else:
             text = f"exited with code {self.exit_code}"
+        if self.received:
+            text += f" after {self.signals_received}"
         if self.escalated:
             text += f" (lockprobe sent {self.escalated} after the grace period)"
-        elif self.interrupted:
-            text += " after Ctrl-C"
         return text
+
+    @property
+    def signals_received(self) -> str:
+        """'Ctrl-C', 'SIGTERM', 'Ctrl-C and SIGTERM': each signal lockprobe got, once."""
+        words = ["Ctrl-C" if s == "SIGINT" and self.ctrl_c else s for s in self.received]
+        return " and ".join(dict.fromkeys(words))
 
 
 def signal_name(number: int) -> str:
@@ -138,6 +148,8 @@ def trace_program(
         pids=tuple(pids),
         escalated=ending.escalated,
         connections=sum(1 for e in events if e["k"] == "open"),
+        received=tuple(signal_name(s) for s in ending.signals),
+        ctrl_c=ending.ctrl_c,
     )
 
 
@@ -156,6 +168,8 @@ def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 class _Ending:
     interrupts: int = 0
     escalated: str | None = None
+    signals: list[int] = field(default_factory=list)  # received, in order
+    ctrl_c: bool = False  # a SIGINT came from the terminal
 
 
 @contextlib.contextmanager
@@ -189,6 +203,9 @@ def _wait(proc: subprocess.Popen[bytes], grace: float) -> _Ending:
         info = signal.sigtimedwait(watched, timeout)
         if info is not None and info.si_signo in _FORWARDED:
             ending.interrupts += 1
+            ending.signals.append(info.si_signo)
+            if info.si_signo == signal.SIGINT and info.si_code == _SI_KERNEL:
+                ending.ctrl_c = True
             if not _program_got_it_too(proc, info):
                 _send(proc, info.si_signo)
             if ending.interrupts >= 2 and deadline is None:
@@ -230,6 +247,7 @@ def _wait_with_handlers(proc: subprocess.Popen[bytes], ending: _Ending) -> _Endi
 
     def forward(signum: int, _frame: Any) -> None:
         ending.interrupts += 1
+        ending.signals.append(signum)
         _send(proc, signum)
 
     previous = {s: signal.signal(s, forward) for s in _FORWARDED}

@@ -215,11 +215,11 @@ def test_the_summary_counts_every_call_once_in_the_same_pass() -> None:
     }
     assert counted == {
         "g": (7, {"SQLITE_BUSY_SNAPSHOT (517)": 1}, 1, 2, 1),
-        "": (1, {}, 0, 0, 1),
+        "(no worker)": (1, {}, 0, 0, 1),
     }
     summary = summarize(timeline, activity)
     assert summary.total.calls == 8 and summary.total.commits == 1
-    assert [(g.group, g.calls) for g in summary.groups] == [("all", 1), ("g", 7)]
+    assert [(g.group, g.calls) for g in summary.groups] == [("(no worker)", 1), ("g", 7)]
 
 
 def test_calls_with_expanded_parameters_give_the_same_holds_past_the_plan_cache(

@@ -209,9 +209,9 @@ def test_an_unwritable_event_log_is_one_line_and_exit_2(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 2
-    assert (
-        proc.stderr
-        == "lockprobe: cannot write event log /proc/no/x.jsonl: No such file or directory\n"
+    assert proc.stderr == (
+        "lockprobe: Invalid value for '--events': /proc/no: no such directory"
+        " (see 'lockprobe run --help')\n"
     )
 
 

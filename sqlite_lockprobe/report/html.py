@@ -136,12 +136,19 @@ def _findings(findings: list[Finding]) -> str:
             f'<section class="finding {escape(f.severity)}" data-pattern="{escape(f.pattern)}">'
             f'<h3><span class="sev">{escape(f.severity)}</span> '
             f"<code>{escape(f.pattern)}</code>: {escape(f.title)}</h3>"
-            f'<p class="meta">confidence: {escape(f.confidence)}</p>'
+            f'<p class="meta">confidence: {escape(f.confidence)}{_database_of(f)}</p>'
             f'<p class="explanation">{escape(f.explanation)}</p>'
             f'<h4>Evidence</h4><ul class="evidence">{evidence}</ul>'
             f'<h4>What to change</h4><ul class="advice">{"".join(advice)}</ul></section>'
         )
     return "\n".join(out)
+
+
+def _database_of(finding: Finding) -> str:
+    if finding.database is None and finding.journal_mode is None:
+        return ""
+    where = finding.database or "in-memory databases"
+    return f" · database: {escape(where)} (journal mode {escape(str(finding.journal_mode))})"
 
 
 def _window_section(timeline: Timeline) -> str:

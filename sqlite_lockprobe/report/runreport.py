@@ -15,11 +15,11 @@ from rich.text import Text
 from sqlite_lockprobe.analysis import Analysis
 from sqlite_lockprobe.comparefix import HANDSHAKE_LIMIT_S, FixComparison, describe_fix
 from sqlite_lockprobe.diagnose.model import Timeline
+from sqlite_lockprobe.report.databasefacts import databases_json, several_databases
 from sqlite_lockprobe.report.jsonreport import report_document
 from sqlite_lockprobe.report.terminal import diagnosis, groups_table, print_lines, worst_waits
 from sqlite_lockprobe.report.terminal_timeline import window_renderable, worst_window
 from sqlite_lockprobe.runner import RunResult
-from sqlite_lockprobe.stats import ActivityCounter
 
 HEALTHY = (
     "No call failed on a lock (SQLITE_BUSY or SQLITE_LOCKED) and no wait used half of its "
@@ -125,15 +125,21 @@ def run_header(result: RunResult) -> ReportHeader:
     return ReportHeader(f"run {s.name}", tuple(facts), data)
 
 
-def log_header(path: str, activity: ActivityCounter) -> ReportHeader:
+def log_header(path: str, analysis: Analysis) -> ReportHeader:
+    activity = analysis.activity
     meta = activity.meta
     facts = [("event log", path), ("events", f"{activity.events:,}")]
+    data: dict[str, Any] = {"events_file": path, "meta": meta}
     if meta:
-        facts += [
-            ("source", str(meta.get("source"))),
-            ("journal mode", str(meta.get("journal_mode"))),
-        ]
-    return ReportHeader(f"report {path}", tuple(facts), {"events_file": path, "meta": meta})
+        facts.append(("source", str(meta.get("source"))))
+    if len(analysis.databases) > 1:  # a trace's log: each file in its own mode
+        facts += several_databases(analysis.databases, analysis.findings)
+        data["databases"] = databases_json(analysis.databases, analysis.findings)
+    elif analysis.databases:
+        facts.append(("journal mode", analysis.databases[0].journal_mode))
+    elif meta:
+        facts.append(("journal mode", str(meta.get("journal_mode"))))
+    return ReportHeader(f"report {path}", tuple(facts), data)
 
 
 def comparison_renderable(comparison: FixComparison) -> RenderableType:

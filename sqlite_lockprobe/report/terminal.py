@@ -44,7 +44,7 @@ def groups_table(summary: RunSummary) -> Table:
         padding=(0, 1),
     )
     table.add_column("group (workers)", overflow="fold", max_width=22)
-    for name in ("commits", "rb", "errors", "waits", "p50", "p99", "max", "tx/s"):
+    for name in ("calls", "commits", "rb", "errors", "waits", "p50", "p99", "max", "tx/s"):
         left = name == "errors"
         width = 5 if name in ("waits", "p50", "p99", "max", "tx/s") else len(name)
         table.add_column(name, justify="left" if left else "right", no_wrap=True, min_width=width)
@@ -56,6 +56,7 @@ def groups_table(summary: RunSummary) -> Table:
         w = g.waits
         table.add_row(
             f"{g.group} ({g.workers} {_KIND_SHORT.get(g.kind, g.kind)})".replace(" )", ")"),
+            str(g.calls),
             str(g.commits),
             str(g.rollbacks),
             Text(errors, style="red" if g.errors else ""),
@@ -102,7 +103,11 @@ def worst_waits(waits: Sequence[BusyWait], origin_ns: int, limit: int = _WORST_E
 
 
 def finding_panel(finding: Finding) -> Panel:
-    parts: list[RenderableType] = [Text(finding.explanation)]
+    parts: list[RenderableType] = []
+    if finding.database is not None or finding.journal_mode is not None:
+        where = finding.database or "in-memory databases"
+        parts.append(Text(f"database: {where} (journal mode {finding.journal_mode})", "dim"))
+    parts.append(Text(finding.explanation))
     if finding.evidence:
         evidence = Text("\nEvidence\n", style="bold")
         for line in finding.evidence:

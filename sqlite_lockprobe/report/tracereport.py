@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 
 from sqlite_lockprobe.analysis import Analysis
+from sqlite_lockprobe.databases import DatabaseInfo
+from sqlite_lockprobe.report.databasefacts import databases_json, several_databases
 from sqlite_lockprobe.report.runreport import ReportHeader
 from sqlite_lockprobe.tracing import TraceResult
 
@@ -14,33 +17,62 @@ NOTHING_TO_TRACE = "nothing to trace (no sqlite3 connection recorded)"
 
 
 def trace_header(result: TraceResult, analysis: Analysis) -> ReportHeader:
-    meta: dict[str, Any] = next((e for e in reversed(result.events) if e["k"] == "meta"), {})
-    journal = analysis.timeline.journal_mode if not result.nothing_recorded else None
+    meta = analysis.activity.meta  # the first: the recording's database
+    databases = () if result.nothing_recorded else analysis.databases
     processes = ", ".join(str(p) for p in result.pids) or "none"
     facts = [
         ("command", result.command),
         ("program", result.outcome),
         ("recorded", f"{result.connections} connection(s) in {len(result.pids)} process(es)"),
         ("processes", processes),
-        ("database", result.db or str(meta.get("db") or "every database opened")),
-        ("journal mode", str(journal or "?")),
+        *database_facts(result, analysis, meta),
         ("wall time", f"{result.wall_seconds:.2f} s"),
     ]
+    main = _main_database(result, databases, meta)
     data = {
         "trace": {
             "command": list(result.argv),
             "exit_code": result.exit_code,
             "signal": result.signal,
             "interrupted": result.interrupted,
+            "received_signals": list(result.received),
             "escalated": result.escalated,
             "wall_seconds": round(result.wall_seconds, 3),
             "pids": list(result.pids),
             "connections": result.connections,
             "nothing_recorded": result.nothing_recorded,
         },
-        "database": {"path": result.db or meta.get("db"), "journal_mode": journal},
+        "database": {
+            "path": main.path if main else result.db or meta.get("db"),
+            "journal_mode": main.journal_mode if main else None,
+        },
+        "databases": databases_json(databases, analysis.findings),
     }
     return ReportHeader(f"trace {result.command}", tuple(facts), data)
+
+
+def database_facts(
+    result: TraceResult, analysis: Analysis, meta: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """The header lines about databases: one database and its journal mode, or how many
+    there were in which mode, with each one (or, when many, each one a finding is about)."""
+    databases = () if result.nothing_recorded else analysis.databases
+    if len(databases) > 1:
+        return several_databases(databases, analysis.findings)
+    main = _main_database(result, databases, meta)
+    path = main.path if main else result.db or meta.get("db")
+    return [
+        ("database", str(path or "every database opened")),
+        ("journal mode", str(main.journal_mode if main else "?")),
+    ]
+
+
+def _main_database(
+    result: TraceResult, databases: Sequence[DatabaseInfo], meta: dict[str, Any]
+) -> DatabaseInfo | None:
+    """The database `database` names: the --db filter, the only one, or the first recorded."""
+    wanted = result.db or (databases[0].path if len(databases) == 1 else meta.get("db"))
+    return next((db for db in databases if db.path == wanted), None)
 
 
 def render_nothing_recorded(console: Console, header: ReportHeader) -> None:
