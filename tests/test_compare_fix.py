@@ -76,3 +76,19 @@ def test_advice_that_needs_code_changes_is_listed_not_rerun(invoke, tmp_path) ->
     comparison = _compare(invoke, "fastapi-self-deadlock", tmp_path)
     assert comparison["after"] is None and comparison["fixes"] == {}
     assert {m["pattern"] for m in comparison["manual"]} == {"self-deadlock"}
+
+
+def test_advice_says_it_is_verified_only_when_compare_fix_ran(invoke, tmp_path) -> None:
+    # It said "[verified by --compare-fix]" after every automatic advice, even under `trace`
+    # and `report`, where no re-run can happen.
+    def text(*args: str) -> str:  # the panels' words, whatever the terminal's width
+        return " ".join(invoke(*args).output.replace("│", " ").split())
+
+    events = tmp_path / "events.jsonl"
+    plain = text("run", "upgrade-deadlock", "--events", str(events))
+    assert "verified by" not in plain
+    assert "[--compare-fix re-runs the scenario with this change to verify it]" in plain
+    compared = text("run", "upgrade-deadlock", "--compare-fix")
+    assert "[re-run with this change by --compare-fix: results below]" in compared
+    replayed = text("report", str(events))
+    assert "upgrade-deadlock" in replayed and "compare-fix" not in replayed

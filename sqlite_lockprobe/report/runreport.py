@@ -45,6 +45,16 @@ def healthy_note(timeline: Timeline) -> str:
     )
 
 
+def automatic_mark(header: ReportHeader) -> str:
+    """What to say after advice that --compare-fix can apply: only `run` re-runs a scenario,
+    and the advice is verified only once it did (its results follow the diagnosis)."""
+    if not header.title.startswith("run "):
+        return ""
+    if "compare_fix" in header.data:
+        return " [re-run with this change by --compare-fix: results below]"
+    return " [--compare-fix re-runs the scenario with this change to verify it]"
+
+
 @dataclass(frozen=True)
 class ReportHeader:
     """What was analysed: a run's scenario and database, or a saved log's origin."""
@@ -77,7 +87,9 @@ def render(console: Console, header: ReportHeader, analysis: Analysis) -> None:
     if window is not None:
         console.print(window_renderable(window))
     console.print()
-    console.print(diagnosis(analysis.findings, healthy_note(analysis.timeline)))
+    console.print(
+        diagnosis(analysis.findings, healthy_note(analysis.timeline), automatic_mark(header))
+    )
 
 
 def document(command: str, header: ReportHeader, analysis: Analysis) -> dict[str, Any]:

@@ -102,7 +102,9 @@ def worst_waits(waits: Sequence[BusyWait], origin_ns: int, limit: int = _WORST_E
     return table
 
 
-def finding_panel(finding: Finding) -> Panel:
+def finding_panel(finding: Finding, automatic_mark: str = "") -> Panel:
+    """One finding; `automatic_mark` follows each piece of advice that --compare-fix can apply
+    and re-run (what it says depends on whether it ran: `run` only)."""
     parts: list[RenderableType] = []
     if finding.database is not None or finding.journal_mode is not None:
         where = finding.database or "in-memory databases"
@@ -116,7 +118,7 @@ def finding_panel(finding: Finding) -> Panel:
     if finding.advice:
         advice = Text("What to change\n", style="bold")
         for a in finding.advice:
-            mark = " [verified by --compare-fix]" if a.automatic else ""
+            mark = automatic_mark if a.automatic else ""
             advice.append(f"  → {a.text}{mark}\n")
             for stack, snippet in a.snippets.items():
                 advice.append(f"      {stack}: ", style="dim")
@@ -131,7 +133,9 @@ def finding_panel(finding: Finding) -> Panel:
     return Panel(Group(*parts), title=title, title_align="left", border_style=style.split()[-1])
 
 
-def diagnosis(findings: Iterable[Finding], healthy_note: str) -> RenderableType:
+def diagnosis(
+    findings: Iterable[Finding], healthy_note: str, automatic_mark: str = ""
+) -> RenderableType:
     ordered = sort_findings(list(findings))
     if not ordered:
         return Panel(
@@ -142,7 +146,7 @@ def diagnosis(findings: Iterable[Finding], healthy_note: str) -> RenderableType:
         )
     return Group(
         Text(f"Diagnosis: {len(ordered)} finding(s), most harmful first", style="bold"),
-        *[finding_panel(f) for f in ordered],
+        *[finding_panel(f, automatic_mark) for f in ordered],
     )
 
 
