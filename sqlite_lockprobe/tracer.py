@@ -212,6 +212,23 @@ class StatementBudget:
 _TRANSACTION_WORDS = ("BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE")
 
 
+class _ThreadEnd:
+    """Kept in a thread's threading.local: deleted when the thread ends (CPython clears its
+    locals then, before its ident can be given to a new thread), it makes every connection
+    forget the record key it kept for that thread."""
+
+    __slots__ = ("states", "ident")
+
+    def __init__(self, states: weakref.WeakSet[_Connection], ident: int) -> None:
+        self.states, self.ident = states, ident
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            for state in list(self.states):
+                if state.ident == self.ident:
+                    state.ident = 0
+
+
 def _ends_or_begins(statement: str) -> bool:
     """A statement that begins or ends a transaction or a savepoint (kept when folding)."""
     word = statement.lstrip()[:9].upper()
@@ -619,8 +636,12 @@ class Tracer:
                 self._keys.clear()
             key = self._keys[who] = next(self._key_numbers) << TRACE_OP_BITS
             self.emit((TRACE_KEY, key, *who))
-        serves_tasks = self._local.me[2]
-        if task is None and not serves_tasks:
+        local = self._local
+        if task is None and not local.me[2]:
+            # Kept while this thread goes on calling. A thread's ident is reused by the next
+            # thread once it has ended: its end forgets what was kept (_ThreadEnd).
+            if getattr(local, "end", None) is None:
+                local.end = _ThreadEnd(self._states, ident)
             state.ident, state.key = ident, key
         else:
             state.ident = 0  # a task's: looked up again on the next call

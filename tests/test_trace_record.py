@@ -304,3 +304,36 @@ def test_a_cursor_left_unfinished_outside_a_transaction_is_the_reader_a_commit_w
     assert paused in traced.evidence()
     sightings = [e for e in traced.events if e["k"] == "unfinished"]
     assert sightings and {e["sql"] for e in sightings} == {"SELECT id, name FROM items"}
+
+
+REUSED_IDENT = """
+import sqlite3, sys, threading
+
+pool = sqlite3.connect(sys.argv[1], isolation_level=None, check_same_thread=False)
+pool.execute("PRAGMA synchronous=OFF")  # calls well under a millisecond: recorded in short
+pool.execute("CREATE TABLE t (v INTEGER)")
+idents = []
+
+
+def work(n):
+    idents.append(threading.get_ident())
+    for i in range(n):
+        pool.execute("INSERT INTO t VALUES (?)", (i,))
+
+
+for name, n in (("first", 2), ("second", 3), ("third", 4)):
+    thread = threading.Thread(target=work, args=(n,), name=name)
+    thread.start()
+    thread.join()  # ended: the next thread usually gets the same ident
+print("same ident" if len(set(idents)) == 1 else "distinct idents")
+"""
+
+
+def test_a_thread_that_reuses_an_ended_threads_ident_is_recorded_as_itself(tmp_path) -> None:
+    traced = trace_python(tmp_path, "reuse.py", REUSED_IDENT, "app.db")
+    assert traced.proc.returncode == 0, traced.proc.stderr
+    inserts = [c for c in calls(traced) if c["sql"].startswith("INSERT")]
+    by_worker = {
+        w: sum(1 for c in inserts if c["worker"] == w) for w in {c["worker"] for c in inserts}
+    }
+    assert by_worker == {"first": 2, "second": 3, "third": 4}, traced.proc.stdout
