@@ -34,6 +34,15 @@ def test_builtin_scenario_names_exactly_its_expected_patterns(name: str, invoke,
     for finding in report["findings"]:
         assert set(finding) >= REQUIRED_FINDING_KEYS
         assert finding["evidence"]["lines"] and finding["advice"]
+        assert_deadlocks_are_real(finding["evidence"].get("chain") or [])
+
+
+def assert_deadlocks_are_real(chain: list[str]) -> None:
+    """A wait-for chain calls a cycle a deadlock only when every wait in it failed (the
+    default scenario used to print a CYCLE through a COMMIT and a SELECT that succeeded)."""
+    if any(line.startswith("*** CYCLE") for line in chain):
+        outcomes = [chain[i + 1] for i, line in enumerate(chain) if ") WAITER: " in line]
+        assert outcomes and all("failed with" in o for o in outcomes), "\n".join(chain)
 
 
 def test_expect_fails_the_run_when_findings_differ(invoke) -> None:

@@ -41,11 +41,56 @@ def test_chain_is_cut_at_max_depth():
     tl = TimelineBuilder(journal_mode="wal")
     actors = [tl.conn(f"c{i}") for i in range(MAX_DEPTH + 3)]
     for k, actor in enumerate(actors[:-1]):
-        tl.write_hold(actors[k + 1], k * 100, (k + 1) * 100 + 20)
-        tl.wait(actor, k * 100 + 10, k * 100 + 60)
+        # Every hold and wait overlaps all the others (one instant holds the whole chain), and
+        # each wait's longest blocker is the next connection's hold.
+        tl.write_hold(actors[k + 1], k * 10, 1505 + k * 10)
+        tl.wait(actor, k * 10 + 5, 1500 + k * 10)
     timeline = tl.build()
     lines = wait_for_chain(timeline.waits[0], timeline)
     assert f"({MAX_DEPTH}) WAITS FOR: the WAL write lock held by worker-c{MAX_DEPTH}" in "\n".join(
         lines
     )
     assert lines[-1] == "    ... (chain continues)"
+
+
+def test_a_wait_that_began_after_the_waiter_got_its_lock_is_no_edge():
+    """a's wait (0-60) met b's hold; b waited on c only later (110-160): never at once."""
+    tl = TimelineBuilder(journal_mode="wal")
+    a, b, c = tl.conn("a"), tl.conn("b"), tl.conn("c")
+    tl.write_hold(b, 0, 120)
+    tl.write_hold(c, 100, 200)
+    wait = tl.wait(a, 10, 60)
+    tl.wait(b, 110, 160)
+    text = "\n".join(wait_for_chain(wait, tl.build()))
+    assert "(1) WAITS FOR: the WAL write lock held by worker-b" in text
+    assert "(2) WAITER" not in text
+    assert "worker-b was not waiting on any lock" in text
+
+
+def test_waits_that_all_failed_around_a_cycle_are_a_deadlock():
+    """python-cs50 130: b's write refused, b keeps SHARED; a's COMMIT waits on it and fails."""
+    tl = TimelineBuilder()
+    a, b = tl.conn("a"), tl.conn("b")
+    tl.read_hold(b, 0, 5500, released_by="ROLLBACK")
+    tl.write_hold(a, 5, 5200, released_by="ROLLBACK")
+    refused = tl.wait(b, 10, 10.2, failed=True, handler_calls=0, had_read=True)
+    tl.wait(a, 20, 5020, failed=True, handler_calls=40, phase="commit")
+    lines = wait_for_chain(refused, tl.build())
+    assert lines[-1] == (
+        "*** CYCLE: worker-b -> worker-a -> worker-b: a deadlock; no busy_timeout can resolve it"
+    )
+
+
+def test_a_cycle_in_which_a_wait_succeeded_is_no_deadlock():
+    """The upgrade deadlock as SQLite resolves it: b's write is refused, b rolls back at once,
+    and a's COMMIT, which waited for b's SHARED lock, then gets its lock."""
+    tl = TimelineBuilder()
+    a, b = tl.conn("a"), tl.conn("b")
+    tl.read_hold(b, 0, 12, released_by="ROLLBACK")
+    tl.write_hold(a, 5, 40)
+    refused = tl.wait(b, 10, 10.2, failed=True, handler_calls=0, had_read=True)
+    tl.wait(a, 8, 35, handler_calls=3, phase="commit")  # succeeded
+    lines = wait_for_chain(refused, tl.build())
+    assert not any("CYCLE" in line for line in lines)
+    assert lines[-1].startswith("*** BACK TO worker-b (worker-b -> worker-a -> worker-b): not a")
+    assert "SQLite broke it by failing worker-b's" in lines[-1]
