@@ -262,6 +262,7 @@ class Tracer:
         self._key_numbers = itertools.count(1)
         self._get_running_loop: Callable[[], Any] = _NO_LOOP
         self._states: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._thread_names: dict[str, int] = {}  # threads seen per label (_new_thread)
         self.call_sites = CallSites((os.path.dirname(os.path.abspath(__file__)) + os.sep,))
         self._site = self.call_sites.find
         self.wal = TraceWal(self.emit)  # samples on the event file's flusher tick
@@ -426,6 +427,7 @@ class Tracer:
         self._process_label = None
         # Record keys are given in the parent's file: this process gives its own.
         self._keys = {}
+        self._thread_names = {}
         for state in list(self._states):
             state.ident = 0
         self.wal.forget_connections()
@@ -806,6 +808,12 @@ class Tracer:
         prefix = self._process()
         name = threading.current_thread().name
         label = f"{prefix}/{name}" if prefix else name
+        # Threads of one name (a pool's: "AnyIO worker thread") are workers of their own:
+        # the second is "name#2", and so on; their group is the name.
+        seen = self._thread_names.get(label, 0) + 1
+        self._thread_names[label] = seen
+        if seen > 1:
+            label = f"{label}#{seen}"
         if "aiosqlite.core" in _modules and _in_aiosqlite_driver():
             self._local.behalf = None
             return label, threading.get_native_id(), True, True

@@ -337,3 +337,47 @@ def test_a_thread_that_reuses_an_ended_threads_ident_is_recorded_as_itself(tmp_p
         w: sum(1 for c in inserts if c["worker"] == w) for w in {c["worker"] for c in inserts}
     }
     assert by_worker == {"first": 2, "second": 3, "third": 4}, traced.proc.stdout
+
+
+SAME_NAMES = """
+import sqlite3, sys, threading
+
+setup = sqlite3.connect(sys.argv[1])
+setup.execute("CREATE TABLE t (v INTEGER)")
+setup.commit()
+started = threading.Barrier(3)
+
+
+def handle(n):
+    started.wait()  # all three alive at once: three threads, one name
+    conn = sqlite3.connect(sys.argv[1], timeout=10)
+    for i in range(n):
+        conn.execute("INSERT INTO t VALUES (?)", (i,))
+        conn.commit()
+    conn.close()
+
+
+threads = [threading.Thread(target=handle, args=(n,), name="pool worker") for n in (1, 2, 3)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_threads_of_one_name_are_workers_of_their_own_in_one_group(tmp_path) -> None:
+    # A thread pool names every thread alike (AnyIO's "AnyIO worker thread"): 40 request
+    # threads were one worker, "1 thr", in the summary.
+    traced = trace_python(tmp_path, "pool.py", SAME_NAMES, "app.db")
+    assert traced.proc.returncode == 0, traced.proc.stderr
+    workers = {e["worker"]: e for e in traced.events if e["k"] == "worker"}
+    pool = sorted(w for w in workers if w.startswith("pool worker"))
+    assert pool == ["pool worker", "pool worker#2", "pool worker#3"]
+    assert {workers[w]["group"] for w in pool} == {"pool worker"}
+    inserts = sorted(
+        sum(1 for c in calls(traced) if c["worker"] == w and c["sql"].startswith("INSERT"))
+        for w in pool
+    )
+    assert inserts == [1, 2, 3]
+    (group,) = [g for g in traced.report["summary"]["groups"] if g["group"] == "pool worker"]
+    assert group["workers"] == 3
