@@ -26,6 +26,9 @@ def trace_header(result: TraceResult, analysis: Analysis) -> ReportHeader:
         ("journal mode", str(journal or "?")),
         ("wall time", f"{result.wall_seconds:.2f} s"),
     ]
+    paths = probe_paths(result.events)
+    if paths:
+        facts.append(("probe", _describe_paths(paths)))
     data = {
         "trace": {
             "command": list(result.argv),
@@ -37,10 +40,43 @@ def trace_header(result: TraceResult, analysis: Analysis) -> ReportHeader:
             "pids": list(result.pids),
             "connections": result.connections,
             "nothing_recorded": result.nothing_recorded,
+            "probe_path": _one_path(paths),
         },
         "database": {"path": result.db or meta.get("db"), "journal_mode": journal},
     }
     return ReportHeader(f"trace {result.command}", tuple(facts), data)
+
+
+def probe_paths(events: list[dict[str, Any]]) -> dict[str, int]:
+    """How many traced processes recorded their calls with each probe path ("compiled": the
+    C fast path, "python": its pure-Python twin), from their `meta` events."""
+    by_pid: dict[Any, str] = {}
+    for event in events:
+        if event["k"] == "meta" and event.get("probe_path"):
+            by_pid[event.get("pid")] = event["probe_path"]
+    counts: dict[str, int] = {}
+    for path in by_pid.values():
+        counts[path] = counts.get(path, 0) + 1
+    return counts
+
+
+def _one_path(paths: dict[str, int]) -> str | None:
+    """The JSON value: the one path every process took, "mixed", or null (none recorded)."""
+    if not paths:
+        return None
+    return next(iter(paths)) if len(paths) == 1 else "mixed"
+
+
+_PATH_WORDS = {"compiled": "compiled (C fast path)", "python": "pure Python"}
+
+
+def _describe_paths(paths: dict[str, int]) -> str:
+    if len(paths) == 1:
+        return _PATH_WORDS.get(next(iter(paths)), next(iter(paths)))
+    return ", ".join(
+        f"{_PATH_WORDS.get(path, path)} in {count} process(es)"
+        for path, count in sorted(paths.items())
+    )
 
 
 def render_nothing_recorded(console: Console, header: ReportHeader) -> None:
