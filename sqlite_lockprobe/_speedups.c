@@ -30,6 +30,9 @@
 #include <Python.h>
 #include <structmember.h>
 #include <time.h>
+#if PY_VERSION_HEX < 0x030B0000
+#include <frameobject.h>  /* PyFrameObject's fields, PyFrame_GetBack */
+#endif
 
 #if PY_VERSION_HEX < 0x030C0000
 #define T_OBJECT_EX_ T_OBJECT_EX
@@ -173,6 +176,8 @@ static PyObject *conn_names[CONN_SLOTS], *cursor_names[CURSOR_SLOTS],
 
 /* ------------------------------------------------------------------- RecordedMethod */
 
+#define PLAIN_CACHE 8
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
@@ -200,6 +205,20 @@ typedef struct {
     PyObject *key_op;
     PyObject *recording;     /* the last EventFile seen, and its append */
     PyObject *append;
+    PyObject *append_list;   /* the list `append` appends to, when it is list.append */
+    PyObject *tracer_dict;   /* tracer.__dict__: its plain attributes, read without getattr */
+    PyObject *places;        /* tracer.call_sites' caches (see cached_site), or NULL */
+    PyObject *sites;
+    PyObject *user_kind;
+    /* The site last found for a call made from the application's own frame: a function of
+     * that frame's (code, f_lasti) alone, as in CallSites (its code kept: ids stay unique). */
+    PyObject *site_code;
+    int site_lasti;
+    PyObject *site;
+    /* SQL texts SQL_BITS last said were plain (0): its classification of a text never
+     * changes (the dict is only emptied when full, and the text classified again). */
+    PyObject *plain[PLAIN_CACHE];
+    int plain_next;
 } RecordedMethod;
 
 static int
@@ -220,6 +239,16 @@ rm_traverse(RecordedMethod *self, visitproc visit, void *arg)
     Py_VISIT(self->recording);
     Py_VISIT(self->append);
     Py_VISIT(self->ident_obj);
+    Py_VISIT(self->append_list);
+    Py_VISIT(self->tracer_dict);
+    Py_VISIT(self->places);
+    Py_VISIT(self->sites);
+    Py_VISIT(self->user_kind);
+    Py_VISIT(self->site_code);
+    Py_VISIT(self->site);
+    for (int i = 0; i < PLAIN_CACHE; i++) {
+        Py_VISIT(self->plain[i]);
+    }
     /* The types whose slots are cached: a connection class holds this method in its dict. */
     Py_VISIT(self->conn_map.type);
     Py_VISIT(self->cursor_map.type);
@@ -246,6 +275,16 @@ rm_clear(RecordedMethod *self)
     Py_CLEAR(self->recording);
     Py_CLEAR(self->append);
     Py_CLEAR(self->ident_obj);
+    Py_CLEAR(self->append_list);
+    Py_CLEAR(self->tracer_dict);
+    Py_CLEAR(self->places);
+    Py_CLEAR(self->sites);
+    Py_CLEAR(self->user_kind);
+    Py_CLEAR(self->site_code);
+    Py_CLEAR(self->site);
+    for (int i = 0; i < PLAIN_CACHE; i++) {
+        Py_CLEAR(self->plain[i]);
+    }
     Py_CLEAR(self->conn_map.type);
     Py_CLEAR(self->cursor_map.type);
     Py_CLEAR(self->state_map.type);
@@ -317,32 +356,175 @@ key_plus_op(RecordedMethod *self, PyObject *key)
     return key_op;
 }
 
-/* tracer's recording's append (the EventFile's list.append), cached per EventFile. */
-static PyObject *
-recording_append(RecordedMethod *self)
+/* tracer.<name> for a plain instance attribute (_recording, _get_running_loop), read from
+ * the instance dict: a getattr costs about twice as much. A new reference, or NULL. */
+static inline PyObject *
+tracer_attr(RecordedMethod *self, PyObject *name)
 {
-    PyObject *recording = PyObject_GetAttr(self->tracer, s_recording);
+    if (self->tracer_dict != NULL) {
+        PyObject *value = PyDict_GetItemWithError(self->tracer_dict, name);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return PyObject_GetAttr(self->tracer, name);
+}
+
+static PyCFunction list_append_function;  /* the C function of list.append */
+
+/* Append `record` to the tracer's recording, `(self._recording or self.recording).append`;
+ * the EventFile's append (its list's append) is cached per EventFile. 0, or -1. */
+static int
+append_record(RecordedMethod *self, PyObject *record)
+{
+    PyObject *recording = tracer_attr(self, s_recording);
     if (recording == NULL) {
-        return NULL;
+        return -1;
     }
     if (recording == Py_None) {  /* `self._recording or self.recording` */
         Py_DECREF(recording);
         recording = PyObject_GetAttr(self->tracer, s_recording_property);
         if (recording == NULL) {
-            return NULL;
+            return -1;
         }
     }
     if (recording != self->recording || self->append == NULL) {
         PyObject *append = PyObject_GetAttr(recording, s_append);
         if (append == NULL) {
             Py_DECREF(recording);
-            return NULL;
+            return -1;
+        }
+        PyObject *list = NULL;
+        if (PyCFunction_Check(append) && PyCFunction_GET_FUNCTION(append) == list_append_function &&
+            PyList_CheckExact(PyCFunction_GET_SELF(append))) {
+            list = Py_NewRef(PyCFunction_GET_SELF(append));
         }
         Py_XSETREF(self->append, append);
+        Py_XSETREF(self->append_list, list);
         Py_XSETREF(self->recording, Py_NewRef(recording));
     }
     Py_DECREF(recording);
-    return Py_NewRef(self->append);
+    if (self->append_list != NULL) {
+        return PyList_Append(self->append_list, record);
+    }
+    PyObject *result = PyObject_CallOneArg(self->append, record);
+    Py_XDECREF(result);
+    return result == NULL ? -1 : 0;
+}
+
+/* statements.clear(). The common case, the call's own statement alone, keeps the list's
+ * storage for the trace hook's next append (list.clear() frees it: a free and a malloc a
+ * call); a str's deallocation runs no code that could touch the list meanwhile. */
+static inline int
+clear_statements(PyObject *statements)
+{
+    if (!PyList_CheckExact(statements)) {
+        return PySequence_DelSlice(statements, 0, PY_SSIZE_T_MAX);
+    }
+    if (PyList_GET_SIZE(statements) == 1 && PyUnicode_CheckExact(PyList_GET_ITEM(statements, 0))) {
+        PyObject *only = PyList_GET_ITEM(statements, 0);
+        Py_SET_SIZE(statements, 0);
+        Py_DECREF(only);
+        return 0;
+    }
+    return PyList_SetSlice(statements, 0, PyList_GET_SIZE(statements), NULL);
+}
+
+/* Untrack a tuple none of whose items the cyclic collector tracks (ints, strs, None, bools,
+ * such tuples): it can be in no cycle. The collector does so itself at its first pass over
+ * it; the records wait in the recording's list for the flusher, and each collection of the
+ * youngest generation would go over them first. */
+static inline void
+untrack_if_atomic(PyObject *tuple)
+{
+    Py_ssize_t size = PyTuple_GET_SIZE(tuple);
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyObject *item = PyTuple_GET_ITEM(tuple, i);
+        if (PyObject_IS_GC(item) && PyObject_GC_IsTracked(item)) {
+            return;
+        }
+    }
+    PyObject_GC_UnTrack(tuple);
+}
+
+/* f_lasti of a frame, as Python code reads it (a byte offset; CallSites keys on it). */
+static inline int
+frame_lasti(PyFrameObject *frame)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyFrame_GetLasti(frame);
+#else
+    return frame->f_lasti < 0 ? -1 : frame->f_lasti * (int)sizeof(_Py_CODEUNIT);
+#endif
+}
+
+/* The call site as CallSites.find(1) would give it, read from its caches alone: the first
+ * frame up from the caller whose file its `_places` says is the application's (USER), and
+ * the site its `_sites` keeps for that (id(code), f_lasti). What the caches do not know
+ * (a file or a line seen for the first time, a stack of library code only) is left to
+ * CallSites.find, which fills them: classification and wording stay in callsite.py.
+ * Returns `site` (stolen) when not known, else the site found in its place. */
+static PyObject *
+cached_site(RecordedMethod *self, PyObject *site)
+{
+    if (self->places == NULL || self->sites == NULL) {
+        return site;
+    }
+    PyFrameObject *frame = PyEval_GetFrame();  /* borrowed */
+    if (frame == NULL) {
+        return site;
+    }
+    PyCodeObject *first = PyFrame_GetCode(frame);
+    int first_lasti = frame_lasti(frame);
+    Py_DECREF(first);  /* the frame keeps it */
+    if ((PyObject *)first == self->site_code && first_lasti == self->site_lasti) {
+        Py_DECREF(site);
+        return Py_NewRef(self->site);
+    }
+    Py_INCREF(frame);
+    PyObject *found = NULL;
+    while (frame != NULL) {
+        PyCodeObject *code = PyFrame_GetCode(frame);
+        PyObject *place = PyDict_GetItemWithError(self->places, code->co_filename);
+        if (place == NULL || !PyTuple_CheckExact(place) || PyTuple_GET_SIZE(place) != 2) {
+            Py_DECREF(code);
+            break;  /* a file seen for the first time: CallSites classifies it */
+        }
+        if (PyTuple_GET_ITEM(place, 0) == self->user_kind) {
+            PyObject *id = PyLong_FromVoidPtr(code);
+            PyObject *lasti = PyLong_FromLong(frame_lasti(frame));
+            PyObject *key = (id && lasti) ? PyTuple_Pack(2, id, lasti) : NULL;
+            Py_XDECREF(id);
+            Py_XDECREF(lasti);
+            PyObject *known = key ? PyDict_GetItemWithError(self->sites, key) : NULL;
+            Py_XDECREF(key);
+            if (known != NULL && PyTuple_CheckExact(known) && PyTuple_GET_SIZE(known) == 2 &&
+                PyTuple_GET_ITEM(known, 0) == (PyObject *)code) {
+                found = Py_NewRef(PyTuple_GET_ITEM(known, 1));
+                if (code == first) {  /* the caller's own frame: remembered */
+                    Py_XSETREF(self->site_code, Py_NewRef((PyObject *)code));
+                    Py_XSETREF(self->site, Py_NewRef(found));
+                    self->site_lasti = first_lasti;
+                }
+            }
+            Py_DECREF(code);
+            break;
+        }
+        Py_DECREF(code);
+        PyFrameObject *back = PyFrame_GetBack(frame);
+        Py_DECREF(frame);
+        frame = back;
+    }
+    Py_XDECREF(frame);
+    PyErr_Clear();
+    if (found == NULL) {
+        return site;
+    }
+    Py_DECREF(site);
+    return found;
 }
 
 /* Whether the calling thread is the one state.ident names. */
@@ -372,7 +554,7 @@ same_thread(PyObject *ident, PyObject *current, unsigned long tid)
 static inline int
 loop_running(RecordedMethod *self)
 {
-    PyObject *get = PyObject_GetAttr(self->tracer, s_get_running_loop);
+    PyObject *get = tracer_attr(self, s_get_running_loop);
     if (get == NULL) {
         return -1;
     }
@@ -397,9 +579,9 @@ record_call(RecordedMethod *self, PyObject *state, PyObject *conn, PyObject *sql
             long long t1, PyObject *ident)
 {
     PyObject *in_txn = NULL, *statements = NULL, *probe = NULL, *busy = NULL, *folded = NULL;
-    PyObject *key = NULL, *site = NULL, *stmts = NULL, *record = NULL, *append = NULL;
+    PyObject *key = NULL, *site = NULL, *stmts = NULL, *record = NULL;
     PyObject *t0_obj = NULL, *t1_obj = NULL, *key_op = NULL, *result = NULL;
-    int status = -1, full;
+    int status = -1, full, stmts_tracked = 0;
     Py_ssize_t count;
 
     slotmap_use(&self->state_map, Py_TYPE(state), state_names, STATE_SLOTS, 1);
@@ -517,6 +699,10 @@ record_call(RecordedMethod *self, PyObject *state, PyObject *conn, PyObject *sql
                 goto done;
             }
             if (!known) {
+                site = cached_site(self, site);
+                known = site != Py_None;
+            }
+            if (!known) {
                 /* No Python frame of lockprobe's between CallSites.find and the caller. */
                 PyObject *depth = PyLong_FromLong(1);
                 if (depth == NULL) {
@@ -555,13 +741,12 @@ record_call(RecordedMethod *self, PyObject *state, PyObject *conn, PyObject *sql
     if (stmts == NULL) {
         goto done;
     }
-    if (count) {
-        int cleared = PyList_CheckExact(statements)
-                          ? PyList_SetSlice(statements, 0, PyList_GET_SIZE(statements), NULL)
-                          : PySequence_DelSlice(statements, 0, PY_SSIZE_T_MAX);
-        if (cleared < 0) {
-            goto done;
-        }
+    if (stmts != Py_None) {
+        untrack_if_atomic(stmts);
+        stmts_tracked = PyObject_GC_IsTracked(stmts);
+    }
+    if (count && clear_statements(statements) < 0) {
+        goto done;
     }
     key_op = key_plus_op(self, key);
     if (key_op == NULL) {
@@ -579,14 +764,12 @@ record_call(RecordedMethod *self, PyObject *state, PyObject *conn, PyObject *sql
     PyTuple_SET_ITEM(record, 5, Py_NewRef(in_txn));
     PyTuple_SET_ITEM(record, 6, Py_NewRef(site));
     t0_obj = t1_obj = key_op = stmts = NULL;  /* the tuple's now */
-    append = recording_append(self);
-    if (append == NULL) {
-        goto done;
+    /* Its ints and bool are atomic; sql and site are strs (or None) in the common case. */
+    if (PyUnicode_CheckExact(sql) && (site == Py_None || PyUnicode_CheckExact(site)) &&
+        (stmts_tracked == 0)) {
+        PyObject_GC_UnTrack(record);
     }
-    result = PyObject_CallOneArg(append, record);
-    if (result != NULL) {
-        status = 0;
-    }
+    status = append_record(self, record);
 
 done:
     Py_XDECREF(in_txn);
@@ -598,7 +781,6 @@ done:
     Py_XDECREF(site);
     Py_XDECREF(stmts);
     Py_XDECREF(record);
-    Py_XDECREF(append);
     Py_XDECREF(t0_obj);
     Py_XDECREF(t1_obj);
     Py_XDECREF(key_op);
@@ -692,6 +874,17 @@ call_failed(RecordedMethod *self, PyObject *state, PyObject *conn, PyObject *sql
     return NULL;
 }
 
+static inline int
+known_plain(RecordedMethod *self, PyObject *sql)
+{
+    for (int i = 0; i < PLAIN_CACHE; i++) {
+        if (self->plain[i] == sql) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static PyObject *
 rm_vectorcall(RecordedMethod *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -764,7 +957,7 @@ rm_vectorcall(RecordedMethod *self, PyObject *const *args, size_t nargsf, PyObje
         goto python;
     }
     Py_DECREF(active);
-    if (self->sql == NULL) {  /* SQL_BITS[sql] == 0: plain SQL, recorded here */
+    if (self->sql == NULL && !known_plain(self, sql)) {  /* SQL_BITS[sql] == 0: plain */
         PyObject *bits = PyDict_GetItemWithError(self->sql_bits, sql);
         if (bits == NULL) {
             PyErr_Clear();  /* not classified yet, or not hashable: the Python path */
@@ -779,6 +972,8 @@ rm_vectorcall(RecordedMethod *self, PyObject *const *args, size_t nargsf, PyObje
                 goto python;
             }
         }
+        Py_XSETREF(self->plain[self->plain_next], Py_NewRef(sql));
+        self->plain_next = (self->plain_next + 1) % PLAIN_CACHE;
     }
 
     ident = thread_ident(self);
@@ -831,15 +1026,17 @@ static PyObject *
 rm_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"twin", "odd", "tracer", "base", "op", "sql", "on_connection",
-                            "sql_bits", "stand_in", "long_call_ns", "budget", NULL};
+                            "sql_bits", "stand_in", "long_call_ns", "budget", "places",
+                            "sites", "user_kind", NULL};
     PyObject *twin, *odd, *tracer, *base, *op, *sql, *sql_bits, *stand_in;
+    PyObject *places = Py_None, *sites = Py_None, *user_kind = Py_None;
     int on_connection;
     long long long_call_ns;
     Py_ssize_t budget;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO!OpO!OLn:RecordedMethod", names, &twin,
-                                     &odd, &tracer, &base, &PyLong_Type, &op, &sql,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO!OpO!OLn|OOO:RecordedMethod", names,
+                                     &twin, &odd, &tracer, &base, &PyLong_Type, &op, &sql,
                                      &on_connection, &PyDict_Type, &sql_bits, &stand_in,
-                                     &long_call_ns, &budget)) {
+                                     &long_call_ns, &budget, &places, &sites, &user_kind)) {
         return NULL;
     }
     if (sql != Py_None && !PyUnicode_Check(sql)) {
@@ -880,6 +1077,17 @@ rm_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->long_call_ns = long_call_ns;
     self->budget = budget;
     self->on_connection = on_connection;
+    if (PyDict_CheckExact(places) && PyDict_CheckExact(sites) && user_kind != Py_None) {
+        self->places = Py_NewRef(places);
+        self->sites = Py_NewRef(sites);
+        self->user_kind = Py_NewRef(user_kind);
+    }
+    /* The tracer's own attributes: its __dict__, when it has one (a Tracer does). */
+    self->tracer_dict = PyObject_GenericGetDict(tracer, NULL);
+    if (self->tracer_dict != NULL && !PyDict_CheckExact(self->tracer_dict)) {
+        Py_CLEAR(self->tracer_dict);
+    }
+    PyErr_Clear();
     return (PyObject *)self;
 }
 
@@ -991,6 +1199,14 @@ PyInit__speedups(void)
     state_names[STATE_SITE] = s_site;
     state_names[STATE_FOLDED] = s_folded;
     probe_names[PROBE_BUSY_UNCLAIMED] = s_busy_unclaimed;
+    PyObject *list = PyList_New(0);
+    PyObject *append = list ? PyObject_GetAttrString(list, "append") : NULL;
+    Py_XDECREF(list);
+    if (append == NULL) {
+        return NULL;
+    }
+    list_append_function = PyCFunction_Check(append) ? PyCFunction_GET_FUNCTION(append) : NULL;
+    Py_DECREF(append);
     zero = PyLong_FromLong(0);
     no_loop = (PyObject *)Py_TYPE(Py_None);
     if (zero == NULL || PyType_Ready(&RecordedMethodType) < 0) {

@@ -147,8 +147,10 @@ def _compiled(
     takes the calls of a shape the compiled one does not make (keywords, other counts)."""
     if RecordedMethod is None:
         return twin
+    from sqlite_lockprobe.callsite import USER
     from sqlite_lockprobe.tracer import LONG_CALL_NS, StatementBudget  # loaded by now
 
+    sites = tracer.call_sites
     return RecordedMethod(
         twin,
         odd,
@@ -161,6 +163,10 @@ def _compiled(
         _from_compiled,
         LONG_CALL_NS,
         StatementBudget.LIMIT,
+        # CallSites' caches, which the compiled method reads (and only CallSites fills).
+        getattr(sites, "_places", None),
+        getattr(sites, "_sites", None),
+        USER,
     )
 
 
