@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-import sqlite_lockprobe
 from tests.test_trace import (
     SAFETY_TIMEOUT,
     Traced,
@@ -45,20 +44,34 @@ def environment(path: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Skip when the probe a traced program loads has no compiled path for this Python (run
-    where lockprobe runs from, as the traced program imports it); fail instead under
-    LOCKPROBE_REQUIRE_SPEEDUPS=1."""
+def probe_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(directory, probe path) of the sqlite_lockprobe a traced program loads: the one
+    `python -m sqlite_lockprobe` runs from outside the checkout (the tests may import the
+    checkout's own, which CI does not build)."""
     out = subprocess.run(
-        [sys.executable, "-c", "import sqlite_lockprobe.traced as t; print(t.PROBE_PATH)"],
+        [sys.executable, "-c", PROBE_PACKAGE],
         capture_output=True,
         text=True,
         env=environment("compiled"),
-        cwd=tmp_path_factory.mktemp("probe-path"),
+        cwd=tmp_path_factory.mktemp("probe-package"),
         timeout=SAFETY_TIMEOUT,
         check=True,
     )
-    if out.stdout.strip() != "compiled":
+    directory, path = out.stdout.split()
+    return Path(directory), path
+
+
+PROBE_PACKAGE = """
+import os, sqlite_lockprobe.traced as traced
+print(os.path.dirname(traced.__file__), traced.PROBE_PATH)
+"""
+
+
+@pytest.fixture(scope="module")
+def compiled(probe_package: tuple[Path, str]) -> None:
+    """Skip when the probe a traced program loads has no compiled path for this Python; fail
+    instead under LOCKPROBE_REQUIRE_SPEEDUPS=1."""
+    if probe_package[1] != "compiled":
         why = f"sqlite_lockprobe._speedups is not built for Python {sys.version.split()[0]}"
         if os.environ.get("LOCKPROBE_REQUIRE_SPEEDUPS") == "1":
             pytest.fail(f"{why} (LOCKPROBE_REQUIRE_SPEEDUPS=1)")
@@ -456,41 +469,48 @@ def test_a_program_that_cannot_load_the_extension_is_traced_on_the_python_path(
     ]
 
 
-def other_python() -> str | None:
+def other_python(package: Path) -> str | None:
     """Another supported CPython on this machine whose build of the extension is not in the
-    package lockprobe runs from: a traced program on it cannot load the one there is."""
-    package = Path(sqlite_lockprobe.__file__).parent
+    package the probe loads from: a traced program on it cannot load the one there is."""
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     for minor in ("3.10", "3.11", "3.12", "3.13"):
-        if sys.version.startswith(minor + "."):
+        if sys.version.startswith(minor + ".") or glob.glob(
+            str(package / f"_speedups.cpython-{minor.replace('.', '')}*")
+        ):
             continue
-        tag = minor.replace(".", "")
-        if glob.glob(str(package / f"_speedups.cpython-{tag}*")):
-            continue
-        candidates = [
-            shutil.which(f"python{minor}"),
-            *glob.glob(f"{pyenv}/{minor}.*/bin/python{minor}"),
-        ]
-        for candidate in candidates:
-            if candidate and os.access(candidate, os.X_OK):
+        found = [*glob.glob(f"{pyenv}/{minor}.*/bin/python{minor}"), shutil.which(f"python{minor}")]
+        for candidate in found:
+            works = candidate and subprocess.run(
+                [candidate, "-c", "import sqlite3, ctypes"], capture_output=True, check=False
+            )  # a pyenv shim may name a version that is not selected
+            if works and works.returncode == 0:
                 return candidate
     return None
 
 
-def test_a_program_on_another_python_takes_the_python_path(tmp_path) -> None:
-    python = other_python()
+def test_a_child_on_another_python_takes_the_python_path_and_the_report_says_mixed(
+    tmp_path, compiled, probe_package
+) -> None:
+    python = other_python(probe_package[0])
     if python is None:
         pytest.skip("no other CPython 3.10-3.13 without a build of the extension here")
     source = """
-    import sqlite3, sys
+    import sqlite3, subprocess, sys
     conn = sqlite3.connect(sys.argv[1])
     conn.execute("CREATE TABLE t (x)")
     conn.commit()
-    print(sys.version_info[:2])
+    child = "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('INSERT INTO t VALUES (1)')"
+    subprocess.run([sys.argv[2], "-c", child, sys.argv[1]], check=True)
     """
     program = write_program(tmp_path, "prog.py", source)
-    traced = lockprobe_trace(tmp_path, python, program.name, "app.db", env=environment("compiled"))
+    traced = lockprobe_trace(
+        tmp_path, sys.executable, program.name, "app.db", python, env=environment("compiled")
+    )
     assert traced.proc.returncode == 0, traced.proc.stderr
-    assert traced.proc.stderr == ""
-    assert traced.report["trace"]["probe_path"] == "python"
-    assert len([e for e in traced.events if e["k"] == "call"]) == 2
+    assert "lockprobe:" not in traced.proc.stderr  # the child's probe did not fail: it fell back
+    assert traced.report["trace"]["probe_path"] == "mixed"
+    paths = {e["pid"]: e["probe_path"] for e in traced.events if e["k"] == "meta"}
+    assert sorted(paths.values()) == ["compiled", "python"]
+    calls = {e["sql"]: e["conn"] for e in traced.events if e["k"] == "call"}
+    assert set(calls) == {"CREATE TABLE t (x)", "COMMIT", "INSERT INTO t VALUES (1)"}
+    assert re.search(r"^probe +mixed: compiled in 1, python in 1 *$", traced.proc.stdout, re.M)

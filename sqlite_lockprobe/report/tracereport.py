@@ -73,10 +73,9 @@ _PATH_WORDS = {"compiled": "compiled (C fast path)", "python": "pure Python"}
 def _describe_paths(paths: dict[str, int]) -> str:
     if len(paths) == 1:
         return _PATH_WORDS.get(next(iter(paths)), next(iter(paths)))
-    return ", ".join(
-        f"{_PATH_WORDS.get(path, path)} in {count} process(es)"
-        for path, count in sorted(paths.items())
-    )
+    return "mixed: " + ", ".join(
+        f"{path} in {count}" for path, count in sorted(paths.items())
+    )  # "mixed: compiled in 2, python in 1" (processes)
 
 
 def render_nothing_recorded(console: Console, header: ReportHeader) -> None:
