@@ -766,7 +766,7 @@ record_call(RecordedMethod *self, PyObject *state, PyObject *conn, PyObject *sql
     t0_obj = t1_obj = key_op = stmts = NULL;  /* the tuple's now */
     /* Its ints and bool are atomic; sql and site are strs (or None) in the common case. */
     if (PyUnicode_CheckExact(sql) && (site == Py_None || PyUnicode_CheckExact(site)) &&
-        (stmts_tracked == 0)) {
+        !stmts_tracked && PyLong_CheckExact(PyTuple_GET_ITEM(record, 2)) && PyBool_Check(in_txn)) {
         PyObject_GC_UnTrack(record);
     }
     status = append_record(self, record);
