@@ -191,7 +191,6 @@ typedef struct {
     PyObject *record;        /* tracer.record */
     PyObject *failed;        /* tracer.failed */
     PyObject *stand_in;      /* traced._from_compiled */
-    long long op_value;
     long long long_call_ns;  /* tracer.LONG_CALL_NS */
     Py_ssize_t budget;       /* tracer.StatementBudget.LIMIT */
     int on_connection;       /* a connection's method (else a cursor's) */
@@ -1043,8 +1042,7 @@ rm_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_TypeError, "sql: a str (commit, rollback) or None");
         return NULL;
     }
-    long long op_value = PyLong_AsLongLong(op);
-    if (op_value == -1 && PyErr_Occurred()) {
+    if (PyLong_AsLongLong(op) == -1 && PyErr_Occurred()) {  /* an op number, as an int */
         return NULL;
     }
     PyObject *record = PyObject_GetAttrString(tracer, "record");
@@ -1069,7 +1067,6 @@ rm_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->base = Py_NewRef(base);
     self->sql = sql == Py_None ? NULL : Py_NewRef(sql);
     self->op = Py_NewRef(op);
-    self->op_value = op_value;
     self->sql_bits = Py_NewRef(sql_bits);
     self->record = record;
     self->failed = failed;
