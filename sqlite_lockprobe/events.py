@@ -30,6 +30,8 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
         "python",
         "sqlite",
         "platform",
+        # trace only: which wrappers recorded the calls, "compiled" or "python" (traced.py).
+        "probe_path",
     ),
     # The filesystem the database lives on (network_reason set: NFS, SMB, 9p, remote FUSE...).
     "filesystem": ("t", "db", "type", "mount_point", "source", "network_reason"),

@@ -7,10 +7,16 @@ The wrappers are on the program's hot path. Where the base method is sqlite3's o
 (positional arguments only), the wrapper takes the same fixed positional arguments: a
 `*args, **kwargs` signature cost about 1,400 instructions a call (../shared/TRACE-COST.md).
 Calls of any other shape go through a closure, as they come.
+
+Where `sqlite_lockprobe._speedups` is built for this interpreter (and LOCKPROBE_PURE_PYTHON is
+not 1), the fixed wrappers and commit/rollback are its compiled twin, `RecordedMethod`: it
+makes the common call and its short record in C and hands every other call to the Python
+wrapper it replaces, so both record the same events (docs/trace.md, "The compiled fast path").
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import types
@@ -31,24 +37,42 @@ _special_get = SQL_BITS.get
 get_ident = threading.get_ident
 monotonic_ns = time.monotonic_ns
 _C_METHOD = (types.MethodDescriptorType, types.BuiltinFunctionType, types.WrapperDescriptorType)
+PURE_PYTHON_ENV = "LOCKPROBE_PURE_PYTHON"
+
+
+def _compiled_type() -> Any:
+    """`_speedups.RecordedMethod`, or None: not built for this interpreter (a wheel carries
+    the extension for one Python; a traced program may run another), or not wanted."""
+    if os.environ.get(PURE_PYTHON_ENV) == "1":
+        return None
+    try:
+        from sqlite_lockprobe._speedups import RecordedMethod
+    except Exception:  # ImportError, or a broken build: the Python path works the same
+        return None
+    return RecordedMethod
+
+
+RecordedMethod = _compiled_type()
+# Which wrappers record the calls in this process: the trace's `meta` event says so.
+PROBE_PATH = "python" if RecordedMethod is None else "compiled"
 
 
 def _sql_method(tracer: Tracer, base: Any, op: int, on_connection: bool) -> Any:
     """The wrapper of execute, executemany or executescript: recorded on the connection (the
     cursor's own connection for a cursor method), run exactly as asked."""
     call = tracer.call
+
+    def flexible(self: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = self if on_connection else _connection_of(self)
+        state = conn._lockprobe
+        if state is None:
+            return base(self, *args, **kwargs)
+        sql = args[0] if args else kwargs.get("sql", kwargs.get("sql_script"))
+        if not kwargs and 1 <= len(args) <= 2:
+            return call(state, self, conn, base, op, sql, *args)
+        return call(state, self, conn, _bound(base, args, kwargs), op, sql)
+
     if not isinstance(base, _C_METHOD):
-
-        def flexible(self: Any, *args: Any, **kwargs: Any) -> Any:
-            conn = self if on_connection else _connection_of(self)
-            state = conn._lockprobe
-            if state is None:
-                return base(self, *args, **kwargs)
-            sql = args[0] if args else kwargs.get("sql", kwargs.get("sql_script"))
-            if not kwargs and 1 <= len(args) <= 2:
-                return call(state, self, conn, base, op, sql, *args)
-            return call(state, self, conn, _bound(base, args, kwargs), op, sql)
-
         return flexible
 
     record, failed = tracer.record, tracer.failed
@@ -82,7 +106,8 @@ def _sql_method(tracer: Tracer, base: Any, op: int, on_connection: bool) -> Any:
         record(state, conn, op, sql, t0, t1, ident)
         return result
 
-    return fixed
+    # Compiled, calls of other shapes go through `flexible` (sqlite3 refuses them itself).
+    return _compiled(tracer, fixed, flexible, base, op, None, on_connection)
 
 
 def _ending_method(tracer: Tracer, base: Any, op: int, sql: str) -> Any:
@@ -112,7 +137,44 @@ def _ending_method(tracer: Tracer, base: Any, op: int, sql: str) -> Any:
         record(state, self, op, sql, t0, t1, ident)
         return result
 
-    return ending
+    return _compiled(tracer, ending, ending, base, op, sql, True)
+
+
+def _compiled(
+    tracer: Tracer, twin: Any, odd: Any, base: Any, op: int, sql: str | None, on_connection: bool
+) -> Any:
+    """The compiled twin of the Python wrapper `twin` where it is built, else `twin`. `odd`
+    takes the calls of a shape the compiled one does not make (keywords, other counts)."""
+    if RecordedMethod is None:
+        return twin
+    from sqlite_lockprobe.callsite import USER
+    from sqlite_lockprobe.tracer import LONG_CALL_NS, StatementBudget  # loaded by now
+
+    sites = tracer.call_sites
+    return RecordedMethod(
+        twin,
+        odd,
+        tracer,
+        base,
+        op,
+        sql,
+        on_connection,
+        SQL_BITS,
+        _from_compiled,
+        LONG_CALL_NS,
+        StatementBudget.LIMIT,
+        # CallSites' caches, which the compiled method reads (and only CallSites fills).
+        getattr(sites, "_places", None),
+        getattr(sites, "_sites", None),
+        USER,
+    )
+
+
+def _from_compiled(method: Any, *args: Any) -> Any:
+    """`method(*args)`, called by the compiled wrapper for a failed call (Tracer.failed) or
+    one recorded in full (Tracer.record): this frame stands where the Python wrapper's would,
+    and the call site is looked for a fixed number of frames up (tracer._FULL_RECORD_DEPTH)."""
+    return method(*args)
 
 
 def _bound(method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -30,7 +30,13 @@ from typing import Any
 from sqlite_lockprobe.callsite import CallSites
 from sqlite_lockprobe.eventfile import TRACE_KEY, TRACE_OP_BITS, TRACE_OPS, EventFile
 from sqlite_lockprobe.probe import ConnectionProbe, error_codes, load_capi
-from sqlite_lockprobe.traced import NO_ARG, SQL_BITS, connection_subclass, cursor_subclass
+from sqlite_lockprobe.traced import (
+    NO_ARG,
+    PROBE_PATH,
+    SQL_BITS,
+    connection_subclass,
+    cursor_subclass,
+)
 from sqlite_lockprobe.tracewal import TraceWal
 
 ENV_DIR = "LOCKPROBE_TRACE_DIR"
@@ -764,6 +770,7 @@ class Tracer:
             "{}.{}.{}".format(*sys.version_info[:3]),
             self._sqlite3.sqlite_version if self._sqlite3 else None,
             sys.platform,
+            PROBE_PATH,
         )
 
     def _follow_journal_mode(self, state: _Connection) -> None:

@@ -29,6 +29,9 @@ def trace_header(result: TraceResult, analysis: Analysis) -> ReportHeader:
         ("wall time", f"{result.wall_seconds:.2f} s"),
     ]
     main = _main_database(result, databases, meta)
+    paths = probe_paths(result.events)
+    if paths:
+        facts.append(("probe", _describe_paths(paths)))
     data = {
         "trace": {
             "command": list(result.argv),
@@ -41,6 +44,7 @@ def trace_header(result: TraceResult, analysis: Analysis) -> ReportHeader:
             "pids": list(result.pids),
             "connections": result.connections,
             "nothing_recorded": result.nothing_recorded,
+            "probe_path": _one_path(paths),
         },
         "database": {
             "path": main.path if main else result.db or meta.get("db"),
@@ -73,6 +77,37 @@ def _main_database(
     """The database `database` names: the --db filter, the only one, or the first recorded."""
     wanted = result.db or (databases[0].path if len(databases) == 1 else meta.get("db"))
     return next((db for db in databases if db.path == wanted), None)
+
+
+def probe_paths(events: list[dict[str, Any]]) -> dict[str, int]:
+    """How many traced processes recorded their calls with each probe path ("compiled": the
+    C fast path, "python": its pure-Python twin), from their `meta` events."""
+    by_pid: dict[Any, str] = {}
+    for event in events:
+        if event["k"] == "meta" and event.get("probe_path"):
+            by_pid[event.get("pid")] = event["probe_path"]
+    counts: dict[str, int] = {}
+    for path in by_pid.values():
+        counts[path] = counts.get(path, 0) + 1
+    return counts
+
+
+def _one_path(paths: dict[str, int]) -> str | None:
+    """The JSON value: the one path every process took, "mixed", or null (none recorded)."""
+    if not paths:
+        return None
+    return next(iter(paths)) if len(paths) == 1 else "mixed"
+
+
+_PATH_WORDS = {"compiled": "compiled (C fast path)", "python": "pure Python"}
+
+
+def _describe_paths(paths: dict[str, int]) -> str:
+    if len(paths) == 1:
+        return _PATH_WORDS.get(next(iter(paths)), next(iter(paths)))
+    return "mixed: " + ", ".join(
+        f"{path} in {count}" for path, count in sorted(paths.items())
+    )  # "mixed: compiled in 2, python in 1" (processes)
 
 
 def render_nothing_recorded(console: Console, header: ReportHeader) -> None:

@@ -1,0 +1,1223 @@
+/* The trace probe's per-call record, compiled: an optional twin of the Python wrappers in
+ * traced.py (`fixed` and `ending`) and of `Tracer.record` in tracer.py.
+ *
+ * Why: the probe's own cost lengthens the very lock holds it measures. A tight loop of
+ * BEGIN IMMEDIATE / INSERT / COMMIT ran at about 0.75 of its bare speed with the Python
+ * wrappers; most of what was left was their bytecode (../shared/TRACE-COST.md).
+ *
+ * A RecordedMethod is the `execute`, `executemany`, `executescript` (or argument-less `commit`
+ * / `rollback`) of an instrumented connection or cursor class. It is a method descriptor with
+ * vectorcall, so `conn.execute(sql)` allocates no bound method. It only makes the common call:
+ * a plain SQL text (SQL_BITS[sql] == 0), no call of the connection in progress, the
+ * arguments sqlite3 takes. It runs the base method, times it with the clock
+ * time.monotonic_ns() uses, and appends the same 7-field short record as Tracer.record.
+ * Everything else goes to the Python code, so the semantics live in one place:
+ *   - other call shapes, special SQL, nested calls: the Python wrapper itself (`twin`, or
+ *     `odd` for call shapes sqlite3's methods do not take), before anything is done;
+ *   - a failure (Tracer.failed) and a call recorded in full (Tracer.record, which hands it to
+ *     _record_full), through `stand_in`, a Python function that takes the frame the Python
+ *     wrapper would have: the call site finder skips a fixed number of frames.
+ * A recording problem never reaches the program (an Exception is cleared: the result is
+ * returned); an exception of the base method is re-raised unchanged, the same object.
+ *
+ * Attributes of the probe's own slotted objects (the connection's `_lockprobe`, the
+ * per-connection `_Connection`, the ConnectionProbe) are read at their slot offsets, found
+ * once per type from the type's member descriptors: a getattr costs about as much as the
+ * rest of the record. Any other shape of object is read with getattr.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <time.h>
+#if PY_VERSION_HEX < 0x030B0000
+#include <frameobject.h>  /* PyFrameObject's fields, PyFrame_GetBack */
+#endif
+
+#if PY_VERSION_HEX < 0x030C0000
+#define T_OBJECT_EX_ T_OBJECT_EX
+#define T_OBJECT_ T_OBJECT
+#define READONLY_ READONLY
+#else
+#define T_OBJECT_EX_ Py_T_OBJECT_EX
+#define T_OBJECT_ _Py_T_OBJECT
+#define READONLY_ Py_READONLY
+#endif
+
+/* ------------------------------------------------------------------------- the clock */
+
+/* Nanoseconds of the clock time.monotonic_ns() reads: CLOCK_MONOTONIC on Linux (events of
+ * every process are merged by it), the interpreter's own monotonic clock elsewhere. */
+static inline long long
+monotonic_ns(void)
+{
+#if defined(__linux__)
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+#elif PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t = 0;
+    (void)PyTime_MonotonicRaw(&t);
+    return (long long)t;
+#else
+    return (long long)_PyTime_GetMonotonicClock();
+#endif
+}
+
+/* ------------------------------------------------------------- slots read at offsets */
+
+/* Interned attribute names, made once by the module. */
+static PyObject *s_lockprobe, *s_connection, *s_in_transaction, *s_active, *s_statements,
+    *s_probe, *s_ident, *s_key, *s_in_txn, *s_site, *s_folded, *s_busy_unclaimed,
+    *s_recording, *s_recording_property, *s_get_running_loop, *s_key_method, *s_site_method,
+    *s_append;
+static PyObject *zero;      /* the int 0 (state.active after a call) */
+static PyObject *no_loop;   /* type(None): tracer._get_running_loop before asyncio loads */
+
+#define MAX_SLOTS 8
+
+/* Where the named attributes of one type's instances are: a slot offset each (0: read with
+ * getattr). Resolved again when an object of another type comes. */
+typedef struct {
+    PyTypeObject *type;  /* strong reference, or NULL: not resolved yet */
+    Py_ssize_t offset[MAX_SLOTS];
+} SlotMap;
+
+/* The offset of `name` on instances of `type` when it is a plain object slot (a member
+ * descriptor, as __slots__ and C members make), else 0. `writable`: a slot this code also
+ * sets (then it must be a writable T_OBJECT_EX slot, as __slots__ makes). */
+static Py_ssize_t
+slot_offset(PyTypeObject *type, PyObject *name, int writable)
+{
+    PyObject *descr = PyObject_GetAttr((PyObject *)type, name);
+    Py_ssize_t offset = 0;
+    if (descr == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        int ok = writable ? (member->type == T_OBJECT_EX_ && !(member->flags & READONLY_))
+                          : (member->type == T_OBJECT_EX_ || member->type == T_OBJECT_);
+        if (ok && member->offset > 0 &&
+            PyType_IsSubtype(type, ((PyDescrObject *)descr)->d_type)) {
+            offset = member->offset;
+        }
+    }
+    Py_DECREF(descr);
+    return offset;
+}
+
+static inline void
+slotmap_use(SlotMap *map, PyTypeObject *type, PyObject *const *names, int count, int writable)
+{
+    if (map->type == type) {
+        return;
+    }
+    for (int i = 0; i < count; i++) {
+        map->offset[i] = slot_offset(type, names[i], writable);
+    }
+    Py_INCREF(type);
+    Py_XSETREF(map->type, type);
+}
+
+/* obj.<name>, a new reference; NULL with an exception set when it has none. A T_OBJECT slot
+ * (read-only C members such as Cursor.connection) reads as None when empty, as getattr does. */
+static inline PyObject *
+slot_get(SlotMap *map, PyObject *obj, int index, PyObject *name)
+{
+    Py_ssize_t offset = map->offset[index];
+    if (offset) {
+        PyObject *value = *(PyObject **)((char *)obj + offset);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
+/* obj.<name> = value; -1 with an exception set on failure. */
+static inline int
+slot_set(SlotMap *map, PyObject *obj, int index, PyObject *name, PyObject *value)
+{
+    Py_ssize_t offset = map->offset[index];
+    if (offset) {
+        PyObject **slot = (PyObject **)((char *)obj + offset);
+        Py_XSETREF(*slot, Py_NewRef(value));
+        return 0;
+    }
+    return PyObject_SetAttr(obj, name, value);
+}
+
+/* The truth of a value, fast for what the probe stores (bools, small ints, None). */
+static inline int
+truth(PyObject *value)
+{
+    if (value == Py_True) {
+        return 1;
+    }
+    if (value == Py_False || value == Py_None || value == zero) {
+        return 0;
+    }
+    return PyObject_IsTrue(value);
+}
+
+/* Indexes of each SlotMap's names. */
+enum { CONN_LOCKPROBE, CONN_IN_TRANSACTION, CONN_SLOTS };
+enum { CURSOR_CONNECTION, CURSOR_SLOTS };
+enum {
+    STATE_ACTIVE, STATE_STATEMENTS, STATE_PROBE, STATE_IDENT, STATE_KEY, STATE_IN_TXN,
+    STATE_SITE, STATE_FOLDED, STATE_SLOTS
+};
+enum { PROBE_BUSY_UNCLAIMED, PROBE_SLOTS };
+
+static PyObject *conn_names[CONN_SLOTS], *cursor_names[CURSOR_SLOTS],
+    *state_names[STATE_SLOTS], *probe_names[PROBE_SLOTS];
+
+/* ------------------------------------------------------------------- RecordedMethod */
+
+#define PLAIN_CACHE 8
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *twin;          /* the Python wrapper: every call this one does not make itself */
+    PyObject *odd;           /* the Python wrapper for call shapes sqlite3 does not take */
+    PyObject *tracer;
+    PyObject *base;          /* sqlite3's own method */
+    PyObject *sql;           /* "COMMIT" / "ROLLBACK" for an ending method; NULL: SQL given */
+    PyObject *op;            /* the op number (traced.OP_*) as an int */
+    PyObject *sql_bits;      /* traced.SQL_BITS */
+    PyObject *record;        /* tracer.record */
+    PyObject *failed;        /* tracer.failed */
+    PyObject *stand_in;      /* traced._from_compiled */
+    long long long_call_ns;  /* tracer.LONG_CALL_NS */
+    Py_ssize_t budget;       /* tracer.StatementBudget.LIMIT */
+    int on_connection;       /* a connection's method (else a cursor's) */
+    /* caches */
+    SlotMap conn_map, cursor_map, state_map, probe_map;
+    getter in_transaction;   /* Connection.in_transaction's C getter, for conn_map.type */
+    void *in_transaction_closure;
+    unsigned long ident_value;  /* the thread ident ident_obj holds */
+    PyObject *ident_obj;
+    PyObject *key;           /* the last record key seen, and key + op */
+    PyObject *key_op;
+    PyObject *recording;     /* the last EventFile seen, and its append */
+    PyObject *append;
+    PyObject *append_list;   /* the list `append` appends to, when it is list.append */
+    PyObject *tracer_dict;   /* tracer.__dict__: its plain attributes, read without getattr */
+    PyObject *places;        /* tracer.call_sites' caches (see cached_site), or NULL */
+    PyObject *sites;
+    PyObject *user_kind;
+    /* The site last found for a call made from the application's own frame: a function of
+     * that frame's (code, f_lasti) alone, as in CallSites (its code kept: ids stay unique). */
+    PyObject *site_code;
+    int site_lasti;
+    PyObject *site;
+    /* SQL texts SQL_BITS last said were plain (0): its classification of a text never
+     * changes (the dict is only emptied when full, and the text classified again). */
+    PyObject *plain[PLAIN_CACHE];
+    int plain_next;
+} RecordedMethod;
+
+static int
+rm_traverse(RecordedMethod *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->twin);
+    Py_VISIT(self->odd);
+    Py_VISIT(self->tracer);
+    Py_VISIT(self->base);
+    Py_VISIT(self->sql);
+    Py_VISIT(self->op);
+    Py_VISIT(self->sql_bits);
+    Py_VISIT(self->record);
+    Py_VISIT(self->failed);
+    Py_VISIT(self->stand_in);
+    Py_VISIT(self->key);
+    Py_VISIT(self->key_op);
+    Py_VISIT(self->recording);
+    Py_VISIT(self->append);
+    Py_VISIT(self->ident_obj);
+    Py_VISIT(self->append_list);
+    Py_VISIT(self->tracer_dict);
+    Py_VISIT(self->places);
+    Py_VISIT(self->sites);
+    Py_VISIT(self->user_kind);
+    Py_VISIT(self->site_code);
+    Py_VISIT(self->site);
+    for (int i = 0; i < PLAIN_CACHE; i++) {
+        Py_VISIT(self->plain[i]);
+    }
+    /* The types whose slots are cached: a connection class holds this method in its dict. */
+    Py_VISIT(self->conn_map.type);
+    Py_VISIT(self->cursor_map.type);
+    Py_VISIT(self->state_map.type);
+    Py_VISIT(self->probe_map.type);
+    return 0;
+}
+
+static int
+rm_clear(RecordedMethod *self)
+{
+    Py_CLEAR(self->twin);
+    Py_CLEAR(self->odd);
+    Py_CLEAR(self->tracer);
+    Py_CLEAR(self->base);
+    Py_CLEAR(self->sql);
+    Py_CLEAR(self->op);
+    Py_CLEAR(self->sql_bits);
+    Py_CLEAR(self->record);
+    Py_CLEAR(self->failed);
+    Py_CLEAR(self->stand_in);
+    Py_CLEAR(self->key);
+    Py_CLEAR(self->key_op);
+    Py_CLEAR(self->recording);
+    Py_CLEAR(self->append);
+    Py_CLEAR(self->ident_obj);
+    Py_CLEAR(self->append_list);
+    Py_CLEAR(self->tracer_dict);
+    Py_CLEAR(self->places);
+    Py_CLEAR(self->sites);
+    Py_CLEAR(self->user_kind);
+    Py_CLEAR(self->site_code);
+    Py_CLEAR(self->site);
+    for (int i = 0; i < PLAIN_CACHE; i++) {
+        Py_CLEAR(self->plain[i]);
+    }
+    Py_CLEAR(self->conn_map.type);
+    Py_CLEAR(self->cursor_map.type);
+    Py_CLEAR(self->state_map.type);
+    Py_CLEAR(self->probe_map.type);
+    return 0;
+}
+
+static void
+rm_dealloc(RecordedMethod *self)
+{
+    PyObject_GC_UnTrack(self);
+    rm_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* conn.in_transaction, by Connection's own C getter when conn is of the type resolved. */
+static inline PyObject *
+in_transaction(RecordedMethod *self, PyObject *conn)
+{
+    if (self->in_transaction != NULL && Py_TYPE(conn) == self->conn_map.type) {
+        return self->in_transaction(conn, self->in_transaction_closure);
+    }
+    return PyObject_GetAttr(conn, s_in_transaction);
+}
+
+static void
+resolve_connection_type(RecordedMethod *self, PyTypeObject *type)
+{
+    if (self->conn_map.type == type) {
+        return;
+    }
+    slotmap_use(&self->conn_map, type, conn_names, 1, 0);
+    self->conn_map.offset[CONN_IN_TRANSACTION] = 0;
+    self->in_transaction = NULL;
+    PyObject *descr = PyObject_GetAttr((PyObject *)type, s_in_transaction);
+    if (descr == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    if (Py_IS_TYPE(descr, &PyGetSetDescr_Type) &&
+        PyType_IsSubtype(type, ((PyDescrObject *)descr)->d_type)) {
+        PyGetSetDef *def = ((PyGetSetDescrObject *)descr)->d_getset;
+        self->in_transaction = def->get;
+        self->in_transaction_closure = def->closure;
+    }
+    Py_DECREF(descr);
+}
+
+/* The call made by the Python code instead: `wrapper(*args)`, exactly as it came. */
+static PyObject *
+delegate(PyObject *wrapper, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    return PyObject_Vectorcall(wrapper, args, nargsf, kwnames);
+}
+
+/* The record key plus this method's op (cached for the last key seen). */
+static PyObject *
+key_plus_op(RecordedMethod *self, PyObject *key)
+{
+    if (key == self->key && self->key_op != NULL) {
+        return Py_NewRef(self->key_op);
+    }
+    PyObject *key_op = PyNumber_Add(key, self->op);
+    if (key_op == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(self->key, Py_NewRef(key));
+    Py_XSETREF(self->key_op, Py_NewRef(key_op));
+    return key_op;
+}
+
+/* tracer.<name> for a plain instance attribute (_recording, _get_running_loop), read from
+ * the instance dict: a getattr costs about twice as much. A new reference, or NULL. */
+static inline PyObject *
+tracer_attr(RecordedMethod *self, PyObject *name)
+{
+    if (self->tracer_dict != NULL) {
+        PyObject *value = PyDict_GetItemWithError(self->tracer_dict, name);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return PyObject_GetAttr(self->tracer, name);
+}
+
+static PyCFunction list_append_function;  /* the C function of list.append */
+
+/* Append `record` to the tracer's recording, `(self._recording or self.recording).append`;
+ * the EventFile's append (its list's append) is cached per EventFile. 0, or -1. */
+static int
+append_record(RecordedMethod *self, PyObject *record)
+{
+    PyObject *recording = tracer_attr(self, s_recording);
+    if (recording == NULL) {
+        return -1;
+    }
+    if (recording == Py_None) {  /* `self._recording or self.recording` */
+        Py_DECREF(recording);
+        recording = PyObject_GetAttr(self->tracer, s_recording_property);
+        if (recording == NULL) {
+            return -1;
+        }
+    }
+    if (recording != self->recording || self->append == NULL) {
+        PyObject *append = PyObject_GetAttr(recording, s_append);
+        if (append == NULL) {
+            Py_DECREF(recording);
+            return -1;
+        }
+        PyObject *list = NULL;
+        if (PyCFunction_Check(append) && PyCFunction_GET_FUNCTION(append) == list_append_function &&
+            PyList_CheckExact(PyCFunction_GET_SELF(append))) {
+            list = Py_NewRef(PyCFunction_GET_SELF(append));
+        }
+        Py_XSETREF(self->append, append);
+        Py_XSETREF(self->append_list, list);
+        Py_XSETREF(self->recording, Py_NewRef(recording));
+    }
+    Py_DECREF(recording);
+    if (self->append_list != NULL) {
+        return PyList_Append(self->append_list, record);
+    }
+    PyObject *result = PyObject_CallOneArg(self->append, record);
+    Py_XDECREF(result);
+    return result == NULL ? -1 : 0;
+}
+
+/* statements.clear(). The common case, the call's own statement alone, keeps the list's
+ * storage for the trace hook's next append (list.clear() frees it: a free and a malloc a
+ * call); a str's deallocation runs no code that could touch the list meanwhile. */
+static inline int
+clear_statements(PyObject *statements)
+{
+    if (!PyList_CheckExact(statements)) {
+        return PySequence_DelSlice(statements, 0, PY_SSIZE_T_MAX);
+    }
+    if (PyList_GET_SIZE(statements) == 1 && PyUnicode_CheckExact(PyList_GET_ITEM(statements, 0))) {
+        PyObject *only = PyList_GET_ITEM(statements, 0);
+        Py_SET_SIZE(statements, 0);
+        Py_DECREF(only);
+        return 0;
+    }
+    return PyList_SetSlice(statements, 0, PyList_GET_SIZE(statements), NULL);
+}
+
+/* Untrack a tuple none of whose items the cyclic collector tracks (ints, strs, None, bools,
+ * such tuples): it can be in no cycle. The collector does so itself at its first pass over
+ * it; the records wait in the recording's list for the flusher, and each collection of the
+ * youngest generation would go over them first. */
+static inline void
+untrack_if_atomic(PyObject *tuple)
+{
+    Py_ssize_t size = PyTuple_GET_SIZE(tuple);
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyObject *item = PyTuple_GET_ITEM(tuple, i);
+        if (PyObject_IS_GC(item) && PyObject_GC_IsTracked(item)) {
+            return;
+        }
+    }
+    PyObject_GC_UnTrack(tuple);
+}
+
+/* f_lasti of a frame, as Python code reads it (a byte offset; CallSites keys on it). */
+static inline int
+frame_lasti(PyFrameObject *frame)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyFrame_GetLasti(frame);
+#else
+    return frame->f_lasti < 0 ? -1 : frame->f_lasti * (int)sizeof(_Py_CODEUNIT);
+#endif
+}
+
+/* The call site as CallSites.find(1) would give it, read from its caches alone: the first
+ * frame up from the caller whose file its `_places` says is the application's (USER), and
+ * the site its `_sites` keeps for that (id(code), f_lasti). What the caches do not know
+ * (a file or a line seen for the first time, a stack of library code only) is left to
+ * CallSites.find, which fills them: classification and wording stay in callsite.py.
+ * Returns `site` (stolen) when not known, else the site found in its place. */
+static PyObject *
+cached_site(RecordedMethod *self, PyObject *site)
+{
+    if (self->places == NULL || self->sites == NULL) {
+        return site;
+    }
+    PyFrameObject *frame = PyEval_GetFrame();  /* borrowed */
+    if (frame == NULL) {
+        return site;
+    }
+    PyCodeObject *first = PyFrame_GetCode(frame);
+    int first_lasti = frame_lasti(frame);
+    Py_DECREF(first);  /* the frame keeps it */
+    if ((PyObject *)first == self->site_code && first_lasti == self->site_lasti) {
+        Py_DECREF(site);
+        return Py_NewRef(self->site);
+    }
+    Py_INCREF(frame);
+    PyObject *found = NULL;
+    while (frame != NULL) {
+        PyCodeObject *code = PyFrame_GetCode(frame);
+        PyObject *place = PyDict_GetItemWithError(self->places, code->co_filename);
+        if (place == NULL || !PyTuple_CheckExact(place) || PyTuple_GET_SIZE(place) != 2) {
+            Py_DECREF(code);
+            break;  /* a file seen for the first time: CallSites classifies it */
+        }
+        if (PyTuple_GET_ITEM(place, 0) == self->user_kind) {
+            PyObject *id = PyLong_FromVoidPtr(code);
+            PyObject *lasti = PyLong_FromLong(frame_lasti(frame));
+            PyObject *key = (id && lasti) ? PyTuple_Pack(2, id, lasti) : NULL;
+            Py_XDECREF(id);
+            Py_XDECREF(lasti);
+            PyObject *known = key ? PyDict_GetItemWithError(self->sites, key) : NULL;
+            Py_XDECREF(key);
+            if (known != NULL && PyTuple_CheckExact(known) && PyTuple_GET_SIZE(known) == 2 &&
+                PyTuple_GET_ITEM(known, 0) == (PyObject *)code) {
+                found = Py_NewRef(PyTuple_GET_ITEM(known, 1));
+                if (code == first) {  /* the caller's own frame: remembered */
+                    Py_XSETREF(self->site_code, Py_NewRef((PyObject *)code));
+                    Py_XSETREF(self->site, Py_NewRef(found));
+                    self->site_lasti = first_lasti;
+                }
+            }
+            Py_DECREF(code);
+            break;
+        }
+        Py_DECREF(code);
+        PyFrameObject *back = PyFrame_GetBack(frame);
+        Py_DECREF(frame);
+        frame = back;
+    }
+    Py_XDECREF(frame);
+    PyErr_Clear();
+    if (found == NULL) {
+        return site;
+    }
+    Py_DECREF(site);
+    return found;
+}
+
+/* Whether the calling thread is the one state.ident names. */
+static inline int
+same_thread(PyObject *ident, PyObject *current, unsigned long tid)
+{
+    if (ident == current) {
+        return 1;
+    }
+    if (!PyLong_CheckExact(ident)) {
+        int equal = PyObject_RichCompareBool(ident, current, Py_EQ);
+        if (equal < 0) {
+            PyErr_Clear();
+            return 0;
+        }
+        return equal;
+    }
+    unsigned long value = PyLong_AsUnsignedLongMask(ident);
+    if (value == (unsigned long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return value == tid;
+}
+
+/* Whether an event loop runs in this thread: tracer._get_running_loop() is not None. */
+static inline int
+loop_running(RecordedMethod *self)
+{
+    PyObject *get = tracer_attr(self, s_get_running_loop);
+    if (get == NULL) {
+        return -1;
+    }
+    if (get == no_loop) {
+        Py_DECREF(get);
+        return 0;
+    }
+    PyObject *loop = PyObject_CallNoArgs(get);
+    Py_DECREF(get);
+    if (loop == NULL) {
+        return -1;
+    }
+    int running = loop != Py_None;
+    Py_DECREF(loop);
+    return running;
+}
+
+/* Tracer.record for a call that went through: the short record, or Tracer.record itself for a
+ * call it records in full. 0 on success, -1 with an exception set. */
+static int
+record_call(RecordedMethod *self, PyObject *state, PyObject *conn, PyObject *sql, long long t0,
+            long long t1, PyObject *ident)
+{
+    PyObject *in_txn = NULL, *statements = NULL, *probe = NULL, *busy = NULL, *folded = NULL;
+    PyObject *key = NULL, *site = NULL, *stmts = NULL, *record = NULL;
+    PyObject *t0_obj = NULL, *t1_obj = NULL, *key_op = NULL, *result = NULL;
+    int status = -1, full, stmts_tracked = 0;
+    Py_ssize_t count;
+
+    slotmap_use(&self->state_map, Py_TYPE(state), state_names, STATE_SLOTS, 1);
+    in_txn = in_transaction(self, conn);
+    if (in_txn == NULL) {
+        goto done;
+    }
+    statements = slot_get(&self->state_map, state, STATE_STATEMENTS, s_statements);
+    if (statements == NULL) {
+        goto done;
+    }
+    probe = slot_get(&self->state_map, state, STATE_PROBE, s_probe);
+    if (probe == NULL) {
+        goto done;
+    }
+    slotmap_use(&self->probe_map, Py_TYPE(probe), probe_names, PROBE_SLOTS, 0);
+    busy = slot_get(&self->probe_map, probe, PROBE_BUSY_UNCLAIMED, s_busy_unclaimed);
+    if (busy == NULL) {
+        goto done;
+    }
+    folded = slot_get(&self->state_map, state, STATE_FOLDED, s_folded);
+    if (folded == NULL) {
+        goto done;
+    }
+    count = PyList_CheckExact(statements) ? PyList_GET_SIZE(statements)
+                                          : PyObject_Length(statements);
+    if (count < 0) {
+        goto done;
+    }
+    t0_obj = PyLong_FromLongLong(t0);
+    t1_obj = PyLong_FromLongLong(t1);
+    if (t0_obj == NULL || t1_obj == NULL) {
+        goto done;
+    }
+    if ((full = truth(busy)) < 0) {
+        goto done;
+    }
+    if (!full && (full = truth(folded)) < 0) {
+        goto done;
+    }
+    if (full || count > self->budget || t1 - t0 > self->long_call_ns) {
+        /* Recorded in full: Tracer.record hands it to _record_full, from the frame the
+         * Python wrapper would have (the call site is found a fixed number of frames up). */
+        PyObject *args[] = {self->record, state, conn, self->op, sql, t0_obj, t1_obj, ident};
+        result = PyObject_Vectorcall(self->stand_in, args, 8, NULL);
+        if (result != NULL) {
+            status = 0;
+        }
+        goto done;
+    }
+
+    /* Who calls: the key kept on the connection while the same thread calls outside an
+     * event loop, else Tracer._key (which may give the call site of a driver's caller). */
+    int same = 0;
+    PyObject *state_ident = slot_get(&self->state_map, state, STATE_IDENT, s_ident);
+    if (state_ident == NULL) {
+        goto done;
+    }
+    same = same_thread(state_ident, ident, self->ident_value);
+    Py_DECREF(state_ident);
+    if (same) {
+        int running = loop_running(self);
+        if (running < 0) {
+            goto done;
+        }
+        same = !running;
+    }
+    if (same) {
+        key = slot_get(&self->state_map, state, STATE_KEY, s_key);
+        if (key == NULL) {
+            goto done;
+        }
+        site = slot_get(&self->state_map, state, STATE_SITE, s_site);
+        if (site == NULL) {
+            goto done;
+        }
+    }
+    else {
+        PyObject *args[] = {self->tracer, state, ident};
+        PyObject *pair = PyObject_VectorcallMethod(s_key_method, args, 3, NULL);
+        if (pair == NULL) {
+            goto done;
+        }
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            Py_DECREF(pair);
+            PyErr_SetString(PyExc_TypeError, "Tracer._key: not a (key, site) pair");
+            goto done;
+        }
+        key = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+        site = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+        Py_DECREF(pair);
+    }
+
+    /* The transaction's call site: found when a call begins one, kept for its calls. */
+    int now_in = truth(in_txn);
+    if (now_in < 0) {
+        goto done;
+    }
+    PyObject *was = slot_get(&self->state_map, state, STATE_IN_TXN, s_in_txn);
+    if (was == NULL) {
+        goto done;
+    }
+    int was_in = truth(was);
+    Py_DECREF(was);
+    if (was_in < 0) {
+        goto done;
+    }
+    if (now_in) {
+        if (!was_in) {
+            if (slot_set(&self->state_map, state, STATE_IN_TXN, s_in_txn, Py_True) < 0) {
+                goto done;
+            }
+            int known = truth(site);
+            if (known < 0) {
+                goto done;
+            }
+            if (!known) {
+                site = cached_site(self, site);
+                known = site != Py_None;
+            }
+            if (!known) {
+                /* No Python frame of lockprobe's between CallSites.find and the caller. */
+                PyObject *depth = PyLong_FromLong(1);
+                if (depth == NULL) {
+                    goto done;
+                }
+                PyObject *args[] = {self->tracer, depth};
+                PyObject *found = PyObject_VectorcallMethod(s_site_method, args, 2, NULL);
+                Py_DECREF(depth);
+                if (found == NULL) {
+                    goto done;
+                }
+                Py_SETREF(site, found);
+            }
+            if (slot_set(&self->state_map, state, STATE_SITE, s_site, site) < 0) {
+                goto done;
+            }
+        }
+    }
+    else if (was_in) {
+        if (slot_set(&self->state_map, state, STATE_IN_TXN, s_in_txn, Py_False) < 0 ||
+            slot_set(&self->state_map, state, STATE_SITE, s_site, Py_None) < 0) {
+            goto done;
+        }
+    }
+
+    /* One statement is the call's own: its SQL is kept, not its parameter values. */
+    if (count == 1) {
+        stmts = Py_NewRef(Py_None);
+    }
+    else if (PyList_CheckExact(statements)) {
+        stmts = PyList_AsTuple(statements);
+    }
+    else {
+        stmts = PySequence_Tuple(statements);
+    }
+    if (stmts == NULL) {
+        goto done;
+    }
+    if (stmts != Py_None) {
+        untrack_if_atomic(stmts);
+        stmts_tracked = PyObject_GC_IsTracked(stmts);
+    }
+    if (count && clear_statements(statements) < 0) {
+        goto done;
+    }
+    key_op = key_plus_op(self, key);
+    if (key_op == NULL) {
+        goto done;
+    }
+    record = PyTuple_New(7);
+    if (record == NULL) {
+        goto done;
+    }
+    PyTuple_SET_ITEM(record, 0, t0_obj);
+    PyTuple_SET_ITEM(record, 1, t1_obj);
+    PyTuple_SET_ITEM(record, 2, key_op);
+    PyTuple_SET_ITEM(record, 3, Py_NewRef(sql));
+    PyTuple_SET_ITEM(record, 4, stmts);
+    PyTuple_SET_ITEM(record, 5, Py_NewRef(in_txn));
+    PyTuple_SET_ITEM(record, 6, Py_NewRef(site));
+    t0_obj = t1_obj = key_op = stmts = NULL;  /* the tuple's now */
+    /* Its ints and bool are atomic; sql and site are strs (or None) in the common case. */
+    if (PyUnicode_CheckExact(sql) && (site == Py_None || PyUnicode_CheckExact(site)) &&
+        !stmts_tracked && PyLong_CheckExact(PyTuple_GET_ITEM(record, 2)) && PyBool_Check(in_txn)) {
+        PyObject_GC_UnTrack(record);
+    }
+    status = append_record(self, record);
+
+done:
+    Py_XDECREF(in_txn);
+    Py_XDECREF(statements);
+    Py_XDECREF(probe);
+    Py_XDECREF(busy);
+    Py_XDECREF(folded);
+    Py_XDECREF(key);
+    Py_XDECREF(site);
+    Py_XDECREF(stmts);
+    Py_XDECREF(record);
+    Py_XDECREF(t0_obj);
+    Py_XDECREF(t1_obj);
+    Py_XDECREF(key_op);
+    Py_XDECREF(result);
+    return status;
+}
+
+/* The current thread's ident as an int (threading.get_ident()), cached per thread seen last. */
+static inline PyObject *
+thread_ident(RecordedMethod *self)
+{
+    unsigned long tid = PyThread_get_thread_ident();
+    if (self->ident_obj == NULL || self->ident_value != tid) {
+        PyObject *obj = PyLong_FromUnsignedLong(tid);
+        if (obj == NULL) {
+            return NULL;
+        }
+        Py_XSETREF(self->ident_obj, obj);
+        self->ident_value = tid;
+    }
+    return Py_NewRef(self->ident_obj);
+}
+
+/* A recording problem must never surface in the program: an Exception is dropped; what is
+ * not one (KeyboardInterrupt from a wait the probe ended, SystemExit) goes on, as from the
+ * Python wrapper. Returns `result`, or NULL when an exception goes on. */
+static PyObject *
+despite_recording_error(PyObject *result)
+{
+    if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyErr_Clear();
+        return result;
+    }
+    Py_DECREF(result);
+    return NULL;
+}
+
+/* The base method raised: Tracer.failed records it (from the Python wrapper's frame depth)
+ * and says whether the call's wait was ended by an interruption (Ctrl-C), raised instead,
+ * chained to the SQLite error as the Python wrapper's `raise interrupt` is. Otherwise the
+ * same exception goes on, unchanged. */
+static PyObject *
+call_failed(RecordedMethod *self, PyObject *state, PyObject *conn, PyObject *sql, long long t0)
+{
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (exc == NULL) {  /* cannot happen after a failed call: leave it as it came */
+        PyErr_Restore(type, exc, tb);
+        return NULL;
+    }
+    if (tb != NULL) {
+        PyException_SetTraceback(exc, tb);
+    }
+    PyObject *t0_obj = PyLong_FromLongLong(t0);
+    PyObject *interrupt = NULL;
+    if (t0_obj != NULL) {
+        PyObject *args[] = {self->failed, state, conn, self->op, sql, t0_obj, exc};
+        interrupt = PyObject_Vectorcall(self->stand_in, args, 7, NULL);
+        Py_DECREF(t0_obj);
+    }
+    if (interrupt == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {  /* a new KeyboardInterrupt... */
+            PyObject *type2, *exc2, *tb2;
+            PyErr_Fetch(&type2, &exc2, &tb2);
+            PyErr_NormalizeException(&type2, &exc2, &tb2);
+            if (exc2 != NULL) {
+                PyException_SetContext(exc2, Py_NewRef(exc));
+            }
+            Py_DECREF(type);
+            Py_DECREF(exc);
+            Py_XDECREF(tb);
+            PyErr_Restore(type2, exc2, tb2);
+            return NULL;
+        }
+        PyErr_Clear();
+    }
+    else if (interrupt != Py_None && PyExceptionInstance_Check(interrupt)) {
+        if (interrupt != exc) {
+            PyException_SetContext(interrupt, Py_NewRef(exc));
+        }
+        Py_DECREF(type);
+        Py_DECREF(exc);
+        Py_XDECREF(tb);
+        PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(interrupt)), interrupt,
+                      PyException_GetTraceback(interrupt));
+        return NULL;
+    }
+    Py_XDECREF(interrupt);
+    PyErr_Restore(type, exc, tb);
+    return NULL;
+}
+
+static inline int
+known_plain(RecordedMethod *self, PyObject *sql)
+{
+    for (int i = 0; i < PLAIN_CACHE; i++) {
+        if (self->plain[i] == sql) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+rm_vectorcall(RecordedMethod *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *sql, *conn, *state, *active, *ident, *result;
+
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
+        return delegate(self->odd, args, nargsf, kwnames);
+    }
+    if (self->sql == NULL) {
+        if (nargs < 2 || nargs > 3) {
+            return delegate(self->odd, args, nargsf, kwnames);
+        }
+        sql = args[1];
+    }
+    else {
+        if (nargs != 1) {
+            return delegate(self->odd, args, nargsf, kwnames);
+        }
+        sql = self->sql;
+    }
+
+    /* The connection the call is recorded on, and its probe state. Anything unexpected so
+     * far: the Python wrapper makes the call (nothing has been done yet). */
+    if (self->on_connection) {
+        conn = Py_NewRef(args[0]);
+    }
+    else {
+        slotmap_use(&self->cursor_map, Py_TYPE(args[0]), cursor_names, CURSOR_SLOTS, 0);
+        conn = slot_get(&self->cursor_map, args[0], CURSOR_CONNECTION, s_connection);
+        if (conn == NULL) {
+            PyErr_Clear();
+            return delegate(self->twin, args, nargsf, kwnames);
+        }
+    }
+    resolve_connection_type(self, Py_TYPE(conn));
+    state = slot_get(&self->conn_map, conn, CONN_LOCKPROBE, s_lockprobe);
+    if (state == NULL) {
+        PyErr_Clear();
+        Py_DECREF(conn);
+        return delegate(self->twin, args, nargsf, kwnames);
+    }
+    if (state == Py_None) {  /* not instrumented, or closed */
+        Py_DECREF(state);
+        Py_DECREF(conn);
+        return PyObject_Vectorcall(self->base, args, nargs, NULL);
+    }
+    slotmap_use(&self->state_map, Py_TYPE(state), state_names, STATE_SLOTS, 1);
+    active = slot_get(&self->state_map, state, STATE_ACTIVE, s_active);
+    if (active == NULL) {
+        PyErr_Clear();
+        goto python;
+    }
+    int busy = truth(active);
+    if (busy != 0) {
+        /* A call made by a recorded call (Python 3.10's Connection.execute calls
+         * cursor().execute): the outer one records it, as Tracer.call does. Another
+         * thread's call in progress, or an unreadable state: the Python path. */
+        PyErr_Clear();
+        ident = busy > 0 ? thread_ident(self) : NULL;
+        int nested = ident != NULL && same_thread(active, ident, self->ident_value);
+        Py_XDECREF(ident);
+        Py_DECREF(active);
+        PyErr_Clear();
+        if (nested) {
+            Py_DECREF(state);
+            Py_DECREF(conn);
+            return PyObject_Vectorcall(self->base, args, nargs, NULL);
+        }
+        goto python;
+    }
+    Py_DECREF(active);
+    if (self->sql == NULL && !known_plain(self, sql)) {  /* SQL_BITS[sql] == 0: plain */
+        PyObject *bits = PyDict_GetItemWithError(self->sql_bits, sql);
+        if (bits == NULL) {
+            PyErr_Clear();  /* not classified yet, or not hashable: the Python path */
+            goto python;
+        }
+        if (bits != zero) {
+            Py_INCREF(bits);
+            int plain = PyObject_RichCompareBool(bits, zero, Py_EQ);
+            Py_DECREF(bits);
+            if (plain != 1) {
+                PyErr_Clear();
+                goto python;
+            }
+        }
+        Py_XSETREF(self->plain[self->plain_next], Py_NewRef(sql));
+        self->plain_next = (self->plain_next + 1) % PLAIN_CACHE;
+    }
+
+    ident = thread_ident(self);
+    if (ident == NULL || slot_set(&self->state_map, state, STATE_ACTIVE, s_active, ident) < 0) {
+        Py_XDECREF(ident);
+        PyErr_Clear();
+        goto python;
+    }
+    long long t0 = monotonic_ns();
+    result = PyObject_Vectorcall(self->base, args, nargs, NULL);
+    if (result == NULL) {
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        if (slot_set(&self->state_map, state, STATE_ACTIVE, s_active, zero) < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Restore(type, exc, tb);
+        call_failed(self, state, conn, sql, t0);
+        Py_DECREF(ident);
+        Py_DECREF(state);
+        Py_DECREF(conn);
+        return NULL;
+    }
+    long long t1 = monotonic_ns();
+    if (slot_set(&self->state_map, state, STATE_ACTIVE, s_active, zero) < 0 ||
+        record_call(self, state, conn, sql, t0, t1, ident) < 0) {
+        result = despite_recording_error(result);
+    }
+    Py_DECREF(ident);
+    Py_DECREF(state);
+    Py_DECREF(conn);
+    return result;
+
+python:
+    Py_DECREF(state);
+    Py_DECREF(conn);
+    return delegate(self->twin, args, nargsf, kwnames);
+}
+
+static PyObject *
+rm_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+rm_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"twin", "odd", "tracer", "base", "op", "sql", "on_connection",
+                            "sql_bits", "stand_in", "long_call_ns", "budget", "places",
+                            "sites", "user_kind", NULL};
+    PyObject *twin, *odd, *tracer, *base, *op, *sql, *sql_bits, *stand_in;
+    PyObject *places = Py_None, *sites = Py_None, *user_kind = Py_None;
+    int on_connection;
+    long long long_call_ns;
+    Py_ssize_t budget;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO!OpO!OLn|OOO:RecordedMethod", names,
+                                     &twin, &odd, &tracer, &base, &PyLong_Type, &op, &sql,
+                                     &on_connection, &PyDict_Type, &sql_bits, &stand_in,
+                                     &long_call_ns, &budget, &places, &sites, &user_kind)) {
+        return NULL;
+    }
+    if (sql != Py_None && !PyUnicode_Check(sql)) {
+        PyErr_SetString(PyExc_TypeError, "sql: a str (commit, rollback) or None");
+        return NULL;
+    }
+    if (PyLong_AsLongLong(op) == -1 && PyErr_Occurred()) {  /* an op number, as an int */
+        return NULL;
+    }
+    PyObject *record = PyObject_GetAttrString(tracer, "record");
+    if (record == NULL) {
+        return NULL;
+    }
+    PyObject *failed = PyObject_GetAttrString(tracer, "failed");
+    if (failed == NULL) {
+        Py_DECREF(record);
+        return NULL;
+    }
+    RecordedMethod *self = (RecordedMethod *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(record);
+        Py_DECREF(failed);
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)rm_vectorcall;
+    self->twin = Py_NewRef(twin);
+    self->odd = Py_NewRef(odd);
+    self->tracer = Py_NewRef(tracer);
+    self->base = Py_NewRef(base);
+    self->sql = sql == Py_None ? NULL : Py_NewRef(sql);
+    self->op = Py_NewRef(op);
+    self->sql_bits = Py_NewRef(sql_bits);
+    self->record = record;
+    self->failed = failed;
+    self->stand_in = Py_NewRef(stand_in);
+    self->long_call_ns = long_call_ns;
+    self->budget = budget;
+    self->on_connection = on_connection;
+    if (PyDict_CheckExact(places) && PyDict_CheckExact(sites) && user_kind != Py_None) {
+        self->places = Py_NewRef(places);
+        self->sites = Py_NewRef(sites);
+        self->user_kind = Py_NewRef(user_kind);
+    }
+    /* The tracer's own attributes: its __dict__, when it has one (a Tracer does). */
+    self->tracer_dict = PyObject_GenericGetDict(tracer, NULL);
+    if (self->tracer_dict != NULL && !PyDict_CheckExact(self->tracer_dict)) {
+        Py_CLEAR(self->tracer_dict);
+    }
+    PyErr_Clear();
+    return (PyObject *)self;
+}
+
+/* Names, docs and introspection come from the base method, as the Python wrapper's do not. */
+static PyObject *
+rm_get_base_attr(RecordedMethod *self, void *name)
+{
+    return PyObject_GetAttrString(self->base, (const char *)name);
+}
+
+static PyGetSetDef rm_getset[] = {
+    {"__name__", (getter)rm_get_base_attr, NULL, NULL, "__name__"},
+    {"__qualname__", (getter)rm_get_base_attr, NULL, NULL, "__qualname__"},
+    {"__doc__", (getter)rm_get_base_attr, NULL, NULL, "__doc__"},
+    {"__text_signature__", (getter)rm_get_base_attr, NULL, NULL, "__text_signature__"},
+    {NULL},
+};
+
+static PyMemberDef rm_members[] = {
+    {"__wrapped__", T_OBJECT_, offsetof(RecordedMethod, base), READONLY_,
+     "sqlite3's own method"},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(RecordedMethod, vectorcall), READONLY_},
+    {"twin", T_OBJECT_, offsetof(RecordedMethod, twin), READONLY_,
+     "the Python wrapper, which makes the calls this one does not"},
+    {NULL},
+};
+
+static PyObject *
+rm_repr(RecordedMethod *self)
+{
+    return PyUnicode_FromFormat("<recorded method %R>", self->base);
+}
+
+static PyTypeObject RecordedMethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sqlite_lockprobe._speedups.RecordedMethod",
+    .tp_doc = "An instrumented execute/executemany/executescript/commit/rollback, recorded "
+              "in C; calls it does not make itself go to its Python twin.",
+    .tp_basicsize = sizeof(RecordedMethod),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+                Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_new = rm_new,
+    .tp_dealloc = (destructor)rm_dealloc,
+    .tp_traverse = (traverseproc)rm_traverse,
+    .tp_clear = (inquiry)rm_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(RecordedMethod, vectorcall),
+    .tp_descr_get = rm_descr_get,
+    .tp_getset = rm_getset,
+    .tp_members = rm_members,
+    .tp_repr = (reprfunc)rm_repr,
+};
+
+/* ------------------------------------------------------------------------- the module */
+
+static PyObject *
+speedups_monotonic_ns(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromLongLong(monotonic_ns());
+}
+
+static PyMethodDef speedups_methods[] = {
+    {"monotonic_ns", speedups_monotonic_ns, METH_NOARGS,
+     "The clock the records are timed with (time.monotonic_ns()'s)."},
+    {NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "sqlite_lockprobe._speedups",
+    .m_doc = "The trace probe's per-call record, compiled (optional: traced.py has the "
+             "Python twin).",
+    .m_size = -1,
+    .m_methods = speedups_methods,
+};
+
+static int
+intern(PyObject **target, const char *text)
+{
+    *target = PyUnicode_InternFromString(text);
+    return *target == NULL ? -1 : 0;
+}
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    if (intern(&s_lockprobe, "_lockprobe") < 0 || intern(&s_connection, "connection") < 0 ||
+        intern(&s_in_transaction, "in_transaction") < 0 || intern(&s_active, "active") < 0 ||
+        intern(&s_statements, "statements") < 0 || intern(&s_probe, "probe") < 0 ||
+        intern(&s_ident, "ident") < 0 || intern(&s_key, "key") < 0 ||
+        intern(&s_in_txn, "in_txn") < 0 || intern(&s_site, "site") < 0 ||
+        intern(&s_folded, "folded") < 0 || intern(&s_busy_unclaimed, "busy_unclaimed") < 0 ||
+        intern(&s_recording, "_recording") < 0 ||
+        intern(&s_recording_property, "recording") < 0 ||
+        intern(&s_get_running_loop, "_get_running_loop") < 0 ||
+        intern(&s_key_method, "_key") < 0 || intern(&s_site_method, "_site") < 0 ||
+        intern(&s_append, "append") < 0) {
+        return NULL;
+    }
+    conn_names[CONN_LOCKPROBE] = s_lockprobe;
+    conn_names[CONN_IN_TRANSACTION] = s_in_transaction;
+    cursor_names[CURSOR_CONNECTION] = s_connection;
+    state_names[STATE_ACTIVE] = s_active;
+    state_names[STATE_STATEMENTS] = s_statements;
+    state_names[STATE_PROBE] = s_probe;
+    state_names[STATE_IDENT] = s_ident;
+    state_names[STATE_KEY] = s_key;
+    state_names[STATE_IN_TXN] = s_in_txn;
+    state_names[STATE_SITE] = s_site;
+    state_names[STATE_FOLDED] = s_folded;
+    probe_names[PROBE_BUSY_UNCLAIMED] = s_busy_unclaimed;
+    PyObject *list = PyList_New(0);
+    PyObject *append = list ? PyObject_GetAttrString(list, "append") : NULL;
+    Py_XDECREF(list);
+    if (append == NULL) {
+        return NULL;
+    }
+    list_append_function = PyCFunction_Check(append) ? PyCFunction_GET_FUNCTION(append) : NULL;
+    Py_DECREF(append);
+    zero = PyLong_FromLong(0);
+    no_loop = (PyObject *)Py_TYPE(Py_None);
+    if (zero == NULL || PyType_Ready(&RecordedMethodType) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&speedups_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&RecordedMethodType);
+    if (PyModule_AddObject(module, "RecordedMethod", (PyObject *)&RecordedMethodType) < 0) {
+        Py_DECREF(&RecordedMethodType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
