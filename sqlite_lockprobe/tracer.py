@@ -155,6 +155,7 @@ class _Connection:
         "site",
         "folded",
         "fold_statements",
+        "last_thread",
     )
 
     def __init__(self, conn_id: str, probe: ConnectionProbe, path: str | None) -> None:
@@ -169,6 +170,7 @@ class _Connection:
         self.site: str | None = None  # where the open transaction began
         self.folded = 0  # statements folded away (StatementBudget) since the last call
         self.fold_statements = StatementBudget(self)
+        self.last_thread = 0  # the thread of the last call recorded in full (or keyed)
 
 
 class StatementBudget:
@@ -513,7 +515,8 @@ class Tracer:
                 continue
             if frames is None:
                 frames = sys._current_frames()
-            frame = frames.get(state.ident) if state.ident else None
+            thread = state.ident or state.last_thread
+            frame = frames.get(thread) if thread else None
             site = self.call_sites.find_from(frame) if frame is not None else None
             now = time.monotonic_ns()
             for sql in statements:
@@ -652,6 +655,7 @@ class Tracer:
                 local.end = _ThreadEnd(self._states, ident)
             state.ident, state.key = ident, key
         else:
+            state.last_thread = ident
             state.ident = 0  # a task's: looked up again on the next call
         return key, site
 
@@ -724,6 +728,7 @@ class Tracer:
             elif not state.in_txn:
                 state.site = site  # the transaction's calls that go through name it
             state.in_txn = in_txn
+            state.last_thread = get_ident()
             state.ident = 0  # the next call finds its record key again
             self.emit(
                 (
