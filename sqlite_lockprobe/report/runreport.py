@@ -17,7 +17,13 @@ from sqlite_lockprobe.comparefix import HANDSHAKE_LIMIT_S, FixComparison, descri
 from sqlite_lockprobe.diagnose.model import Timeline
 from sqlite_lockprobe.report.databasefacts import databases_json, several_databases
 from sqlite_lockprobe.report.jsonreport import report_document
-from sqlite_lockprobe.report.terminal import diagnosis, groups_table, print_lines, worst_waits
+from sqlite_lockprobe.report.terminal import (
+    diagnosis,
+    groups_table,
+    hanging,
+    print_lines,
+    worst_waits,
+)
 from sqlite_lockprobe.report.terminal_timeline import window_renderable, worst_window
 from sqlite_lockprobe.runner import RunResult
 
@@ -70,7 +76,7 @@ def render(console: Console, header: ReportHeader, analysis: Analysis) -> None:
     facts.add_column(style="dim")
     facts.add_column()
     for label, value in header.facts:
-        facts.add_row(label, value)
+        facts.add_row(label, Text(value))
     console.print(facts)
     console.print()
     if analysis.summary.total.calls:
@@ -174,8 +180,7 @@ def comparison_renderable(comparison: FixComparison) -> RenderableType:
         )
         body = [Text(f"Re-ran with: {applied}"), Text(note, style="dim"), table]
     if comparison.manual:
-        lines = Text("Needs a code change (not verified by a re-run):\n", style="bold")
+        body.append(Text("Needs a code change (not verified by a re-run):", style="bold"))
         for pattern, advice in comparison.manual:
-            lines.append(f"  {pattern}: {advice.text}\n")
-        body.append(lines)
+            body.append(hanging("  ", Text.assemble((pattern, "bold"), f": {advice.text}")))
     return Panel(Group(*body), title="--compare-fix: the advice applied", title_align="left")
