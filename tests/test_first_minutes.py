@@ -1,8 +1,10 @@
-"""A new user's first minutes: a typo in a scenario file is named with the value given.
-The real CLI."""
+"""A new user's first minutes: running a built-in scenario twice on the database it made,
+and a typo in a scenario file. Real files, the real CLI."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,61 @@ def lockprobe(*args: str) -> tuple[int, str, str]:
 def flat(text: str) -> str:
     """The report's words, whatever the console's width."""
     return " ".join(text.split())
+
+
+# ------------------------------------------------ a built-in scenario twice on its own file
+
+
+def test_a_scenario_runs_again_on_the_database_it_created(tmp_path: Path) -> None:
+    # The second run failed: `database.schema[0]: table a already exists`.
+    db = tmp_path / "x.db"
+    first = tmp_path / "first.json"
+    code, _, err = lockprobe("run", "upgrade-deadlock", "--db", str(db), "-q", "--json", str(first))
+    assert code == 0, err
+    assert json.loads(first.read_text())["database"]["schema_kept"] == []
+    assert json.loads(first.read_text())["database"]["setup_run"] is True
+    made = db.read_bytes()
+
+    second = tmp_path / "second.json"
+    code, out, err = lockprobe("run", "upgrade-deadlock", "--db", str(db), "--json", str(second))
+    assert code == 0, err
+    database = json.loads(second.read_text())["database"]
+    assert database["note"] == f"a copy of {db} (the original was not modified)"
+    assert database["schema_kept"] == ["table a"] and database["setup_run"] is False
+    assert (
+        "table a already there: kept as it was, with its rows; setup (1 statement) not run again"
+        in flat(out)
+    )
+    assert json.loads(second.read_text())["summary"]["total"]["calls"] > 0
+    assert db.read_bytes() == made  # the run worked on a copy
+
+
+def test_an_existing_table_of_another_shape_is_named_not_patched(tmp_path: Path) -> None:
+    # The application's own database has a table `a` without the column the scenario writes:
+    # kept as it is, and the step that cannot run is named before any worker starts.
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE a (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.commit()
+    conn.close()
+    code, _, err = lockprobe("run", "upgrade-deadlock", "--db", str(db), "-q")
+    assert code == 2
+    assert "group[0].steps[4].write: table a has no column named v" in err, err
+
+
+def test_a_schema_that_creates_a_table_twice_is_still_an_error(tmp_path: Path) -> None:
+    # Only objects the database had before preparing are kept; the scenario's own mistake is
+    # reported as before.
+    scenario = tmp_path / "twice.toml"
+    scenario.write_text(
+        "[database]\n"
+        'schema = ["CREATE TABLE t (x)", "CREATE TABLE t (y)"]\n'
+        "[[group]]\n"
+        'name = "w"\n'
+        'steps = [{ write = "INSERT INTO t (x) VALUES (1)" }]\n'
+    )
+    code, _, err = lockprobe("run", str(scenario), "-q")
+    assert code == 2 and "database.schema[1]: table t already exists" in err, err
 
 
 # ------------------------------------------------------ scenario messages name the value

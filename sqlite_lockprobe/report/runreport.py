@@ -26,6 +26,7 @@ from sqlite_lockprobe.report.terminal import (
 )
 from sqlite_lockprobe.report.terminal_timeline import window_renderable, worst_window
 from sqlite_lockprobe.runner import RunResult
+from sqlite_lockprobe.scenario import Scenario
 
 HEALTHY = (
     "No call failed on a lock (SQLITE_BUSY or SQLITE_LOCKED) and no wait used half of its "
@@ -115,6 +116,7 @@ def run_header(result: RunResult) -> ReportHeader:
     facts = [
         ("scenario", f"{s.name}: {s.description}" if s.description else s.name),
         ("database", result.db_note),
+        *schema_facts(s, result.settings),
         ("journal mode", result.settings.get("journal_mode", "?")),
         ("busy timeout", ", ".join(f"{t} ms" for t in timeouts)),
         ("transactions", ", ".join(modes)),
@@ -141,6 +143,21 @@ def run_header(result: RunResult) -> ReportHeader:
         },
     }
     return ReportHeader(f"run {s.name}", tuple(facts), data)
+
+
+def schema_facts(scenario: Scenario, settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """What preparing did to a database that already had the scenario's tables (a second run
+    on the file a first run created): nothing is said when the schema was created."""
+    kept = settings.get("schema_kept") or []
+    if not kept:
+        return []
+    one = len(kept) == 1
+    text = f"{', '.join(kept)} already there: kept as {'it was' if one else 'they were'}"
+    text += f", with {'its' if one else 'their'} rows"
+    setup = len(scenario.database.setup)
+    if setup:
+        text += f"; setup ({setup} statement{'s' if setup > 1 else ''}) not run again"
+    return [("schema", text)]
 
 
 def log_header(path: str, analysis: Analysis) -> ReportHeader:
