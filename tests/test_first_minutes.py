@@ -1,5 +1,5 @@
-"""A new user's first minutes: running a built-in scenario twice on the database it made,
-and a typo in a scenario file. Real files, the real CLI."""
+"""A new user's first minutes: running a built-in scenario twice on the database it made, a
+saved log cut mid-line, and a typo in a scenario file. Real files, the real CLI."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from sqlite_lockprobe.cli import cli
 from sqlite_lockprobe.errors import LockprobeError
+from sqlite_lockprobe.events import SkippedLines, read_events
 from sqlite_lockprobe.scenario import parse_scenario
 
 
@@ -79,6 +80,83 @@ def test_a_schema_that_creates_a_table_twice_is_still_an_error(tmp_path: Path) -
     )
     code, _, err = lockprobe("run", str(scenario), "-q")
     assert code == 2 and "database.schema[1]: table t already exists" in err, err
+
+
+# ------------------------------------------------------------ a log cut mid-line
+
+
+@pytest.fixture(scope="module")
+def saved_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    log = tmp_path_factory.mktemp("log") / "events.jsonl"
+    code, _, err = lockprobe("run", "fastapi-self-deadlock", "-q", "--events", str(log))
+    assert code == 0, err
+    return log
+
+
+def test_a_torn_last_line_is_a_note_with_the_count(saved_log: Path, tmp_path: Path) -> None:
+    # It was dropped without a word.
+    text = saved_log.read_text()
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 20])  # 19 chars of the last
+    out_json = tmp_path / "report.json"
+    code, out, err = lockprobe("report", str(torn), "--json", str(out_json))
+    assert code == 0, err
+    assert err == ""  # a note, not an error
+    assert (
+        "note 1 line dropped: the last line was cut mid-line (normal when the recording "
+        "process was killed)" in flat(out)
+    )
+    report = json.loads(out_json.read_text())
+    assert report["skipped_lines"] == {"torn": 1, "not_json": 0, "not_events": 0}
+    intact = len(text.splitlines())
+    assert report["summary"]["total"]["calls"] >= 1
+    assert intact - 1 == sum(1 for _ in read_events(torn))
+
+
+def test_lines_that_are_not_events_are_counted_by_what_they_are(
+    saved_log: Path, tmp_path: Path
+) -> None:
+    lines = saved_log.read_text().splitlines(keepends=True)
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join([lines[0], "garbage\n", "\n", '{"k": "nope"}\n', *lines[1:]]))
+    out_json = tmp_path / "report.json"
+    code, out, err = lockprobe("report", str(mixed), "--json", str(out_json))
+    assert code == 0, err
+    assert "note 2 lines dropped: 1 not JSON; 1 not a lockprobe event" in flat(out)
+    report = json.loads(out_json.read_text())
+    assert report["skipped_lines"] == {"torn": 0, "not_json": 1, "not_events": 1}
+
+
+def test_an_intact_log_has_no_note(saved_log: Path, tmp_path: Path) -> None:
+    out_json = tmp_path / "report.json"
+    code, out, _ = lockprobe("report", str(saved_log), "--json", str(out_json))
+    assert code == 0 and "dropped" not in out
+    assert json.loads(out_json.read_text())["skipped_lines"] == {
+        "torn": 0,
+        "not_json": 0,
+        "not_events": 0,
+    }
+
+
+def test_both_decoders_count_the_same_lines(tmp_path: Path) -> None:
+    from sqlite_lockprobe.events import events_with_json, events_with_orjson
+
+    text = (
+        '{"k":"close","t":1,"conn":"c1"}\n'
+        "garbage\n"
+        "   \n"
+        '{"k":"nope"}\n'
+        "[1, 2]\n"
+        '{"k":"close","t":2,"conn":"c1"}\n'
+        '{"k":"close","t":3,'
+    )
+    counts = []
+    for decode in (events_with_json, events_with_orjson):
+        skipped = SkippedLines()
+        events = list(decode(text.splitlines(keepends=True), skipped))
+        assert [e["t"] for e in events] == [1, 2]
+        counts.append(skipped.to_json())
+    assert counts == [{"torn": 1, "not_json": 1, "not_events": 2}] * 2
 
 
 # ------------------------------------------------------ scenario messages name the value

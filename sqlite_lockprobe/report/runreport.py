@@ -15,6 +15,7 @@ from rich.text import Text
 from sqlite_lockprobe.analysis import Analysis
 from sqlite_lockprobe.comparefix import HANDSHAKE_LIMIT_S, FixComparison, describe_fix
 from sqlite_lockprobe.diagnose.model import Timeline
+from sqlite_lockprobe.events import SkippedLines
 from sqlite_lockprobe.report.databasefacts import databases_json, several_databases
 from sqlite_lockprobe.report.jsonreport import report_document
 from sqlite_lockprobe.report.terminal import (
@@ -160,11 +161,18 @@ def schema_facts(scenario: Scenario, settings: dict[str, Any]) -> list[tuple[str
     return [("schema", text)]
 
 
-def log_header(path: str, analysis: Analysis) -> ReportHeader:
+def log_header(path: str, analysis: Analysis, skipped: SkippedLines | None = None) -> ReportHeader:
+    """A saved log's header; `skipped` (counted while the log was read) adds a note on the
+    lines that were not events."""
     activity = analysis.activity
     meta = activity.meta
     facts = [("event log", path), ("events", f"{activity.events:,}")]
     data: dict[str, Any] = {"events_file": path, "meta": meta}
+    if skipped is not None:
+        data["skipped_lines"] = skipped.to_json()
+        note = skipped_note(skipped)
+        if note:
+            facts.append(("note", note))
     if meta:
         facts.append(("source", str(meta.get("source"))))
     if len(analysis.databases) > 1:  # a trace's log: each file in its own mode
@@ -175,6 +183,24 @@ def log_header(path: str, analysis: Analysis) -> ReportHeader:
     elif meta:
         facts.append(("journal mode", str(meta.get("journal_mode"))))
     return ReportHeader(f"report {path}", tuple(facts), data)
+
+
+def skipped_note(skipped: SkippedLines) -> str | None:
+    """The lines of a log that were dropped, in words; a torn last line is what a killed
+    process leaves, said as such (it is no error: every complete line was read)."""
+    parts = []
+    if skipped.torn:
+        parts.append(
+            "the last line was cut mid-line (normal when the recording process was killed)"
+        )
+    if skipped.not_json:
+        parts.append(f"{skipped.not_json} not JSON")
+    if skipped.not_events:
+        parts.append(f"{skipped.not_events} not a lockprobe event")
+    if not parts:
+        return None
+    lines = "line" if skipped.total == 1 else "lines"
+    return f"{skipped.total} {lines} dropped: {'; '.join(parts)}"
 
 
 def comparison_renderable(comparison: FixComparison) -> RenderableType:
