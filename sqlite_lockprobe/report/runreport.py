@@ -225,5 +225,5 @@ def comparison_renderable(comparison: FixComparison) -> RenderableType:
     if comparison.manual:
         body.append(Text("Needs a code change (not verified by a re-run):", style="bold"))
         for pattern, advice in comparison.manual:
-            body.append(hanging("  ", Text.assemble((pattern, "bold"), f": {advice.text}")))
+            body.append(hanging("  • ", Text.assemble((pattern, "bold"), f": {advice.text}")))
     return Panel(Group(*body), title="--compare-fix: the advice applied", title_align="left")
