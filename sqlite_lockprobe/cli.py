@@ -25,7 +25,7 @@ from sqlite_lockprobe.checking import check_scenario, load_targets
 from sqlite_lockprobe.comparefix import compare_fix as run_with_fixes
 from sqlite_lockprobe.diagnose.detectors import DETECTORS
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.events import stream_event_log, write_events
+from sqlite_lockprobe.events import SkippedLines, stream_event_log, write_events
 from sqlite_lockprobe.inspect_watch import watch_inspections
 from sqlite_lockprobe.inspection import inspect_database, inspection_findings
 from sqlite_lockprobe.report import runreport, tracereport
@@ -381,8 +381,9 @@ def scenarios() -> None:
 @user_errors
 def report(events_file: Path, outputs: ReportOutputs) -> None:
     """Diagnose a saved event log (from run --events or trace --events)."""
-    analysis = analyze(stream_event_log(events_file))
-    header = runreport.log_header(str(events_file), analysis)
+    skipped = SkippedLines()
+    analysis = analyze(stream_event_log(events_file, skipped))
+    header = runreport.log_header(str(events_file), analysis, skipped)
     emit_report("report", header, analysis, outputs)
 
 

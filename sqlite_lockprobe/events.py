@@ -114,14 +114,45 @@ def to_dict(record: tuple[Any, ...]) -> dict[str, Any]:
     return dict(zip(_KEYS[record[0]], record, strict=False))
 
 
-def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+class SkippedLines:
+    """The lines of a log that were not events, counted as it is read (`report` says so).
+    `torn`: a last line cut before its line end, as a process killed mid-write leaves it;
+    `not_json`: lines that are not one JSON value; `not_events`: JSON, but not an event of a
+    known kind. Blank lines carry nothing and are not counted."""
+
+    __slots__ = ("torn", "not_json", "not_events")
+
+    def __init__(self) -> None:
+        self.torn = 0
+        self.not_json = 0
+        self.not_events = 0
+
+    @property
+    def total(self) -> int:
+        return self.torn + self.not_json + self.not_events
+
+    def count(self, line: str, value: Any) -> None:
+        """`line` (complete, decoded as `value`) was not an event."""
+        if value is _UNDECODABLE:
+            if line.strip():
+                self.not_json += 1
+        else:
+            self.not_events += 1
+
+    def to_json(self) -> dict[str, int]:
+        return {"torn": self.torn, "not_json": self.not_json, "not_events": self.not_events}
+
+
+def read_events(
+    path: str | os.PathLike[str], skipped: SkippedLines | None = None
+) -> Iterator[dict[str, Any]]:
     """Events from one JSONL file. A torn last line (a process killed mid-write) is skipped,
-    and so is any line that is not one JSON object of a known kind."""
+    and so is any line that is not one JSON object of a known kind; `skipped` counts them."""
     with open(path, encoding="utf-8") as src:
-        yield from _fastest_decoder()(src)
+        yield from _fastest_decoder()(src, skipped)
 
 
-def _fastest_decoder() -> Callable[[Iterable[str]], Iterator[dict[str, Any]]]:
+def _fastest_decoder() -> Callable[[Iterable[str], SkippedLines | None], Iterator[dict[str, Any]]]:
     """orjson where installed (lockprobe's own install has it). Imported here, not when this
     module loads: the probe in a traced program imports this module and must import nothing
     the program did not."""
@@ -132,7 +163,9 @@ def _fastest_decoder() -> Callable[[Iterable[str]], Iterator[dict[str, Any]]]:
     return events_with_orjson
 
 
-def events_with_json(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+def events_with_json(
+    lines: Iterable[str], skipped: SkippedLines | None = None
+) -> Iterator[dict[str, Any]]:
     """The events among lines, decoded by the standard library alone."""
     for line in lines:
         # The C scanner behind json.loads, called directly: json.loads costs as much
@@ -144,13 +177,18 @@ def events_with_json(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
             event, end = _UNDECODABLE, 0
         if line[end:] != "\n":
             if not line.endswith("\n"):
+                _torn(line, skipped)
                 break
             event = _decode_line(line)
         if isinstance(event, dict) and event.get("k") in EVENT_FIELDS:
             yield event
+        elif skipped is not None:
+            skipped.count(line, event)
 
 
-def events_with_orjson(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+def events_with_orjson(
+    lines: Iterable[str], skipped: SkippedLines | None = None
+) -> Iterator[dict[str, Any]]:
     """The same events, decoded by orjson (twice as fast as the standard library's scanner).
     orjson is stricter (no NaN, no lone surrogates): a line it refuses is read again by the
     standard library, so the same lines are events. (An integer past 64 bits comes back as a
@@ -159,6 +197,7 @@ def events_with_orjson(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
 
     for line in lines:
         if not line.endswith("\n"):
+            _torn(line, skipped)
             break
         try:
             event = loads(line)
@@ -166,6 +205,14 @@ def events_with_orjson(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
             event = _decode_line(line)
         if isinstance(event, dict) and event.get("k") in EVENT_FIELDS:
             yield event
+        elif skipped is not None:
+            skipped.count(line, event)
+
+
+def _torn(line: str, skipped: SkippedLines | None) -> None:
+    """The last line has no line end: its writer stopped mid-line, and it is dropped."""
+    if skipped is not None and line.strip():
+        skipped.torn += 1
 
 
 # The decoder's C scanner, set by JSONDecoder.__init__ (typeshed does not declare it).
@@ -219,10 +266,13 @@ def write_events(path: str | os.PathLike[str], events: Iterable[dict[str, Any]])
     return count
 
 
-def stream_event_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+def stream_event_log(
+    path: str | os.PathLike[str], skipped: SkippedLines | None = None
+) -> Iterator[dict[str, Any]]:
     """The events of a saved log, one at a time, in file order (`write_events` writes them in
     time order), so a log of millions of events is never held in memory. Bad input is one
-    clear error: raised before the first event, or at the end when nothing was an event."""
+    clear error: raised before the first event, or at the end when nothing was an event.
+    Lines that are not events are dropped, and counted in `skipped` once the log is read."""
     from sqlite_lockprobe.errors import LockprobeError  # not needed by the injected probe
 
     p = Path(path)
@@ -235,7 +285,7 @@ def stream_event_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         raise LockprobeError(f"{p}: no such event log") from None
     except OSError as exc:
         raise LockprobeError(f"{p}: cannot read event log ({exc.strerror})") from None
-    events = read_events(p)
+    events = read_events(p, skipped)
     try:
         first = next(events, None)
         if first is None:

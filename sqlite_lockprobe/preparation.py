@@ -3,8 +3,10 @@ and check every step's SQL compiles before any worker starts."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from sqlite_lockprobe.errors import LockprobeError
 from sqlite_lockprobe.scenario import SQL_ACTIONS, Scenario
@@ -12,8 +14,13 @@ from sqlite_lockprobe.scenario import SQL_ACTIONS, Scenario
 _SAMPLE_PARAMS = {"worker": 0, "group": "g", "pid": 0, "iteration": 0}
 
 
-def prepare_database(scenario: Scenario, path: Path) -> dict[str, int | str]:
-    """Apply journal mode, schema and setup rows; returns the settings the run will see."""
+def prepare_database(scenario: Scenario, path: Path) -> dict[str, Any]:
+    """Apply journal mode, schema and setup rows; returns the settings the run will see.
+
+    A database that already has the schema's tables (a copy of one the scenario made on an
+    earlier run, or of the application's own) keeps them as they are: a CREATE of an object
+    that was there before is skipped, and then `setup` is not run either, the rows being
+    there already. `schema_kept` names what was kept, `setup_run` says whether setup ran."""
     settings = scenario.database
     try:
         conn = sqlite3.connect(path, isolation_level=None)
@@ -27,15 +34,28 @@ def prepare_database(scenario: Scenario, path: Path) -> dict[str, int | str]:
                 f"{path}: could not set journal_mode={settings.journal_mode} (SQLite kept {mode})"
             )
         conn.execute("BEGIN IMMEDIATE")
-        for key, statements in (("schema", settings.schema), ("setup", settings.setup)):
-            for i, sql in enumerate(statements):
-                try:
-                    conn.execute(sql)
-                except sqlite3.Error as exc:
+        existing = _schema_objects(conn)
+        kept: list[str] = []
+        for i, sql in enumerate(settings.schema):
+            try:
+                conn.execute(sql)
+            except sqlite3.Error as exc:
+                there = _already_there(exc, existing)
+                if there is None:
                     conn.execute("ROLLBACK")
                     raise LockprobeError(
-                        f"{scenario.source}: database.{key}[{i}]: {exc} in: {sql}"
+                        f"{scenario.source}: database.schema[{i}]: {exc} in: {sql}"
                     ) from None
+                kept.append(there)
+        setup = () if kept else settings.setup
+        for i, sql in enumerate(setup):
+            try:
+                conn.execute(sql)
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise LockprobeError(
+                    f"{scenario.source}: database.setup[{i}]: {exc} in: {sql}"
+                ) from None
         conn.execute("COMMIT")
         _check_steps_compile(conn, scenario)
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -46,11 +66,34 @@ def prepare_database(scenario: Scenario, path: Path) -> dict[str, int | str]:
             "journal_mode": mode.lower(),
             "page_size": page_size,
             "wal_autocheckpoint": autocheckpoint,
+            "schema_kept": kept,
+            "setup_run": not kept and bool(settings.setup),
         }
     except sqlite3.Error as exc:
         raise LockprobeError(f"{path}: cannot prepare database ({exc})") from None
     finally:
         conn.close()
+
+
+# SQLite's message for a CREATE of a name in use (build.c, trigger.c): "table a already
+# exists", "index i already exists", "view v ...", "trigger t ...". (An index named like a
+# table says "there is already a table named a": a conflict, not the same schema.)
+_ALREADY_THERE = re.compile(r"^(table|index|view|trigger) (.+) already exists$")
+
+
+def _schema_objects(conn: sqlite3.Connection) -> set[str]:
+    """The names in the database's schema, lower-cased (SQLite's names are case-blind)."""
+    return {name.lower() for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+
+
+def _already_there(exc: sqlite3.Error, existing: set[str]) -> str | None:
+    """`table a` when `exc` says a CREATE met an object the database had before preparing
+    started; None for any other error (a schema that creates the same name twice too)."""
+    match = _ALREADY_THERE.match(str(exc))
+    if match is None:
+        return None
+    kind, name = match.group(1), match.group(2).strip('"`[]')
+    return f"{kind} {name}" if name.lower() in existing else None
 
 
 def _check_steps_compile(conn: sqlite3.Connection, scenario: Scenario) -> None:

@@ -6,6 +6,8 @@ type or an impossible value is rejected with the file, the key and what was expe
 
 from __future__ import annotations
 
+import datetime
+import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -193,7 +195,7 @@ class _Validator:
 
     def table(self, value: Any, key: str) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise self.fail(key, f"expected a table, got {_type_name(value)}")
+            raise self.fail(key, f"expected a table, got {_given(value)}")
         return value
 
     def no_unknown(self, table: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> None:
@@ -204,39 +206,41 @@ class _Validator:
 
     def string(self, value: Any, key: str) -> str:
         if not isinstance(value, str):
-            raise self.fail(key, f"expected a string, got {_type_name(value)}")
+            raise self.fail(key, f"expected a string, got {_given(value)}")
         return value
 
     def choice(self, value: Any, key: str, options: tuple[str, ...]) -> str:
         text = self.string(value, key).lower()
         if text not in options:
-            raise self.fail(key, f"expected one of {', '.join(options)}, got {value!r}")
+            raise self.fail(
+                key, f"expected one of {', '.join(options)}, got {_given(value, typed=True)}"
+            )
         return text
 
     def integer(self, value: Any, key: str, low: int, high: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"expected a whole number, got {_type_name(value)}")
+            raise self.fail(key, f"expected a whole number, got {_given(value)}")
         if not low <= value <= high:
             raise self.fail(key, f"expected a number from {low} to {high}, got {value}")
         return value
 
     def number(self, value: Any, key: str, low: float, high: float) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(key, f"expected a number, got {_type_name(value)}")
+            raise self.fail(key, f"expected a number, got {_given(value)}")
         if not low <= value <= high:  # also rejects nan
             raise self.fail(key, f"expected a number from {low:g} to {high:g}, got {value}")
         return float(value)
 
     def boolean(self, value: Any, key: str) -> bool:
         if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {_type_name(value)}")
+            raise self.fail(key, f"expected true or false, got {_given(value)}")
         return value
 
     def sql_list(self, value: Any, key: str) -> tuple[str, ...]:
         if isinstance(value, str):
             return (value,)
         if not isinstance(value, list):
-            raise self.fail(key, f"expected a list of SQL strings, got {_type_name(value)}")
+            raise self.fail(key, f"expected a list of SQL strings, got {_given(value)}")
         return tuple(self.string(v, f"{key}[{i}]") for i, v in enumerate(value))
 
     # -- the parts
@@ -254,7 +258,7 @@ class _Validator:
         if "expect" in data:
             raw = data["expect"]
             if not isinstance(raw, list):
-                raise self.fail("expect", f"expected a list of pattern ids, got {_type_name(raw)}")
+                raise self.fail("expect", f"expected a list of pattern ids, got {_given(raw)}")
             expect = tuple(sorted(self.string(v, f"expect[{i}]") for i, v in enumerate(raw)))
         max_seconds = self.number(data.get("max_seconds", 120.0), "max_seconds", 0.1, MAX_SECONDS)
         database = self.database(self.table(data.get("database", {}), "database"))
@@ -262,7 +266,9 @@ class _Validator:
         if raw_groups is None:
             raise self.fail("group", "a scenario needs at least one [[group]] of workers")
         if not isinstance(raw_groups, list) or not raw_groups:
-            raise self.fail("group", "expected one or more [[group]] tables")
+            raise self.fail(
+                "group", f"expected one or more [[group]] tables, got {_given(raw_groups)}"
+            )
         groups = tuple(self.group(g, f"group[{i}]") for i, g in enumerate(raw_groups))
         self.check_groups(groups)
         check = self.check(self.table(data.get("check", {}), "check"))
@@ -337,7 +343,7 @@ class _Validator:
 
     def patterns(self, value: Any, key: str, allow_healthy: bool) -> tuple[str, ...]:
         if not isinstance(value, list):
-            raise self.fail(key, f"expected a list of pattern ids, got {_type_name(value)}")
+            raise self.fail(key, f"expected a list of pattern ids, got {_given(value)}")
         names = [self.string(v, f"{key}[{i}]") for i, v in enumerate(value)]
         return pattern_ids(names, f"{self.source}: {key}", allow_healthy)
 
@@ -363,7 +369,10 @@ class _Validator:
             raise self.fail(f"{key}.name", "every group needs a name")
         name = self.string(t["name"], f"{key}.name")
         if not name or ":" in name:
-            raise self.fail(f"{key}.name", "expected a non-empty name without ':'")
+            raise self.fail(
+                f"{key}.name",
+                f"expected a non-empty name without ':', got {_given(name, typed=True)}",
+            )
         kind = self.choice(t.get("kind", "thread"), f"{key}.kind", KINDS)
         high = MAX_PROCESSES if kind == "process" else MAX_WORKERS_PER_GROUP
         count = self.integer(t.get("count", 1), f"{key}.count", 1, high)
@@ -371,7 +380,9 @@ class _Validator:
             raise self.fail(f"{key}.steps", "every group needs a list of steps")
         raw_steps = t["steps"]
         if not isinstance(raw_steps, list) or not raw_steps:
-            raise self.fail(f"{key}.steps", "expected a non-empty list of steps")
+            raise self.fail(
+                f"{key}.steps", f"expected a non-empty list of steps, got {_given(raw_steps)}"
+            )
         steps = tuple(self.step(s, f"{key}.steps[{i}]") for i, s in enumerate(raw_steps))
         for i, s in enumerate(steps):
             if s.action == "crash" and kind != "process":
@@ -428,14 +439,18 @@ class _Validator:
     def step(self, raw: Any, key: str) -> Step:
         if isinstance(raw, str):
             if raw not in ("begin", "commit", "rollback"):
-                raise self.fail(key, f"expected begin, commit, rollback or a table, got {raw!r}")
+                raise self.fail(
+                    key,
+                    f"expected begin, commit, rollback or a table, got {_given(raw, typed=True)}",
+                )
             return Step(action=raw)
         t = self.table(raw, key)
         actions = [name for name in t if name in STEP_ACTIONS]
         self.no_unknown(t, key, STEP_ACTIONS)
         if len(actions) != 1:
+            given = f"{len(actions)}: {', '.join(actions)}" if actions else "none"
             raise self.fail(
-                key, f"expected exactly one action ({', '.join(STEP_ACTIONS)}), got {len(actions)}"
+                key, f"expected exactly one action ({', '.join(STEP_ACTIONS)}), got {given}"
             )
         action = actions[0]
         value = t[action]
@@ -443,7 +458,9 @@ class _Validator:
         if action in SQL_ACTIONS:
             sql = self.string(value, where).strip()
             if not sql:
-                raise self.fail(where, "expected an SQL statement")
+                raise self.fail(
+                    where, f"expected an SQL statement, got {_given(value, typed=True)}"
+                )
             return Step(action=action, sql=sql)
         if action == "sleep":
             return Step(action=action, seconds=self.number(value, where, 0.0, MAX_SECONDS))
@@ -453,11 +470,11 @@ class _Validator:
             return Step(action=action, mode=self.choice(value, where, BEGIN_MODES))
         if action in ("commit", "rollback", "crash", "close_reads"):
             if value is not True:
-                raise self.fail(where, "expected true")
+                raise self.fail(where, f"expected true, got {_given(value)}")
             return Step(action=action)
         name = self.string(value, where)
         if not name:
-            raise self.fail(where, "expected an event name")
+            raise self.fail(where, f"expected an event name, got {_given(value, typed=True)}")
         return Step(action=action, event=name)
 
     def check_groups(self, groups: tuple[Group, ...]) -> None:
@@ -494,12 +511,42 @@ def event_names(scenario: Scenario) -> list[str]:
     return sorted(n for n in names if n)
 
 
-def _type_name(value: Any) -> str:
-    return {
-        bool: "a boolean",
-        int: "a whole number",
-        float: "a number",
+def _given(value: Any, typed: bool = False) -> str:
+    """The value a scenario gave, as it was written in TOML, so the message names it: `2.5`,
+    `"3" (a string)`, `[1, 2] (a list)`; long values are cut. `typed`: the value has the type
+    asked for (a string that is not one of the choices), so its type goes unsaid."""
+    text = _toml(value)
+    if len(text) > _GIVEN_WIDTH:
+        text = text[: _GIVEN_WIDTH - 1] + "…"
+    if typed:
+        return text
+    kinds = {
         str: "a string",
         list: "a list",
         dict: "a table",
-    }.get(type(value), type(value).__name__)
+        datetime.datetime: "a date and time",
+        datetime.date: "a date",
+        datetime.time: "a time",
+    }
+    kind = kinds.get(type(value))
+    return f"{text} ({kind})" if kind else text
+
+
+_GIVEN_WIDTH = 40
+
+
+def _toml(value: Any) -> str:
+    """`value` in TOML's own spelling (true, "text", [1, 2], {a = 1})."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    return str(value)

@@ -153,7 +153,11 @@ def test_db_option_runs_on_a_copy_and_never_writes_the_file(invoke, db: Path) ->
         ([], "forbid = ['healthy']", "check.forbid: unknown pattern id 'healthy'"),
         ([], "max_busy_errors = 'none'", "check.max_busy_errors: expected a whole number"),
         ([], "max_p99_wait_ms = -1", "check.max_p99_wait_ms: expected a number from 0"),
-        ([], "expect = 'healthy'", "check.expect: expected a list of pattern ids, got a string"),
+        (
+            [],
+            "expect = 'healthy'",
+            'check.expect: expected a list of pattern ids, got "healthy" (a string)',
+        ),
         ([], "max_busy = 1", "check.max_busy: unknown key"),
     ],
 )

@@ -58,7 +58,7 @@ def test_open_read_close_reads_and_shared_cache_load() -> None:
         (MINIMAL + "\nbogus = 1\n", "s.toml: group[0].bogus: unknown key"),
         (
             MINIMAL.replace('name = "w"', 'name = "w"\ncount = "3"'),
-            "group[0].count: expected a whole number, got a string",
+            'group[0].count: expected a whole number, got "3" (a string)',
         ),
         (
             MINIMAL.replace('name = "w"', 'name = "w"\ncount = 0'),
@@ -106,19 +106,19 @@ def test_open_read_close_reads_and_shared_cache_load() -> None:
         ),
         (
             MINIMAL.replace("[database]", '[database]\nshared_cache = "yes"'),
-            "database.shared_cache: expected true or false, got a string",
+            'database.shared_cache: expected true or false, got "yes" (a string)',
         ),
         (
             MINIMAL.replace('"commit"]', "{ open_read = 1 }]"),
-            "group[0].steps[1].open_read: expected a string, got a whole number",
+            "group[0].steps[1].open_read: expected a string, got 1",
         ),
         (
             MINIMAL.replace('"commit"]', '{ open_read = " " }]'),
-            "group[0].steps[1].open_read: expected an SQL statement",
+            'group[0].steps[1].open_read: expected an SQL statement, got " "',
         ),
         (
             MINIMAL.replace('"commit"]', "{ close_reads = false }]"),
-            "group[0].steps[1].close_reads: expected true",
+            "group[0].steps[1].close_reads: expected true, got false",
         ),
         ("[[group]]\nname = 'w'\n", "group[0].steps: every group needs a list of steps"),
         ("[database]\n", "group: a scenario needs at least one [[group]] of workers"),

@@ -19,6 +19,7 @@ from rich.text import Text
 from sqlite_lockprobe.findings import Finding
 from sqlite_lockprobe.inspect_watch import LockChange
 from sqlite_lockprobe.inspection import CANNOT_SEE, Inspection
+from sqlite_lockprobe.report.terminal import bullets, hanging
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -169,7 +170,7 @@ def _facts_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, Text(value))
     return table
 
 
@@ -180,41 +181,50 @@ def lock_table(ins: Inspection) -> RenderableType:
             f"No process has the database open or holds a lock (source: {ins.lock_source})."
         )
     table = Table(title=f"Lock table (from {ins.lock_source})", title_justify="left")
-    for column in ("pid", "process", "user", "age", "open", "locks", "what it means"):
-        table.add_column(column, overflow="fold")
+    # Short values never wrap; lock names (WAL_READ_LOCK(1)) break only between locks.
+    table.add_column("pid", no_wrap=True)
+    table.add_column("process", overflow="fold")
+    for column in ("user", "age", "open"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("locks")
+    table.add_column("what it means")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(Text, row))
     return table
 
 
 def findings_renderable(findings: list[Finding]) -> RenderableType:
+    """Each finding in a panel titled with its severity and pattern id (short enough for any
+    console); its own title and confidence open the panel."""
     if not findings:
         return Text("No problems found in the file state.", style="green")
     parts: list[RenderableType] = []
     for f in findings:
-        body = Text()
-        body.append(f"{f.explanation}\n")
-        for line in f.evidence:
-            body.append(f"  • {line}\n")
+        body: list[RenderableType] = [
+            Text(f.title, style="bold"),
+            Text(f"confidence: {f.confidence}", style="dim"),
+            Text(""),
+            Text(f.explanation),
+            *bullets(f.evidence),
+        ]
         for advice in f.advice:
-            body.append(f"  → {advice.text}\n", style="green")
+            body.append(hanging("  → ", Text(advice.text, style="green")))
             for stack, snippet in advice.snippets.items():
-                code = snippet.replace("\n", "\n      ")
-                body.append(f"    {stack}:\n      {code}\n", style="dim")
-        title = f"[{_SEVERITY_STYLE[f.severity]}]{f.severity}[/] {f.pattern}: {f.title}"
-        parts.append(
-            Panel(body, title=title, title_align="left", subtitle=f"confidence {f.confidence}")
-        )
+                body.append(Text(f"    {stack}:", style="dim"))
+                for line in snippet.split("\n"):
+                    code = line.lstrip(" ")
+                    indent = " " * (6 + len(line) - len(code))
+                    body.append(hanging(indent, Text(code, style="dim")))
+        title = Text.assemble((f.severity, _SEVERITY_STYLE[f.severity]), " ", (f.pattern, "bold"))
+        parts.append(Panel(Group(*body), title=title, title_align="left"))
     return Group(*parts)
 
 
 def notes_renderable(ins: Inspection) -> RenderableType:
-    text = Text("Cannot be seen from outside the processes:\n", style="bold")
-    for item in CANNOT_SEE:
-        text.append(f"  - {item}\n", style="dim")
-    for note in ins.notes:
-        text.append(f"  note: {note}\n")
-    return text
+    parts: list[RenderableType] = [Text("Cannot be seen from outside the processes:", "bold")]
+    parts += [hanging("  - ", Text(item, style="dim")) for item in CANNOT_SEE]
+    parts += [hanging("  note: ", note) for note in ins.notes]
+    return Group(*parts)
 
 
 def inspection_renderable(ins: Inspection, findings: list[Finding]) -> RenderableType:

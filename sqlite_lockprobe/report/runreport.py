@@ -15,11 +15,19 @@ from rich.text import Text
 from sqlite_lockprobe.analysis import Analysis
 from sqlite_lockprobe.comparefix import HANDSHAKE_LIMIT_S, FixComparison, describe_fix
 from sqlite_lockprobe.diagnose.model import Timeline
+from sqlite_lockprobe.events import SkippedLines
 from sqlite_lockprobe.report.databasefacts import databases_json, several_databases
 from sqlite_lockprobe.report.jsonreport import report_document
-from sqlite_lockprobe.report.terminal import diagnosis, groups_table, print_lines, worst_waits
+from sqlite_lockprobe.report.terminal import (
+    diagnosis,
+    groups_table,
+    hanging,
+    print_lines,
+    worst_waits,
+)
 from sqlite_lockprobe.report.terminal_timeline import window_renderable, worst_window
 from sqlite_lockprobe.runner import RunResult
+from sqlite_lockprobe.scenario import Scenario
 
 HEALTHY = (
     "No call failed on a lock (SQLITE_BUSY or SQLITE_LOCKED) and no wait used half of its "
@@ -70,7 +78,7 @@ def render(console: Console, header: ReportHeader, analysis: Analysis) -> None:
     facts.add_column(style="dim")
     facts.add_column()
     for label, value in header.facts:
-        facts.add_row(label, value)
+        facts.add_row(label, Text(value))
     console.print(facts)
     console.print()
     if analysis.summary.total.calls:
@@ -109,6 +117,7 @@ def run_header(result: RunResult) -> ReportHeader:
     facts = [
         ("scenario", f"{s.name}: {s.description}" if s.description else s.name),
         ("database", result.db_note),
+        *schema_facts(s, result.settings),
         ("journal mode", result.settings.get("journal_mode", "?")),
         ("busy timeout", ", ".join(f"{t} ms" for t in timeouts)),
         ("transactions", ", ".join(modes)),
@@ -137,11 +146,33 @@ def run_header(result: RunResult) -> ReportHeader:
     return ReportHeader(f"run {s.name}", tuple(facts), data)
 
 
-def log_header(path: str, analysis: Analysis) -> ReportHeader:
+def schema_facts(scenario: Scenario, settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """What preparing did to a database that already had the scenario's tables (a second run
+    on the file a first run created): nothing is said when the schema was created."""
+    kept = settings.get("schema_kept") or []
+    if not kept:
+        return []
+    one = len(kept) == 1
+    text = f"{', '.join(kept)} already there: kept as {'it was' if one else 'they were'}"
+    text += f", with {'its' if one else 'their'} rows"
+    setup = len(scenario.database.setup)
+    if setup:
+        text += f"; setup ({setup} statement{'s' if setup > 1 else ''}) not run again"
+    return [("schema", text)]
+
+
+def log_header(path: str, analysis: Analysis, skipped: SkippedLines | None = None) -> ReportHeader:
+    """A saved log's header; `skipped` (counted while the log was read) adds a note on the
+    lines that were not events."""
     activity = analysis.activity
     meta = activity.meta
     facts = [("event log", path), ("events", f"{activity.events:,}")]
     data: dict[str, Any] = {"events_file": path, "meta": meta}
+    if skipped is not None:
+        data["skipped_lines"] = skipped.to_json()
+        note = skipped_note(skipped)
+        if note:
+            facts.append(("note", note))
     if meta:
         facts.append(("source", str(meta.get("source"))))
     if len(analysis.databases) > 1:  # a trace's log: each file in its own mode
@@ -152,6 +183,24 @@ def log_header(path: str, analysis: Analysis) -> ReportHeader:
     elif meta:
         facts.append(("journal mode", str(meta.get("journal_mode"))))
     return ReportHeader(f"report {path}", tuple(facts), data)
+
+
+def skipped_note(skipped: SkippedLines) -> str | None:
+    """The lines of a log that were dropped, in words; a torn last line is what a killed
+    process leaves, said as such (it is no error: every complete line was read)."""
+    parts = []
+    if skipped.torn:
+        parts.append(
+            "the last line was cut mid-line (normal when the recording process was killed)"
+        )
+    if skipped.not_json:
+        parts.append(f"{skipped.not_json} not JSON")
+    if skipped.not_events:
+        parts.append(f"{skipped.not_events} not a lockprobe event")
+    if not parts:
+        return None
+    lines = "line" if skipped.total == 1 else "lines"
+    return f"{skipped.total} {lines} dropped: {'; '.join(parts)}"
 
 
 def comparison_renderable(comparison: FixComparison) -> RenderableType:
@@ -174,8 +223,7 @@ def comparison_renderable(comparison: FixComparison) -> RenderableType:
         )
         body = [Text(f"Re-ran with: {applied}"), Text(note, style="dim"), table]
     if comparison.manual:
-        lines = Text("Needs a code change (not verified by a re-run):\n", style="bold")
+        body.append(Text("Needs a code change (not verified by a re-run):", style="bold"))
         for pattern, advice in comparison.manual:
-            lines.append(f"  {pattern}: {advice.text}\n")
-        body.append(lines)
+            body.append(hanging("  • ", Text.assemble((pattern, "bold"), f": {advice.text}")))
     return Panel(Group(*body), title="--compare-fix: the advice applied", title_align="left")

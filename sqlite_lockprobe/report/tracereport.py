@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from sqlite_lockprobe.analysis import Analysis
 from sqlite_lockprobe.databases import DatabaseInfo
@@ -114,5 +115,5 @@ def render_nothing_recorded(console: Console, header: ReportHeader) -> None:
     """The terminal report when the program opened no (matching) sqlite3 connection."""
     console.rule(f"[bold]lockprobe[/bold] · {header.title}", align="left")
     for label, value in header.facts[:2]:
-        console.print(f"[dim]{label}[/dim]  {value}", highlight=False)
+        console.print(Text.assemble((label, "dim"), f"  {value}"), highlight=False)
     console.print(NOTHING_TO_TRACE, style="yellow", highlight=False)
