@@ -250,3 +250,59 @@ def test_the_cli_names_the_value_in_one_line(tmp_path: Path) -> None:
     code, _, err = lockprobe("run", str(scenario), "-q")
     assert code == 2
     assert err == f"lockprobe: {scenario}: group[0].count: expected a whole number, got 2.5\n"
+
+
+CTRL_C_SCENARIO = """
+name = "slow-processes"
+[database]
+journal_mode = "wal"
+transaction_mode = "autocommit"
+schema = ["CREATE TABLE t (worker INTEGER)"]
+
+[[group]]
+name = "slow"
+kind = "process"
+count = 2
+steps = [{ write = "INSERT INTO t VALUES (:worker)" }, { sleep = 60 }]
+"""
+
+
+def test_ctrl_c_stops_a_run_with_worker_processes_quietly(tmp_path: Path) -> None:
+    # A terminal's Ctrl-C goes to the whole process group: each worker process printed
+    # "Process slow#0: Traceback ... KeyboardInterrupt" before the partial report.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scenario = tmp_path / "slow.toml"
+    scenario.write_text(CTRL_C_SCENARIO)
+    db = tmp_path / "app.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sqlite_lockprobe", "run", str(scenario), "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        deadline = time.monotonic() + 120  # a guard against a hang, not a speed requirement
+        while True:  # both workers are inside their sleep step once both rows are there
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the workers never started"
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                    if conn.execute("SELECT count(*) FROM t").fetchone()[0] == 2:
+                        break
+            except sqlite3.OperationalError:
+                pass  # not created yet
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "slow" in out  # the partial report follows

@@ -26,6 +26,10 @@ SPAWN = multiprocessing.get_context("spawn")
 def _process_main(
     control: RunControl, group: Group, index: int, events_path: str, ready: Any
 ) -> None:
+    # A terminal's Ctrl-C reaches the whole foreground process group, workers included: the
+    # parent stops the run (RunControl, then terminate after a grace period), so a worker
+    # ignores it rather than dying with a traceback on the user's screen.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     events = EventFile(events_path)
     events.start_flusher()
     try:
@@ -33,6 +37,8 @@ def _process_main(
             run_worker_sync(
                 control, group, index, events.append, None, "process", ready, events.flush
             )
+    except KeyboardInterrupt:  # one that came before SIGINT was ignored: end as stopped
+        pass
     finally:
         events.close()
 
