@@ -94,9 +94,7 @@ class EventRing:
         close, so they are gone), their keys, and workers no kept record names."""
         ring = list(self._ring)
         oldest = _time_of(ring[0]) if ring else None
-        gone = {
-            conn for conn, close in self._closes.items() if oldest is None or close[1] < oldest
-        }
+        gone = {conn for conn, close in self._closes.items() if oldest is None or close[1] < oldest}
         for conn in gone:
             self._opens.pop(conn, None)
             del self._closes[conn]
