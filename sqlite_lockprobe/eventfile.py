@@ -16,7 +16,7 @@ import contextlib
 import marshal
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 FLUSH_SECONDS = 0.25
@@ -164,11 +164,7 @@ class EventFile:
 
 def read_event_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """The events of one process's file, as event dicts; stops at a torn last chunk."""
-    from sqlite_lockprobe.events import EVENT_FIELDS, to_dict
-
-    called_as: dict[int, tuple[Any, ...]] = {}
-    traced_as: dict[int, tuple[Any, ...]] = {}
-
+    keys = RecordKeys()
     with open(path, "rb") as src:
         data = src.read()
     offset = 0
@@ -182,23 +178,48 @@ def read_event_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         except (ValueError, EOFError, TypeError):
             return
         offset = end
-        for record in records:
-            if not isinstance(record, tuple) or not record:
-                continue
-            kind = record[0]
-            if type(kind) is int:
-                if len(record) == 7:
-                    call = _traced_call(record, traced_as)
-                else:
-                    call = _short_call(record, called_as)
-                if call is not None:
-                    yield to_dict(call)
-            elif kind == CALL_KEY:
-                called_as[record[1]] = record[2:]
-            elif kind == TRACE_KEY:
-                traced_as[record[1]] = record[2:]
-            elif kind in EVENT_FIELDS:
-                yield to_dict(record)
+        yield from decode_records(records, keys)
+
+
+class RecordKeys:
+    """The keys short records name their caller by (CALL_KEY, TRACE_KEY), as given so far:
+    one per process's recording, kept across its chunks."""
+
+    __slots__ = ("called_as", "traced_as")
+
+    def __init__(self) -> None:
+        self.called_as: dict[int, tuple[Any, ...]] = {}
+        self.traced_as: dict[int, tuple[Any, ...]] = {}
+
+
+def decode_records(
+    records: Iterable[Any], keys: RecordKeys | None = None
+) -> Iterator[dict[str, Any]]:
+    """Recorded tuples (an event file's chunk, the in-process recorder's ring) as event
+    dicts: short records expanded by the keys given before them, keys themselves and
+    anything that is not an event dropped."""
+    from sqlite_lockprobe.events import EVENT_FIELDS, to_dict
+
+    if keys is None:
+        keys = RecordKeys()
+    called_as, traced_as = keys.called_as, keys.traced_as
+    for record in records:
+        if not isinstance(record, tuple) or not record:
+            continue
+        kind = record[0]
+        if type(kind) is int:
+            if len(record) == 7:
+                call = _traced_call(record, traced_as)
+            else:
+                call = _short_call(record, called_as)
+            if call is not None:
+                yield to_dict(call)
+        elif kind == CALL_KEY:
+            called_as[record[1]] = record[2:]
+        elif kind == TRACE_KEY:
+            traced_as[record[1]] = record[2:]
+        elif kind in EVENT_FIELDS:
+            yield to_dict(record)
 
 
 def _short_call(

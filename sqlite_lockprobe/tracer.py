@@ -64,15 +64,22 @@ _RECORD_DEPTH = 3  # find, Tracer.record, then the instrumented method (which re
 
 
 class TraceConfig:
-    """What the parent `lockprobe trace` asked for, passed down in the environment."""
+    """What the parent `lockprobe trace` asked for, passed down in the environment (or what
+    the in-process recorder asked for: recorder.py, source "record")."""
 
     def __init__(
-        self, trace_dir: str, db: str | None = None, command: str = "", parent_pid: int = 0
+        self,
+        trace_dir: str,
+        db: str | None = None,
+        command: str = "",
+        parent_pid: int = 0,
+        source: str = "trace",
     ) -> None:
         self.trace_dir = trace_dir
         self.db = db  # realpath of the one database to record, None for all
         self.command = command
         self.parent_pid = parent_pid
+        self.source = source  # the `meta` event's source: "<source> <command>"
 
     @classmethod
     def from_environment(cls, environ: dict[str, str] | None = None) -> TraceConfig | None:
@@ -246,9 +253,13 @@ def _ends_or_begins(statement: str) -> bool:
 class Tracer:
     """Patches sqlite3.connect in this interpreter and records what every connection does."""
 
-    def __init__(self, config: TraceConfig) -> None:
+    def __init__(self, config: TraceConfig, sink: Any = None) -> None:
         self.config = config
-        self._recording: EventFile | None = None
+        # Where events go instead of an event file in config.trace_dir: anything with
+        # `append(record)` (the in-process recorder's ring, recorder.py). No flusher, no
+        # exit hooks: the sink's owner reads it.
+        self.sink = sink
+        self._recording: Any = None  # the EventFile, or the sink
         self._recording_lock = threading.Lock()
         self._conn_numbers = itertools.count(_first_conn_number())
         # Per thread: me = (worker label, native thread id, serves tasks); behalf = who a
@@ -277,9 +288,11 @@ class Tracer:
 
     # ------------------------------------------------------------------ install / uninstall
 
-    def install(self, sqlite3_module: Any) -> None:
+    def install(self, sqlite3_module: Any, process_hooks: bool = True) -> None:
         """Patch `sqlite3.connect` and `sqlite3.dbapi2.connect` (the same C function; Django and
-        SQLAlchemy call it through dbapi2, aiosqlite through sqlite3)."""
+        SQLAlchemy call it through dbapi2, aiosqlite through sqlite3). `process_hooks`: also
+        hook fork and SIGTERM, as a traced process does; the in-process recorder, which can
+        be stopped, leaves the program's process alone (neither can be undone)."""
         if self._original_connect is not None:
             return
         dbapi2 = sys.modules.get("sqlite3.dbapi2", sqlite3_module)
@@ -290,6 +303,8 @@ class Tracer:
         connect = self._make_connect(dbapi2.connect)
         for module in {id(m): m for m in (sqlite3_module, dbapi2)}.values():
             module.connect = connect
+        if not process_hooks:
+            return
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(
                 before=self._before_fork,
@@ -359,7 +374,7 @@ class Tracer:
     # --------------------------------------------------------------------- recording
 
     @property
-    def recording(self) -> EventFile:
+    def recording(self) -> Any:
         recording = self._recording
         if recording is None:
             with self._recording_lock:
@@ -376,11 +391,14 @@ class Tracer:
         except Exception:
             pass
 
-    def _start_recording(self) -> EventFile:
-        recording = EventFile.in_directory(self.config.trace_dir)
+    def _start_recording(self) -> Any:
+        sink = self.sink
+        recording = EventFile.in_directory(self.config.trace_dir) if sink is None else sink
         db = self.config.db or self._first_db
         journal_mode, page_size = read_header(db)
         recording.append(self._meta(db, journal_mode if self.config.db else None, page_size))
+        if sink is not None:
+            return sink
         if not self._exit_hooked:
             self._exit_hooked = True
             atexit.register(self.flush_at_exit)
@@ -388,6 +406,13 @@ class Tracer:
         recording.tick = self.wal.tick
         recording.start_flusher()
         return recording
+
+    def record_into(self, sink: Any) -> None:
+        """Record into `sink` from now on (anything with `append(record)`): the in-process
+        recorder hands over a sink that keeps nothing when it stops, so the connections it
+        instrumented stop recording (they, and the compiled methods, append to whatever
+        `_recording` is)."""
+        self.sink = self._recording = sink
 
     def flush(self) -> None:
         if self._recording is not None:
@@ -767,7 +792,7 @@ class Tracer:
             "meta",
             time.monotonic_ns(),
             os.getpid(),
-            f"trace {self.config.command}".rstrip(),
+            f"{self.config.source} {self.config.command}".rstrip(),
             db,
             journal_mode,
             page_size,
