@@ -123,6 +123,8 @@ class Session:
                 self.conn, self.conn_id, emit, timeout_ms=spec.timeout_ms, mark_busy=True
             )
             reduced_reason = self.probe.reduced_reason if not self.probe.instrumented else None
+        # What the probe's trace hook appends to (see _make_probed).
+        self._traced: list[str] = self.probe.statements if self.probe is not None else []
         emit(
             (
                 "open",
@@ -201,8 +203,13 @@ class Session:
         statement (not the trace's copy with the parameter values expanded: no application
         data in the log). One length per call is all the checking it costs; a call that
         differs claims its part of the list."""
-        emit, clock, conn, cursor = self.emit, time.monotonic_ns, self.conn, self._cursor
-        traced = self.probe.statements  # type: ignore[union-attr]
+        emit, clock, conn, cursor, traced = (
+            self.emit,
+            time.monotonic_ns,
+            self.conn,
+            self._cursor,
+            self._traced,
+        )
         try:
             for key, function, args, fetch, place in steps:
                 t0 = clock()
@@ -228,7 +235,7 @@ class Session:
         """What the call at `start` in its run ran and waited for (see _make_probed)."""
         assert self.probe is not None
         claimed = self.probe.claim(start)
-        self.probe.statements.append(_CLAIMED)
+        self._traced.append(_CLAIMED)
         return claimed
 
     def _record_long(self, key: int, t0: int, t1: int, start: int) -> None:
