@@ -169,15 +169,21 @@ def main() -> None:
     loop_cpu: list[float] = []
     loop_traced_cpu: list[float] = []
     measure(1000, True)  # warm up imports and the file system
-    for _ in range(args.rounds):
-        rate, cpu = measure(args.commits, False, args.threads, args.synchronous)
-        bare.append(rate)
-        bare_cpu.append(cpu)
-        rate, cpu = measure(args.commits, True, args.threads, args.synchronous)
-        probed.append(rate)
-        probed_cpu.append(cpu)
-        untraced, untraced_cpu = hand_written(args.commits, args.synchronous, False, args.threads)
-        traced, traced_cpu = hand_written(args.commits, args.synchronous, True, args.threads)
+    for round_number in range(args.rounds):
+        # Each pair in either order every other round: what runs first in a round (after the
+        # last round's analysis and clean-up) is not always the same.
+        first = round_number % 2 == 0
+        engine: dict[bool, tuple[float, float]] = {}
+        loop: dict[bool, tuple[float, float]] = {}
+        for instrument in (not first, first):
+            engine[instrument] = measure(args.commits, instrument, args.threads, args.synchronous)
+        for trace in (not first, first):
+            loop[trace] = hand_written(args.commits, args.synchronous, trace, args.threads)
+        bare.append(engine[False][0])
+        bare_cpu.append(engine[False][1])
+        probed.append(engine[True][0])
+        probed_cpu.append(engine[True][1])
+        (untraced, untraced_cpu), (traced, traced_cpu) = loop[False], loop[True]
         hook_floor.append(traced / untraced)
         hook_floor_cpu.append(untraced_cpu / traced_cpu)
         loop_cpu.append(untraced_cpu)
