@@ -54,6 +54,13 @@ def busy_delay_ms(count: int, timeout_ms: int) -> int:
 
 _BusyCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
 
+# A busy-handler call, in the statement list of a probe that marks them (the run engine's):
+# then one look at the list's length after a call tells whether it ran one statement and
+# never waited. Two marks per call, so a call that waited never leaves exactly one entry,
+# even one that ran no statement.
+BUSY_MARK = "<busy>"
+_BUSY_MARKS = (BUSY_MARK, BUSY_MARK)
+
 
 class SqliteCApi:
     """The few C functions the probe needs, from the libsqlite3 that `_sqlite3` loaded.
@@ -192,6 +199,7 @@ class ConnectionProbe:
         "busy_calls",
         "busy_unclaimed",
         "statements",
+        "mark_busy",
         "instrumented",
         "reduced_reason",
         "db_path",
@@ -213,6 +221,7 @@ class ConnectionProbe:
         emit: Emit,
         timeout_ms: int | None = None,
         trace_statements: bool = True,
+        mark_busy: bool = False,
     ) -> None:
         self.conn_id = conn_id
         self.timeout_ms = read_busy_timeout(conn) if timeout_ms is None else timeout_ms
@@ -221,6 +230,8 @@ class ConnectionProbe:
         # (reading this alone costs less than a count before and after every call).
         self.busy_unclaimed = 0
         self.statements: list[str] = []
+        # With mark_busy, each busy-handler call also puts BUSY_MARKs in `statements`.
+        self.mark_busy = mark_busy
         self.interrupted: BaseException | None = None
         self._emit = emit
         # Called with this probe after each reading of the lock table during a wait: the
@@ -252,6 +263,8 @@ class ConnectionProbe:
             delay = busy_delay_ms(count, self.timeout_ms)
             self.busy_calls += 1
             self.busy_unclaimed += 1
+            if self.mark_busy:
+                self.statements.extend(_BUSY_MARKS)
             now = time.monotonic_ns()
             self._emit(("busy", now, self.conn_id, count, delay))
             if count == 0:
@@ -363,12 +376,16 @@ class ConnectionProbe:
         if self._db:
             self._install_busy_handler()
 
-    def claim(self) -> tuple[tuple[str, ...], int]:
-        """The statements traced and the busy-handler calls since the last claim, forgotten:
-        what the call just made ran and waited for (the run engine claims after each call)."""
-        taken = tuple(self.statements)
-        self.statements.clear()
+    def claim(self, start: int = 0) -> tuple[tuple[str, ...], int]:
+        """What the call just made ran and waited for, forgotten: the statements traced from
+        position `start` of the list on (the run engine leaves its run's earlier calls in
+        it), and the busy-handler calls since the last claim."""
+        statements = self.statements
+        taken = tuple(statements[start:])
+        del statements[start:]
         busy, self.busy_unclaimed = self.busy_unclaimed, 0
+        if busy and self.mark_busy:
+            taken = tuple(sql for sql in taken if sql is not BUSY_MARK)
         return taken, busy
 
     def take_statements(self) -> tuple[str, ...]:

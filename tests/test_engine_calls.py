@@ -4,11 +4,14 @@ back from its compact per-process records, with and without the probe, on real d
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from sqlite_lockprobe.eventfile import EventFile, read_event_file
 from sqlite_lockprobe.runner import run_scenario
 from sqlite_lockprobe.scenario import parse_scenario
 from sqlite_lockprobe.workers.session import ConnectionSpec, Session
@@ -176,3 +179,106 @@ def test_a_busy_timeout_set_by_a_step_is_kept_by_the_probe() -> None:
     # SQLite's schedule for 40 ms: 1 + 2 + 5 + 10 + 15, then the 7 ms left, then give up.
     assert [w["delay_ms"] for w in waits] == [1, 2, 5, 10, 15, 7, 0]
     assert refused["busy"] == len(waits)
+
+
+def _read_back(tmp_path: Path, run: Callable[[Session], None], spec: ConnectionSpec) -> list[dict]:
+    """The `call` events of the calls `run` makes through a probed session, written to an
+    event file and read back as `lockprobe run` reads them."""
+    events = EventFile(tmp_path / "events.lpk")
+    session = Session(spec, events.append, "g#0")
+    try:
+        run(session)
+    finally:
+        session.close()
+        events.close()
+    return [e for e in read_event_file(events.path) if e["k"] == "call"]
+
+
+def test_a_call_that_waits_mid_run_is_recorded_with_its_waits_and_the_others_short(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "wait.db"
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA journal_mode = wal")
+    holder.execute("CREATE TABLE t (v INTEGER)")
+    holder.execute("BEGIN IMMEDIATE")  # holds the write lock until the waiter's first retry
+    waited = threading.Event()
+    events = EventFile(tmp_path / "events.lpk")
+
+    def emit(record: tuple) -> None:
+        events.append(record)
+        if record[0] == "busy":
+            waited.set()
+
+    def release() -> None:
+        waited.wait()
+        holder.commit()
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    session = Session(ConnectionSpec(str(db), "g", 5000, "autocommit", "wal"), emit, "g#0")
+    calls = (
+        ("read", "SELECT count(*) FROM t", False),
+        ("begin", "BEGIN IMMEDIATE", False),
+        ("write", "INSERT INTO t VALUES (1)", False),
+        ("commit", "COMMIT", False),
+    )
+    run = session.prepare("g#0", None, calls, (), True)
+    assert run.make() == (4, True)
+    releaser.join()
+    session.close()
+    events.close()
+    recorded = list(read_event_file(events.path))
+    retries = [e for e in recorded if e["k"] == "busy"]
+    made = [(c["op"], tuple(c["stmts"]), c["busy"]) for c in recorded if c["k"] == "call"]
+    assert retries and made == [
+        ("read", ("SELECT count(*) FROM t",), 0),
+        ("begin", ("BEGIN IMMEDIATE",), len(retries)),
+        ("write", ("INSERT INTO t VALUES (1)",), 0),
+        ("commit", ("COMMIT",), 0),
+    ]
+
+
+def test_each_call_of_a_run_keeps_its_own_statements_however_many_others_ran(
+    tmp_path: Path,
+) -> None:
+    # commit() outside a transaction runs nothing; an INSERT into a table with a trigger is
+    # traced more than once: as many entries in the run's trace list as calls, yet not one each.
+    db = tmp_path / "trigger.db"
+    setup = sqlite3.connect(db, isolation_level=None)
+    setup.execute("CREATE TABLE t (v INTEGER)")
+    setup.execute("CREATE TABLE log (v INTEGER)")
+    setup.execute("CREATE TRIGGER logged AFTER INSERT ON t BEGIN INSERT INTO log VALUES (1); END")
+    setup.close()
+    calls = (
+        ("commit", "COMMIT", False),
+        ("write", "INSERT INTO t VALUES (1)", False),
+        ("read", "SELECT count(*) FROM log", False),
+    )
+    spec = ConnectionSpec(str(db), "g", 5000, "autocommit", "delete")
+    made = _read_back(tmp_path, lambda s: s.prepare("g#0", None, calls, (), True).make(), spec)
+    stmts = [tuple(c["stmts"]) for c in made]
+    assert stmts[0] == () and stmts[2] == ("SELECT count(*) FROM log",)
+    assert len(stmts[1]) > 1 and set(stmts[1]) == {"INSERT INTO t VALUES (1)"}
+    assert [c["busy"] for c in made] == [0, 0, 0]
+
+
+def test_a_call_refused_mid_run_claims_only_what_it_ran(tmp_path: Path) -> None:
+    db = tmp_path / "refused.db"
+    sqlite3.connect(db).execute("CREATE TABLE t (v INTEGER)").connection.close()
+    calls = (
+        ("write", "INSERT INTO t VALUES (1)", False),
+        ("begin", "BEGIN IMMEDIATE", False),
+        ("begin", "BEGIN", False),  # within a transaction: refused
+        ("write", "INSERT INTO t VALUES (2)", False),
+        ("commit", "COMMIT", False),
+    )
+    spec = ConnectionSpec(str(db), "g", 5000, "autocommit", "delete")
+    made = _read_back(tmp_path, lambda s: s.prepare("g#0", None, calls, (), False).make(), spec)
+    assert [(c["sql"], tuple(c["stmts"]), c["busy"], c["err"]) for c in made] == [
+        ("INSERT INTO t VALUES (1)", ("INSERT INTO t VALUES (1)",), 0, None),
+        ("BEGIN IMMEDIATE", ("BEGIN IMMEDIATE",), 0, None),
+        ("BEGIN", ("BEGIN",), 0, 1),
+        ("INSERT INTO t VALUES (2)", ("INSERT INTO t VALUES (2)",), 0, None),
+        ("COMMIT", ("COMMIT",), 0, None),
+    ]

@@ -80,6 +80,30 @@ def test_probe_records_busy_handler_calls_while_another_connection_writes(db: Pa
         conn.close()
 
 
+def test_marked_busy_calls_are_claimed_with_the_call_that_waited_and_its_place_kept(
+    db: Path,
+) -> None:
+    locked, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(db, locked, release))
+    holder.start()
+    assert locked.wait(10)
+    conn = sqlite3.connect(db, timeout=0.01, isolation_level=None)
+    probe = ConnectionProbe(conn, "waiter", lambda e: None, mark_busy=True)
+    try:
+        conn.execute("SELECT count(*) FROM t").fetchall()  # an earlier call of the same run
+        with pytest.raises(sqlite3.OperationalError):
+            conn.execute("BEGIN IMMEDIATE")
+        # The wait's marks make the list longer than one entry per call, two per handler call.
+        retries = len(_planned_retries(10)) + 1
+        assert len(probe.statements) == 2 + 2 * retries
+        assert probe.claim(1) == (("BEGIN IMMEDIATE",), retries)
+        assert probe.statements == ["SELECT count(*) FROM t"] and probe.busy_unclaimed == 0
+    finally:
+        release.set()
+        holder.join()
+        conn.close()
+
+
 def test_probed_wait_lasts_at_least_the_busy_timeout(db: Path) -> None:
     locked, release = threading.Event(), threading.Event()
     holder = threading.Thread(target=_hold_write_lock, args=(db, locked, release))

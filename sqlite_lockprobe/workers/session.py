@@ -68,8 +68,13 @@ class ConnectionSpec:
         return pragmas
 
 
-# One call, prepared: (key, the function that makes it, its arguments, whether to fetch).
-_Step = tuple[int, Callable[..., Any], tuple[Any, ...], bool]
+# One call, prepared: (key, the function that makes it, its arguments, whether to fetch, its
+# place: how many calls of its run are made once it is, itself included). With the probe, the
+# place is also what the trace list holds after the call when it ran one statement and never
+# waited (see Session._make_probed).
+_Step = tuple[int, Callable[..., Any], tuple[Any, ...], bool, int]
+# In a probed run's trace list, a call already claimed: the run's next calls keep their places.
+_CLAIMED = ""
 
 
 def _close_reads_step() -> None:
@@ -114,8 +119,12 @@ class Session:
         self.probe: ConnectionProbe | None = None
         reduced_reason = None
         if spec.instrument:
-            self.probe = ConnectionProbe(self.conn, self.conn_id, emit, timeout_ms=spec.timeout_ms)
+            self.probe = ConnectionProbe(
+                self.conn, self.conn_id, emit, timeout_ms=spec.timeout_ms, mark_busy=True
+            )
             reduced_reason = self.probe.reduced_reason if not self.probe.instrumented else None
+        # What the probe's trace hook appends to (see _make_probed).
+        self._traced: list[str] = self.probe.statements if self.probe is not None else []
         emit(
             (
                 "open",
@@ -144,65 +153,94 @@ class Session:
         connection, again on every pass of a worker's steps."""
         return CallRun(self, worker, task, calls, params, stop_on_error)
 
-    def _step(self, key: int, op: str, sql: str, with_params: bool, params: Any) -> _Step:
+    def _step(
+        self, key: int, op: str, sql: str, with_params: bool, params: Any, place: int
+    ) -> _Step:
         """How to make one call: (key, the function, its arguments, whether to fetch what
-        the statement returns)."""
+        the statement returns, its place in its run)."""
         args = (sql, params if with_params else ())
         if op == "close_reads":
-            return (key, _close_reads_step, (), False)
+            return (key, _close_reads_step, (), False, place)
         if "busy_timeout" in sql.lower():
-            return (key, self._execute_following, args, False)
+            return (key, self._execute_following, args, False, place)
         if op in _STATEMENTS:  # a BEGIN returns no rows: no need to look for any
-            return (key, self._cursor.execute, args, op != "begin")
+            return (key, self._cursor.execute, args, op != "begin", place)
         if op == "commit":
-            return (key, self.conn.commit, (), False)
+            return (key, self.conn.commit, (), False, place)
         if op == "rollback":
-            return (key, self.conn.rollback, (), False)
+            return (key, self.conn.rollback, (), False, place)
         if op == "open_read":
-            return (key, self._open_read, args, False)
+            return (key, self._open_read, args, False, place)
         raise ValueError(f"unknown call {op!r}")
 
     def _make(self, steps: tuple[_Step, ...], stop_on_error: bool) -> tuple[int, bool]:
         """Make and record calls: the hot path of every run. A call that went through is one
-        short record (see eventfile.CALL_KEY); a refused one is a full `call` event."""
-        emit, clock, conn, cursor, probe = (
-            self.emit,
-            time.monotonic_ns,
-            self.conn,
-            self._cursor,
-            self.probe,
-        )
-        traced = probe.statements if probe is not None else None
-        for step in steps:
-            key, function, args, fetch = step
+        short record (see eventfile.CALL_KEY); a refused one is a full `call` event. Returns
+        (calls made, whether the run went through)."""
+        emit, clock, conn, cursor = self.emit, time.monotonic_ns, self.conn, self._cursor
+        for key, function, args, fetch, place in steps:
             t0 = clock()
             try:
                 function(*args)
                 if fetch and cursor.description is not None:
                     cursor.fetchall()  # a read, or a write with RETURNING: run it to its end
             except sqlite3.Error as exc:
-                self._record_refusal(key, t0, clock(), exc)
-                if stop_on_error:  # calls made: up to this one (counted here, not per call)
-                    return next(i for i, s in enumerate(steps, 1) if s is step), False
+                self._record_refusal(key, t0, clock(), exc, place - 1)
+                if stop_on_error:  # calls made: up to this one
+                    return place, False
                 continue
             t1 = clock()
-            if traced is not None:
-                # The statements SQLite ran. Most often one, the call's own (execute() runs
-                # one; an implicit BEGIN or a trigger makes more; commit() and rollback() run
-                # theirs), and no busy wait: then the record is as short as without the probe,
-                # read back with the call's own SQL as its statement (not the trace's copy
-                # with the parameter values expanded: no application data in the log).
-                if len(traced) != 1 or probe.busy_unclaimed:  # type: ignore[union-attr]
-                    self._record_long(key, t0, t1)
-                    continue
-                traced.clear()
             emit((t0, t1 - t0, key, conn.in_transaction))
         return len(steps), True
 
-    def _record_long(self, key: int, t0: int, t1: int) -> None:
-        """A call with busy waits, or other statements than its own."""
+    def _make_probed(self, steps: tuple[_Step, ...], stop_on_error: bool) -> tuple[int, bool]:
+        """_make with the probe: what each call ran and waited for is in the trace list
+        (statements, and the busy handler's BUSY_MARKs), kept for the whole run. Most often
+        a call ran one statement, its own (execute() runs one; an implicit BEGIN or a trigger
+        makes more; commit() and rollback() run theirs), and never waited: then the list
+        holds one entry per call so far, as many as the call's place, and the call is
+        recorded as shortly as without the probe, read back with its own SQL as its
+        statement (not the trace's copy with the parameter values expanded: no application
+        data in the log). One length per call is all the checking it costs; a call that
+        differs claims its part of the list."""
+        emit, clock, conn, cursor, traced = (
+            self.emit,
+            time.monotonic_ns,
+            self.conn,
+            self._cursor,
+            self._traced,
+        )
+        try:
+            for key, function, args, fetch, place in steps:
+                t0 = clock()
+                try:
+                    function(*args)
+                    if fetch and cursor.description is not None:
+                        cursor.fetchall()
+                except sqlite3.Error as exc:
+                    self._record_refusal(key, t0, clock(), exc, place - 1)
+                    if stop_on_error:
+                        return place, False
+                    continue
+                t1 = clock()
+                if len(traced) != place:
+                    self._record_long(key, t0, t1, place - 1)
+                    continue
+                emit((t0, t1 - t0, key, conn.in_transaction))
+            return len(steps), True
+        finally:
+            traced.clear()
+
+    def _claim(self, start: int) -> tuple[tuple[str, ...], int]:
+        """What the call at `start` in its run ran and waited for (see _make_probed)."""
         assert self.probe is not None
-        stmts, busy = self.probe.claim()
+        claimed = self.probe.claim(start)
+        self._traced.append(_CLAIMED)
+        return claimed
+
+    def _record_long(self, key: int, t0: int, t1: int, start: int) -> None:
+        """A call with busy waits, or other statements than its own."""
+        stmts, busy = self._claim(start)
         own = None if len(stmts) == 1 else stmts  # its own SQL alone: not written again
         self.emit((t0, t1 - t0, key, self.conn.in_transaction, busy, own))
 
@@ -222,10 +260,11 @@ class Session:
 
     def _close_reads(self, worker: str, thread: int, task: str | None) -> tuple[int, bool]:
         made, ok = 0, True
+        make = self._make if self.probe is None else self._make_probed
         while self.open_reads:
             cursor, read_sql = self.open_reads.pop(0)
             key = self._key(worker, thread, task, "close_read", read_sql)
-            n, closed = self._make(((key, cursor.close, (), False),), False)
+            n, closed = make(((key, cursor.close, (), False, 1),), False)
             made, ok = made + n, ok and closed
         return made, ok
 
@@ -241,8 +280,9 @@ class Session:
             self.emit((CALL_KEY, key, self.conn_id, worker, thread, task, op, sql, probed))
         return key
 
-    def _record_refusal(self, key: int, t0: int, t1: int, exc: sqlite3.Error) -> None:
-        """A call SQLite refused, as a full `call` event with its error codes."""
+    def _record_refusal(self, key: int, t0: int, t1: int, exc: sqlite3.Error, start: int) -> None:
+        """A call SQLite refused, as a full `call` event with its error codes; `start`: its
+        place in its run's trace list."""
         worker, thread, task, op, sql = self._called_as[key]
         probe = self.probe
         msg = str(exc)
@@ -251,7 +291,7 @@ class Session:
             err, ext = error_codes(exc)
             busy = None
         else:
-            stmts, busy = probe.claim()
+            stmts, busy = self._claim(start)
             if len(stmts) == 1:
                 stmts = (sql,)  # its own SQL, as a call that went through records it
             err, ext = probe.error_codes(exc)
@@ -305,7 +345,9 @@ class CallRun:
         "_ident",
         "_thread",
         "_steps",
+        "_singles",
         "_one_by_one",
+        "_make_calls",
     )
 
     def __init__(
@@ -325,28 +367,30 @@ class CallRun:
         self.stop_on_error = stop_on_error
         self._ident: int | None = None  # threading.get_ident() of the thread prepared for
         self._thread = 0
-        self._steps: tuple[_Step, ...] = ()
+        self._steps: tuple[_Step, ...] = ()  # in their places in the run
+        self._singles: tuple[_Step, ...] = ()  # each made alone: all in place 1
         # A shared session takes its lock for each call (so each call's statements and busy
         # waits are its own worker's); close_reads makes one call per open read.
         self._one_by_one = session._lock is not None or any(c[0] == "close_reads" for c in calls)
+        # How the session makes calls, chosen once rather than on every run.
+        self._make_calls = session._make if session.probe is None else session._make_probed
 
     def make(self, only: int | None = None) -> tuple[int, bool]:
         """Make the calls in order, or just calls[only]; with stop_on_error the first refused
         one ends the run. Returns (calls made, whether the run went through)."""
         if self._ident != get_ident():
             self._prepare()
-        steps = self._steps if only is None else self._steps[only : only + 1]
+        if only is None and not self._one_by_one:
+            return self._make_calls(self._steps, self.stop_on_error)
         session = self.session
-        if not self._one_by_one:
-            return session._make(steps, self.stop_on_error)
         made = 0
         lock = session._lock or nullcontext()
-        for step in steps:
+        for step in self._singles if only is None else self._singles[only : only + 1]:
             with lock:
                 if step[1] is _close_reads_step:
                     n, ok = session._close_reads(self.worker, self._thread, self.task)
                 else:
-                    n, ok = session._make((step,), self.stop_on_error)
+                    n, ok = self._make_calls((step,), self.stop_on_error)
             made += n
             if not ok and self.stop_on_error:
                 return made, False
@@ -355,8 +399,11 @@ class CallRun:
     def _prepare(self) -> None:
         session, worker, task = self.session, self.worker, self.task
         self._thread = thread = threading.get_native_id()  # a system call: once per thread
-        self._steps = tuple(
-            session._step(session._key(worker, thread, task, op, sql), op, sql, flag, self.params)
+        self._singles = singles = tuple(
+            session._step(
+                session._key(worker, thread, task, op, sql), op, sql, flag, self.params, 1
+            )
             for op, sql, flag in self.calls
         )
+        self._steps = tuple((s[0], s[1], s[2], s[3], place) for place, s in enumerate(singles, 1))
         self._ident = get_ident()
