@@ -453,21 +453,12 @@ def test_a_program_killed_by_sigkill_still_reports_what_it_recorded(tmp_path) ->
     assert f"killed.py:{line_of(source, 'last call')} <module>" in sites
 
 
-def test_sigint_to_lockprobe_is_passed_to_the_program_and_the_report_follows(tmp_path) -> None:
-    source = """
-    import os, sqlite3, sys, threading
-    conn = sqlite3.connect(sys.argv[1])
-    conn.execute("CREATE TABLE t (x)")
-    conn.execute("INSERT INTO t VALUES (1)")
-    conn.commit()
-    open("ready", "w").close()
-    try:
-        threading.Event().wait()  # like a server: until Ctrl-C
-    except KeyboardInterrupt:
-        print("program: interrupted")
-        raise
-    """
-    program = write_program(tmp_path, "server.py", source)
+def signal_when_ready(
+    tmp_path: Path, name: str, source: str, signum: int
+) -> tuple[subprocess.Popen[str], str, str, Path]:
+    """Trace a server-like program (`--json report.json`, database app.db) and send lockprobe
+    `signum` once the program wrote the file `ready`; (process, stdout, stderr, report)."""
+    program = write_program(tmp_path, name, source)
     report = tmp_path / "report.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "sqlite_lockprobe", "trace", "--json", str(report)]
@@ -483,11 +474,29 @@ def test_sigint_to_lockprobe_is_passed_to_the_program_and_the_report_follows(tmp
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the program never got ready"
             time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=SAFETY_TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return proc, out, err, report
+
+
+def test_sigint_to_lockprobe_is_passed_to_the_program_and_the_report_follows(tmp_path) -> None:
+    source = """
+    import os, sqlite3, sys, threading
+    conn = sqlite3.connect(sys.argv[1])
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    open("ready", "w").close()
+    try:
+        threading.Event().wait()  # like a server: until Ctrl-C
+    except KeyboardInterrupt:
+        print("program: interrupted")
+        raise
+    """
+    proc, out, err, report = signal_when_ready(tmp_path, "server.py", source, signal.SIGINT)
     assert proc.returncode == 130, err
     assert "program: interrupted" in out
     assert "KeyboardInterrupt" in err  # the program's own traceback, passed through

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.test_trace import trace_python
+
 pytestmark = pytest.mark.probe
 
 SAFETY_TIMEOUT = 120  # seconds: a hung test fails instead of hanging CI; never an assertion
@@ -81,19 +83,9 @@ for t in threads:
 
 
 def trace(tmp_path: Path, source: str, *args: str) -> tuple[Any, dict[str, Any]]:
-    program = tmp_path / "prog.py"
-    program.write_text(textwrap.dedent(source).lstrip("\n"))
-    report = tmp_path / "report.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "sqlite_lockprobe", "trace", "--json", str(report)]
-        + ["--", sys.executable, program.name, *args],
-        capture_output=True,
-        text=True,
-        timeout=SAFETY_TIMEOUT,
-        cwd=tmp_path,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    return proc, json.loads(report.read_text()) if report.exists() else {}
+    """The program traced with a wide terminal (every column of the tables whole)."""
+    traced = trace_python(tmp_path, "prog.py", source, *args, env={**os.environ, "COLUMNS": "200"})
+    return traced.proc, traced.report
 
 
 def header_facts(stdout: str) -> dict[str, str]:

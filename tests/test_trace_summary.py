@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.test_trace import signal_when_ready, trace_python
+
 pytestmark = pytest.mark.probe
 
 SAFETY_TIMEOUT = 120  # seconds: a hung test fails instead of hanging CI; never an assertion
@@ -109,19 +111,9 @@ EXPECTED_GROUPS = [
 
 
 def trace_program(tmp_path: Path, source: str, *args: str) -> tuple[Any, dict[str, Any]]:
-    program = tmp_path / "prog.py"
-    program.write_text(textwrap.dedent(source).lstrip("\n"))
-    report = tmp_path / "report.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "sqlite_lockprobe", "trace", "--json", str(report)]
-        + ["--", sys.executable, program.name, *args],
-        capture_output=True,
-        text=True,
-        timeout=SAFETY_TIMEOUT,
-        cwd=tmp_path,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    return proc, json.loads(report.read_text()) if report.exists() else {}
+    """The program traced with a wide terminal (every column of the tables whole)."""
+    traced = trace_python(tmp_path, "prog.py", source, *args, env={**os.environ, "COLUMNS": "200"})
+    return traced.proc, traced.report
 
 
 def group_row(group: dict[str, Any]) -> tuple[Any, ...]:
@@ -249,7 +241,6 @@ def test_a_connection_shared_by_threads_counts_each_call_for_the_thread_that_mad
 
 def test_sigterm_to_lockprobe_is_reported_as_sigterm_not_as_ctrl_c(tmp_path) -> None:
     import signal
-    import time
 
     source = """
     import signal, sqlite3, sys, threading
@@ -265,28 +256,7 @@ def test_sigterm_to_lockprobe_is_reported_as_sigterm_not_as_ctrl_c(tmp_path) -> 
     open("ready", "w").close()
     threading.Event().wait()  # like a server: until it is told to stop
     """
-    program = tmp_path / "server.py"
-    program.write_text(textwrap.dedent(source).lstrip("\n"))
-    report = tmp_path / "report.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sqlite_lockprobe", "trace", "--json", str(report)]
-        + ["--", sys.executable, program.name, "app.db"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + SAFETY_TIMEOUT
-        while not (tmp_path / "ready").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the program never got ready"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=SAFETY_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, out, err, report = signal_when_ready(tmp_path, "server.py", source, signal.SIGTERM)
     assert proc.returncode == 0, err  # the program's own exit code
     assert "program: got SIGTERM" in out
     assert "exited with code 0 after SIGTERM" in out
