@@ -73,7 +73,9 @@ def _sql_method(tracer: Tracer, base: Any, op: int, on_connection: bool) -> Any:
         return call(state, self, conn, _bound(base, args, kwargs), op, sql)
 
     if not isinstance(base, _C_METHOD):
-        return flexible
+        # A Python base (Django's cursor wrapper): compiled, the common call is made and
+        # recorded in C like a C base's; in Python, every call goes through `call`.
+        return _compiled(tracer, flexible, flexible, base, op, None, on_connection)
 
     record, failed = tracer.record, tracer.failed
 
@@ -208,6 +210,7 @@ def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
     base_set_trace = base.set_trace_callback
     base_set_progress = base.set_progress_handler
     cursor_base = tracer._sqlite3.Cursor
+    cursor_classes = tracer._cursor_classes  # instrumented cursor class per factory class
     call = tracer.call
     no_factory = object()
 
@@ -230,6 +233,12 @@ def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
         if self._lockprobe is None or len(args) + len(kwargs) > 1:
             return base_cursor(self, *args, **kwargs)
         factory = args[0] if args else kwargs.get("factory", no_factory)
+        try:
+            known = cursor_classes.get(factory)
+        except TypeError:  # not hashable: not a class
+            known = None
+        if known is not None:  # a factory class seen before (Django's, on every query)
+            return base_cursor(self, known)
         if factory is no_factory:
             factory = cursor_base
         elif not (isinstance(factory, type) and issubclass(factory, cursor_base)):
