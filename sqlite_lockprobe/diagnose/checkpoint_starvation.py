@@ -12,9 +12,10 @@ from __future__ import annotations
 from sqlite_lockprobe.diagnose import advice
 from sqlite_lockprobe.diagnose.evidence import at, fmt_ms, hold_facts, hold_story, ms
 from sqlite_lockprobe.diagnose.model import LockHold, Timeline, WalSample
+from sqlite_lockprobe.diagnose.registry import pattern_of
 from sqlite_lockprobe.findings import Finding
 
-PATTERN = "checkpoint-starvation"
+PATTERN = pattern_of(__name__)
 # Autocheckpoint runs after a commit once the WAL holds wal_autocheckpoint frames (main.c,
 # sqlite3WalDefaultHook), and a complete checkpoint lets the next writer restart the WAL. A
 # healthy WAL so stays near that size plus one transaction; four times it means several

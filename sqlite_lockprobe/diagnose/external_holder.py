@@ -17,9 +17,10 @@ from sqlite_lockprobe.diagnose import advice
 from sqlite_lockprobe.diagnose.causes import external_blockers, waits_of
 from sqlite_lockprobe.diagnose.evidence import at, near_miss, wait_facts, wait_line, wait_order
 from sqlite_lockprobe.diagnose.model import BusyWait, OsLock, OsLockSample, Timeline
+from sqlite_lockprobe.diagnose.registry import pattern_of
 from sqlite_lockprobe.findings import Finding
 
-PATTERN = "external-holder"
+PATTERN = pattern_of(__name__)
 WORST_SHOWN = 3
 CMDLINE_WIDTH = 160
 _WRITE_LOCKS = ("EXCLUSIVE", "PENDING", "RESERVED", "WAL_WRITE_LOCK", "WAL_RECOVER_LOCK")

@@ -20,9 +20,10 @@ from sqlite_lockprobe.diagnose.evidence import (
     wait_order,
 )
 from sqlite_lockprobe.diagnose.model import UNFINISHED_STATEMENT, BusyWait, LockHold, Timeline
+from sqlite_lockprobe.diagnose.registry import pattern_of
 from sqlite_lockprobe.findings import Advice, Finding
 
-PATTERN = "reader-blocks-writer"
+PATTERN = pattern_of(__name__)
 WORST_SHOWN = 3
 READERS_SHOWN = 3
 

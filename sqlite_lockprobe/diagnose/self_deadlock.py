@@ -21,9 +21,10 @@ from sqlite_lockprobe.diagnose.evidence import (
     wait_order,
 )
 from sqlite_lockprobe.diagnose.model import Actor, BusyWait, LockHold, Timeline
+from sqlite_lockprobe.diagnose.registry import pattern_of
 from sqlite_lockprobe.findings import Finding
 
-PATTERN = "self-deadlock"
+PATTERN = pattern_of(__name__)
 WORST_SHOWN = 3
 
 

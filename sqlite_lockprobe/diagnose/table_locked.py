@@ -24,9 +24,10 @@ from sqlite_lockprobe.diagnose.model import (
     OpenStatement,
     Timeline,
 )
+from sqlite_lockprobe.diagnose.registry import pattern_of
 from sqlite_lockprobe.findings import Finding
 
-PATTERN = "table-locked"
+PATTERN = pattern_of(__name__)
 WORST_SHOWN = 3
 
 _NAMED = re.compile(r"database (?:table|schema) is locked: (\S+)")

@@ -25,9 +25,10 @@ from sqlite_lockprobe.diagnose.evidence import (
     wait_order,
 )
 from sqlite_lockprobe.diagnose.model import END_NOT_RECORDED, BusyWait, LockHold, Timeline
+from sqlite_lockprobe.diagnose.registry import pattern_of
 from sqlite_lockprobe.findings import Finding
 
-PATTERN = "unexplained-busy"
+PATTERN = pattern_of(__name__)
 WORST_SHOWN = 3
 HOLDS_SHOWN = 3
 

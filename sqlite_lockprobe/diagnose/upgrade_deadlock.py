@@ -31,9 +31,10 @@ from sqlite_lockprobe.diagnose.evidence import (
     wait_line,
 )
 from sqlite_lockprobe.diagnose.model import SQLITE_BUSY_SNAPSHOT, BusyWait, LockHold, Timeline
+from sqlite_lockprobe.diagnose.registry import pattern_of
 from sqlite_lockprobe.findings import Finding
 
-PATTERN = "upgrade-deadlock"
+PATTERN = pattern_of(__name__)
 WORST_SHOWN = 3
 # Looking back for the committer that made a snapshot stale: the latest few suffice.
 COMMITTER_LOOKBACK = 1000

@@ -21,9 +21,10 @@ from sqlite_lockprobe.diagnose.evidence import (
     wait_order,
 )
 from sqlite_lockprobe.diagnose.model import BusyWait, LockHold, Timeline
+from sqlite_lockprobe.diagnose.registry import pattern_of
 from sqlite_lockprobe.findings import Finding
 
-PATTERN = "write-convoy"
+PATTERN = pattern_of(__name__)
 WORST_SHOWN = 3
 HOLDERS_SHOWN = 5
 # A wait "near the timeout" ended within the last 10% of its busy_timeout.
