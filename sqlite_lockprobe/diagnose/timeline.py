@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from operator import attrgetter, eq, itemgetter
 from typing import Any
 
+from sqlite_lockprobe.diagnose.activity import ActivityCounter, CallCounts
 from sqlite_lockprobe.diagnose.model import (
     END_NOT_RECORDED,
     NS_PER_MS,
@@ -28,7 +29,6 @@ from sqlite_lockprobe.diagnose.model import (
     WalSample,
 )
 from sqlite_lockprobe.diagnose.statements import statement_kind
-from sqlite_lockprobe.stats import ActivityCounter, CallCounts
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlite_lockprobe.diagnose import advice
+from sqlite_lockprobe.diagnose.activity import percentile
 from sqlite_lockprobe.diagnose.causes import convoy_holders, wait_causes, waits_of
 from sqlite_lockprobe.diagnose.evidence import (
     NearMiss,
@@ -18,7 +19,6 @@ from sqlite_lockprobe.diagnose.evidence import (
     hold_story,
     is_reduced,
     near_miss,
-    percentile,
     wait_facts,
     wait_line,
     wait_order,
