@@ -117,8 +117,16 @@ def test_same_input_gives_same_output_whatever_the_build_order():
 
 
 def test_findings_are_json_serialisable():
-    for f in diagnose(everything().build()):
-        json.dumps(f.to_json())
+    """Each finding's JSON reads back as itself (no tuple turned list, no non-string key, no
+    NaN) and carries the contract's fields (docs/json-report.md)."""
+    findings = diagnose(everything().build())
+    assert len(findings) == 8
+    for f in findings:
+        document = f.to_json()
+        assert json.loads(json.dumps(document, allow_nan=False)) == document, f.pattern
+        assert {"pattern", "severity", "confidence", "evidence", "advice"} <= set(document)
+        assert document["pattern"] == f.pattern
+        assert document["evidence"]["lines"] == list(f.evidence)
 
 
 def test_wal_busy_snapshot_and_rollback_busy_both_become_upgrade_deadlock():
