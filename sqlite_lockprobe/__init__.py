@@ -40,7 +40,22 @@ _LAZY = {
     "install": "sqlite_lockprobe.recorder",
     "Recorder": "sqlite_lockprobe.recorder",
 }
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "__version__",
+    "load_scenario",
+    "run_scenario",
+    "trace_program",
+    "analyze",
+    "Analysis",
+    "stream_event_log",
+    "inspect_database",
+    "inspection_findings",
+    "Finding",
+    "LockprobeError",
+    "record",
+    "install",
+    "Recorder",
+]  # every name of _LAZY (tests/test_public_api.py)
 
 
 def __getattr__(name: str) -> Any:

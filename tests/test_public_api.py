@@ -34,6 +34,7 @@ def api_examples() -> dict[str, str]:
 
 
 def test_every_public_name_is_the_object_it_stands_for() -> None:
+    assert sorted(sqlite_lockprobe.__all__) == sorted(["__version__", *sqlite_lockprobe._LAZY])
     for name in sqlite_lockprobe.__all__:
         if name == "__version__":
             continue
