@@ -8,12 +8,13 @@ from operator import attrgetter
 from typing import Any
 
 from sqlite_lockprobe.databases import DatabaseInfo, DatabaseLog
+from sqlite_lockprobe.diagnose.activity import ActivityCounter
 from sqlite_lockprobe.diagnose.detectors import diagnose
 from sqlite_lockprobe.diagnose.model import OsLock, Timeline
 from sqlite_lockprobe.diagnose.timeline import build_timeline
 from sqlite_lockprobe.findings import Finding
 from sqlite_lockprobe.gctuning import fewer_collections
-from sqlite_lockprobe.stats import ActivityCounter, RunSummary, summarize
+from sqlite_lockprobe.stats import RunSummary, summarize
 
 
 @dataclass(frozen=True)

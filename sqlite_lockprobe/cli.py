@@ -23,7 +23,7 @@ from sqlite_lockprobe import __version__
 from sqlite_lockprobe.analysis import Analysis, analyze
 from sqlite_lockprobe.checking import check_scenario, load_targets
 from sqlite_lockprobe.comparefix import compare_fix as run_with_fixes
-from sqlite_lockprobe.diagnose.detectors import DETECTORS
+from sqlite_lockprobe.diagnose.registry import ANY_WORD, pattern_ids
 from sqlite_lockprobe.errors import LockprobeError
 from sqlite_lockprobe.events import SkippedLines, stream_event_log, write_events
 from sqlite_lockprobe.inspect_watch import watch_inspections
@@ -44,7 +44,7 @@ from sqlite_lockprobe.report.runreport import ReportHeader
 from sqlite_lockprobe.report.timeline import chrome_trace
 from sqlite_lockprobe.runner import run_scenario
 from sqlite_lockprobe.scenario import builtin_names, load_scenario
-from sqlite_lockprobe.thresholds import Thresholds, pattern_ids
+from sqlite_lockprobe.thresholds import Thresholds
 from sqlite_lockprobe.tracing import GRACE_SECONDS, trace_program
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -173,6 +173,27 @@ def writable_output(_ctx: click.Context, _param: click.Parameter, value: Any) ->
     return value
 
 
+def pattern_ids_option(
+    allow_healthy: bool = False, allow_any: bool = False
+) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], tuple[str, ...] | None]:
+    """The callback of every option that takes pattern ids (registry.py): the ids validated,
+    sorted and de-duplicated before anything runs, None when the option was not given. An
+    unknown id is the same one-line error, exit 2, in every command."""
+
+    def validate(
+        _ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+    ) -> tuple[str, ...] | None:
+        if not value:
+            return None
+        where = param.opts[0] if param.opts else str(param.name)
+        try:
+            return pattern_ids(value, where, allow_healthy=allow_healthy, allow_any=allow_any)
+        except LockprobeError as exc:
+            raise UserError(exc) from exc
+
+    return validate
+
+
 events_option = click.option(
     "--events",
     "events_path",
@@ -188,7 +209,7 @@ class ReportOutputs:
 
     json_path: str | None
     quiet: bool
-    expect: tuple[str, ...]
+    expect: tuple[str, ...] | None  # validated ids, () for healthy; None: not asked
     timeline_path: Path | None = None
     html_path: Path | None = None
 
@@ -207,6 +228,7 @@ def report_outputs(command: F) -> F:
         "--expect",
         multiple=True,
         metavar="PATTERN",
+        callback=pattern_ids_option(allow_healthy=True),
         help="Exit 1 unless the findings are exactly these pattern ids ('healthy' for none).",
     )
     @click.option("--quiet", "-q", is_flag=True, help="No progress display and no terminal report.")
@@ -230,7 +252,7 @@ def report_outputs(command: F) -> F:
     def wrapper(
         *args: Any,
         json_path: str | None,
-        expect: tuple[str, ...],
+        expect: tuple[str, ...] | None,
         quiet: bool,
         timeline_path: Path | None,
         html_path: Path | None,
@@ -284,8 +306,8 @@ def emit_report(
     for problem in failed:
         click.echo(f"lockprobe: {problem}", err=True)
     mismatch = False
-    if outputs.expect:
-        want = sorted({e for e in outputs.expect if e not in ("healthy", "none")})
+    if outputs.expect is not None:
+        want = list(outputs.expect)
         got = analysis.pattern_ids
         if want != got:
             click.echo(
@@ -414,12 +436,14 @@ def report(events_file: Path, outputs: ReportOutputs) -> None:
     "--forbid",
     multiple=True,
     metavar="PATTERN",
+    callback=pattern_ids_option(),
     help="Fail when this pattern is found (repeatable).",
 )
 @click.option(
     "--expect",
     multiple=True,
     metavar="PATTERN",
+    callback=pattern_ids_option(allow_healthy=True),
     help="Fail unless the findings are exactly these patterns ('healthy' for none; "
     "default: the scenario's own expect list).",
 )
@@ -438,8 +462,8 @@ def check(
     db: Path | None,
     max_busy_errors: int | None,
     max_p99_wait_ms: float | None,
-    forbid: tuple[str, ...],
-    expect: tuple[str, ...],
+    forbid: tuple[str, ...] | None,
+    expect: tuple[str, ...] | None,
     junit_path: Path | None,
     json_path: str | None,
     quiet: bool,
@@ -453,8 +477,8 @@ def check(
     overrides = Thresholds(
         max_busy_errors=max_busy_errors,
         max_p99_wait_ms=max_p99_wait_ms,
-        forbid=pattern_ids(forbid, "--forbid", allow_healthy=False) if forbid else None,
-        expect=pattern_ids(expect, "--expect", allow_healthy=True) if expect else None,
+        forbid=forbid,
+        expect=expect,
     )
     scenarios = load_targets(targets)
     results = []
@@ -491,8 +515,8 @@ def check(
 @click.option(
     "--fail-on",
     multiple=True,
-    type=click.Choice([*DETECTORS, "any"]),
     metavar="PATTERN",
+    callback=pattern_ids_option(allow_any=True),
     help="Exit 1 when the diagnosis finds PATTERN (repeatable; 'any': any finding), "
     "instead of the program's own exit code.",
 )
@@ -511,7 +535,7 @@ def trace(
     db: Path | None,
     events_path: Path | None,
     outputs: ReportOutputs,
-    fail_on: tuple[str, ...],
+    fail_on: tuple[str, ...] | None,
     grace: float,
     command: tuple[str, ...],
 ) -> None:
@@ -530,7 +554,8 @@ def trace(
         emit_report("trace", header, analysis, outputs, unwritten=unwritten, render=nothing)
     else:
         emit_report("trace", header, analysis, outputs, unwritten=unwritten)
-    failed = [p for p in analysis.pattern_ids if p in fail_on or "any" in fail_on]
+    fail_on = fail_on or ()
+    failed = [p for p in analysis.pattern_ids if p in fail_on or ANY_WORD in fail_on]
     if failed:
         click.echo(f"lockprobe: found {', '.join(failed)} (--fail-on)", err=True)
         sys.exit(1)

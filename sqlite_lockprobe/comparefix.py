@@ -79,6 +79,8 @@ class FixComparison:
     after: Analysis | None
     after_result: RunResult | None
     manual: list[tuple[str, Advice]]
+    # How long the re-run's wait steps could wait at most (None: nothing was re-run).
+    wait_limit_s: float | None = None
 
     def rows(self) -> list[tuple[str, str, str]]:
         """(measure, before, after) for the side-by-side table."""
@@ -128,13 +130,6 @@ def compare_fix(
         return FixComparison(fixes, before, None, None, manual)
     fixed = apply_fixes(scenario, fixes)
     result = run_scenario(fixed, db=db, instrument=instrument, wait_limit_s=HANDSHAKE_LIMIT_S)
-    return FixComparison(fixes, before, analyze(result.events), result, manual)
-
-
-def describe_fix(key: str, value: Any) -> str:
-    return {
-        "transaction": "BEGIN IMMEDIATE for every transaction that writes",
-        "busy_timeout_ms": f"busy_timeout = {value} ms",
-        "journal_mode": f"journal_mode = {str(value).upper()}",
-        "synchronous": f"synchronous = {str(value).upper()}",
-    }.get(key, f"{key} = {value}")
+    return FixComparison(
+        fixes, before, analyze(result.events), result, manual, wait_limit_s=HANDSHAKE_LIMIT_S
+    )

@@ -15,8 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sqlite_lockprobe.diagnose.registry import pattern_ids
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.thresholds import Thresholds, pattern_ids
+from sqlite_lockprobe.thresholds import Thresholds
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -3,15 +3,7 @@ from the command line (which overrides the table, option by option)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, fields
-
-from sqlite_lockprobe.diagnose.detectors import DETECTORS
-from sqlite_lockprobe.errors import LockprobeError
-
-# The pattern ids a run can find (docs/patterns.md); `healthy` (or `none`) means no finding.
-RUN_PATTERNS: tuple[str, ...] = tuple(sorted(DETECTORS))
-HEALTHY_WORDS = ("healthy", "none")
 
 
 @dataclass(frozen=True)
@@ -45,20 +37,3 @@ class Thresholds:
             "forbid": None if self.forbid is None else list(self.forbid),
             "expect": None if self.expect is None else list(self.expect),
         }
-
-
-def pattern_ids(values: Iterable[str], where: str, allow_healthy: bool) -> tuple[str, ...]:
-    """Validated, sorted, de-duplicated pattern ids; `healthy`/`none` dropped where allowed
-    (so an expect list of just `healthy` is the empty set). Raises naming `where`."""
-    found: set[str] = set()
-    for value in values:
-        if allow_healthy and value in HEALTHY_WORDS:
-            continue
-        if value not in RUN_PATTERNS:
-            extra = ", healthy" if allow_healthy else ""
-            raise LockprobeError(
-                f"{where}: unknown pattern id {value!r} (expected one of: "
-                f"{', '.join(RUN_PATTERNS)}{extra})"
-            )
-        found.add(value)
-    return tuple(sorted(found))

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlite_lockprobe.diagnose.activity import ActivityCounter
 from sqlite_lockprobe.diagnose.model import IdleGap
 from sqlite_lockprobe.diagnose.timeline import build_timeline
-from sqlite_lockprobe.stats import ActivityCounter, summarize
+from sqlite_lockprobe.stats import summarize
 
 US = 1_000
 

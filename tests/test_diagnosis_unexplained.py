@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sqlite_lockprobe.diagnose.registry import PRECEDENCE
 from sqlite_lockprobe.events import write_events
-from sqlite_lockprobe.thresholds import RUN_PATTERNS
 
 from .diagnose.eventlog import EventLog
 
@@ -45,7 +45,7 @@ def test_report_names_an_unexplained_failure_instead_of_saying_all_is_well(
 
 
 def test_unexplained_busy_is_a_known_pattern_id_everywhere(invoke, tmp_path) -> None:
-    assert "unexplained-busy" in RUN_PATTERNS
+    assert "unexplained-busy" in PRECEDENCE
     result = invoke("report", str(lone_failure_log(tmp_path)), "-q", "--expect", "healthy")
     assert result.exit_code == 1
     assert "found ['unexplained-busy']" in result.output

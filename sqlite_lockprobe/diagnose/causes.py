@@ -1,7 +1,7 @@
 """Which pattern owns a wait: the thresholds and the precedence rules shared by all detectors.
 
 Each harmful wait is reported once, under its true cause. A detector claims a wait only when no
-pattern earlier in PRECEDENCE does, so every detector stays correct when run alone:
+pattern earlier in PRECEDENCE (registry.py) does, so every detector stays correct when run alone:
 
 1. upgrade-deadlock: SQLite refused to wait (no busy-handler call) for a transaction that had
    already read; also the winner's COMMIT that then waits on the loser's SHARED lock.
@@ -22,6 +22,8 @@ pattern, so each failed or long wait is in exactly one finding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlite_lockprobe.diagnose.evidence import ConnWaits, is_reduced
 from sqlite_lockprobe.diagnose.model import (
     NS_PER_MS,
@@ -32,20 +34,7 @@ from sqlite_lockprobe.diagnose.model import (
     OsLockSample,
     Timeline,
 )
-
-PRECEDENCE = (
-    "upgrade-deadlock",
-    "self-deadlock",
-    "external-holder",
-    "no-busy-timeout",
-    "reader-blocks-writer",
-    "long-write-transaction",
-    "write-convoy",
-    "checkpoint-starvation",
-    "table-locked",
-    "network-filesystem",
-    "unexplained-busy",
-)
+from sqlite_lockprobe.diagnose.registry import PRECEDENCE
 
 # A wait that succeeded is a problem (a near-miss) once it used half its busy_timeout: the
 # margin left before "database is locked" is then smaller than the wait itself. Measured
@@ -252,27 +241,34 @@ def convoy_holders(wait: BusyWait, timeline: Timeline) -> list[str]:
     )
 
 
-def cause_of(
-    wait: BusyWait, timeline: Timeline, second_halves: dict[int, tuple[BusyWait, BusyWait]]
-) -> str | None:
+SecondHalves = dict[int, tuple[BusyWait, BusyWait]]
+Claim = Callable[[BusyWait, Timeline, SecondHalves], bool]
+
+# What makes a wait a pattern's, for the patterns that claim waits; tried in PRECEDENCE order
+# and the first that claims the wait owns it. A wait that is neither failed nor long is only
+# a problem for the first four (a refusal, a self-deadlock, an outside holder, no timeout).
+CLAIMS: dict[str, Claim] = {
+    "upgrade-deadlock": lambda w, tl, halves: is_upgrade_refusal(w, tl) or id(w) in halves,
+    "self-deadlock": lambda w, tl, _: same_thread_blocker(w, tl) is not None,
+    "external-holder": lambda w, tl, _: bool(external_blockers(w, tl)),
+    "no-busy-timeout": lambda w, _tl, _h: is_tiny_timeout_failure(w),
+    "reader-blocks-writer": lambda w, tl, _: is_harmful(w) and bool(blocking_readers(w, tl)),
+    "long-write-transaction": lambda w, tl, _: is_harmful(w) and dominant_holder(w, tl) is not None,
+    "write-convoy": lambda w, tl, _: is_harmful(w) and bool(convoy_holders(w, tl)),
+}
+CLAIM_ORDER: tuple[tuple[str, Claim], ...] = tuple(
+    (pattern, CLAIMS[pattern]) for pattern in PRECEDENCE if pattern in CLAIMS
+)
+if len(CLAIM_ORDER) != len(CLAIMS):  # a claim for an id the registry does not list
+    raise LookupError(f"unregistered patterns in CLAIMS: {sorted(set(CLAIMS) - set(PRECEDENCE))}")
+
+
+def cause_of(wait: BusyWait, timeline: Timeline, second_halves: SecondHalves) -> str | None:
     """The pattern that owns this wait, by PRECEDENCE; None for a momentary wait that is no
     problem, and for a failed or long one no pattern explains (unexplained-busy's)."""
-    if is_upgrade_refusal(wait, timeline) or id(wait) in second_halves:
-        return "upgrade-deadlock"
-    if same_thread_blocker(wait, timeline) is not None:
-        return "self-deadlock"
-    if external_blockers(wait, timeline):
-        return "external-holder"
-    if is_tiny_timeout_failure(wait):
-        return "no-busy-timeout"
-    if not is_harmful(wait):
-        return None
-    if blocking_readers(wait, timeline):
-        return "reader-blocks-writer"
-    if dominant_holder(wait, timeline) is not None:
-        return "long-write-transaction"
-    if convoy_holders(wait, timeline):
-        return "write-convoy"
+    for pattern, claims in CLAIM_ORDER:
+        if claims(wait, timeline, second_halves):
+            return pattern
     return None
 
 

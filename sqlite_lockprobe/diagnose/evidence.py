@@ -43,14 +43,6 @@ def short_sql(sql: str, width: int = SQL_WIDTH) -> str:
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending sequence (0 for an empty one)."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
 def is_reduced(timeline: Timeline, conn: str) -> bool:
     """True when busy-handler calls were not recorded for conn (the probe's hooks were missing)."""
     if timeline.reduced_detail:

@@ -15,11 +15,19 @@ from dataclasses import dataclass, field
 
 from sqlite_lockprobe.diagnose import advice
 from sqlite_lockprobe.diagnose.causes import external_blockers, waits_of
-from sqlite_lockprobe.diagnose.evidence import at, near_miss, wait_facts, wait_line, wait_order
+from sqlite_lockprobe.diagnose.evidence import (
+    NearMiss,
+    at,
+    near_miss,
+    wait_facts,
+    wait_line,
+    wait_order,
+)
 from sqlite_lockprobe.diagnose.model import BusyWait, OsLock, OsLockSample, Timeline
+from sqlite_lockprobe.diagnose.registry import pattern_of
 from sqlite_lockprobe.findings import Finding
 
-PATTERN = "external-holder"
+PATTERN = pattern_of(__name__)
 WORST_SHOWN = 3
 CMDLINE_WIDTH = 160
 _WRITE_LOCKS = ("EXCLUSIVE", "PENDING", "RESERVED", "WAL_WRITE_LOCK", "WAL_RECOVER_LOCK")
@@ -92,11 +100,12 @@ def _user(lock: OsLock) -> str | None:
     return None
 
 
-def _finding(outsider: _Outsider, timeline: Timeline, origin: int) -> Finding:
-    waits = sorted(outsider.waits.values(), key=wait_order)
+def _evidence(
+    outsider: _Outsider, timeline: Timeline, waits: list[BusyWait], missed: NearMiss | None
+) -> list[str]:
+    origin = timeline.origin_ns
     failed = [w for w in waits if w.failed]
     names = lock_names(outsider.locks)
-    writes = [n for n in names if n in _WRITE_LOCKS]
     lock_text = " and ".join(names)
     files = (
         "the -shm file (WAL index)"
@@ -115,15 +124,14 @@ def _finding(outsider: _Outsider, timeline: Timeline, origin: int) -> Finding:
         f" at those moments; {len(waits)} wait{'s' if len(waits) != 1 else ''} "
         f"({len(failed)} failed) met this lock",
     ]
-    missed = near_miss([w for w in waits if w.duration_ms * 2 >= w.timeout_ms])
-    if missed is not None and not failed:
+    if missed is not None:
         evidence.append(missed.line)
     if outsider.first.started is not None:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(outsider.first.started))
         evidence.append(f"that process has been running since {started}")
     for wait in waits[:WORST_SHOWN]:
         evidence.append(("failed: " if wait.failed else "waited: ") + wait_line(wait, origin))
-    if not writes:
+    if not any(n in _WRITE_LOCKS for n in names):
         evidence.append(
             "it held only SHARED: a reader (an open read transaction or an unfinished query) "
             "that keeps a rollback-journal COMMIT from taking EXCLUSIVE"
@@ -132,6 +140,17 @@ def _finding(outsider: _Outsider, timeline: Timeline, origin: int) -> Finding:
         "POSIX locks belong to a process: the OS names the program, not which of its "
         "connections or statements holds the lock"
     )
+    return evidence
+
+
+def _finding(outsider: _Outsider, timeline: Timeline, origin: int) -> Finding:
+    waits = sorted(outsider.waits.values(), key=wait_order)
+    failed = [w for w in waits if w.failed]
+    names = lock_names(outsider.locks)
+    writes = [n for n in names if n in _WRITE_LOCKS]
+    # A near-miss is worth a line only when nothing failed.
+    missed = None if failed else near_miss([w for w in waits if w.duration_ms * 2 >= w.timeout_ms])
+    evidence = _evidence(outsider, timeline, waits, missed)
     program = outsider.first.process_name or f"pid {outsider.pid}"
     return Finding(
         pattern=PATTERN,
@@ -169,6 +188,6 @@ def _finding(outsider: _Outsider, timeline: Timeline, origin: int) -> Finding:
             "waits": len(waits),
             "failed": len(failed),
             "first": wait_facts(waits[0], origin),
-            **({"near_miss": missed.facts} if missed is not None and not failed else {}),
+            **({"near_miss": missed.facts} if missed is not None else {}),
         },
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlite_lockprobe.diagnose import advice
 from sqlite_lockprobe.diagnose.causes import dominant_holder, waits_of
 from sqlite_lockprobe.diagnose.evidence import (
+    NearMiss,
     fmt_ms,
     hold_facts,
     hold_story,
@@ -21,14 +22,25 @@ from sqlite_lockprobe.diagnose.evidence import (
     wait_order,
 )
 from sqlite_lockprobe.diagnose.model import BusyWait, LockHold, Timeline
+from sqlite_lockprobe.diagnose.registry import pattern_of
 from sqlite_lockprobe.findings import Finding
 
-PATTERN = "long-write-transaction"
+PATTERN = pattern_of(__name__)
 WORST_SHOWN = 3
+Victims = tuple[LockHold, list[BusyWait]]  # a long hold and the waits it explains
 
 
 def detect(timeline: Timeline) -> list[Finding]:
     """One finding naming the long write holds behind failed or long waits, longest first."""
+    victims = _victims_by_hold(timeline)
+    if not victims:
+        return []
+    return [_finding(timeline, victims)]
+
+
+def _victims_by_hold(timeline: Timeline) -> list[Victims]:
+    """Matching: each long hold and the waits it explains (each in wait order), the holds
+    ranked by failed victims, then length."""
     victims: dict[int, list[BusyWait]] = {}
     holds: dict[int, LockHold] = {}
     for wait in waits_of(PATTERN, timeline):
@@ -37,9 +49,6 @@ def detect(timeline: Timeline) -> list[Finding]:
             continue
         holds[id(hold)] = hold
         victims.setdefault(id(hold), []).append(wait)
-    if not holds:
-        return []
-    origin = timeline.origin_ns
     for waits in victims.values():
         waits.sort(key=wait_order)
     ranked = sorted(
@@ -51,21 +60,26 @@ def detect(timeline: Timeline) -> list[Finding]:
             h.holder.conn,
         ),
     )
-    all_victims = [w for h in ranked for w in victims[id(h)]]
-    failed = [w for w in all_victims if w.failed]
-    longest = max(ranked, key=lambda h: (h.t1 - h.t0, -h.t0))
+    return [(h, victims[id(h)]) for h in ranked]
 
+
+def _evidence(
+    timeline: Timeline, victims: list[Victims], missed: NearMiss | None
+) -> tuple[list[str], bool]:
+    """The evidence lines, and whether the holds' timing was reduced."""
+    origin = timeline.origin_ns
+    ranked = [h for h, _ in victims]
+    all_victims = [w for _, waits in victims for w in waits]
+    longest = max(ranked, key=lambda h: (h.t1 - h.t0, -h.t0))
     evidence = [
         f"{len(ranked)} long write transaction{'s' if len(ranked) != 1 else ''} blocked "
         f"{len(all_victims)} wait{'s' if len(all_victims) != 1 else ''} "
-        f"({len(failed)} failed); the longest held the lock for "
+        f"({sum(w.failed for w in all_victims)} failed); the longest held the lock for "
         f"{fmt_ms(ms(longest.t1 - longest.t0))}",
     ]
-    missed = near_miss(all_victims)
     if missed is not None:
         evidence.append(missed.line)
-    for hold in ranked[:WORST_SHOWN]:
-        hold_victims = victims[id(hold)]
+    for hold, hold_victims in victims[:WORST_SHOWN]:
         evidence.append("holder: " + hold_story(hold, timeline, origin))
         evidence.append(f"  {_split(hold)}")
         evidence.append(
@@ -79,45 +93,52 @@ def detect(timeline: Timeline) -> list[Finding]:
             "statement timing inside the holds was not fully recorded (reduced detail): the "
             "split between statements and idle time may be off"
         )
+    return evidence, reduced
 
-    return [
-        Finding(
-            pattern=PATTERN,
-            title="A write transaction held the lock for too long",
-            severity="error" if failed else "warning",
-            confidence="medium" if reduced else "high",
-            explanation=(
-                "SQLite lets one connection at a time hold the write lock, from its first write "
-                "until COMMIT or ROLLBACK. Here a connection kept it for a long time, compared "
-                "with the other writers' busy_timeout, while it ran slow statements or did "
-                "other work between them (network calls, sleeps, awaits, big batches). Every "
-                "other writer waited meanwhile, and those that ran out of busy_timeout failed "
-                'with "database is locked". The failing statement is the victim; the holder '
-                "below is the cause."
-            ),
-            evidence=tuple(evidence),
-            advice=(
-                advice.short_transactions(),
-                advice.raise_busy_timeout_stopgap(_stopgap_ms(longest)),
-            ),
-            facts={
-                "long_holds": len(ranked),
-                "blocked_waits": len(all_victims),
-                "failed_waits": len(failed),
-                "longest_hold_ms": ms(longest.t1 - longest.t0),
-                "holds": [
-                    {
-                        **hold_facts(h, origin),
-                        "blocked_waits": len(victims[id(h)]),
-                        "failed_waits": sum(w.failed for w in victims[id(h)]),
-                    }
-                    for h in ranked[:WORST_SHOWN]
-                ],
-                "worst": wait_facts(victims[id(ranked[0])][0], origin),
-                **({"near_miss": missed.facts} if missed is not None else {}),
-            },
-        )
-    ]
+
+def _finding(timeline: Timeline, victims: list[Victims]) -> Finding:
+    origin = timeline.origin_ns
+    all_victims = [w for _, waits in victims for w in waits]
+    failed = [w for w in all_victims if w.failed]
+    longest = max((h for h, _ in victims), key=lambda h: (h.t1 - h.t0, -h.t0))
+    missed = near_miss(all_victims)
+    evidence, reduced = _evidence(timeline, victims, missed)
+    return Finding(
+        pattern=PATTERN,
+        title="A write transaction held the lock for too long",
+        severity="error" if failed else "warning",
+        confidence="medium" if reduced else "high",
+        explanation=(
+            "SQLite lets one connection at a time hold the write lock, from its first write "
+            "until COMMIT or ROLLBACK. Here a connection kept it for a long time, compared "
+            "with the other writers' busy_timeout, while it ran slow statements or did "
+            "other work between them (network calls, sleeps, awaits, big batches). Every "
+            "other writer waited meanwhile, and those that ran out of busy_timeout failed "
+            'with "database is locked". The failing statement is the victim; the holder '
+            "below is the cause."
+        ),
+        evidence=tuple(evidence),
+        advice=(
+            advice.short_transactions(),
+            advice.raise_busy_timeout_stopgap(_stopgap_ms(longest)),
+        ),
+        facts={
+            "long_holds": len(victims),
+            "blocked_waits": len(all_victims),
+            "failed_waits": len(failed),
+            "longest_hold_ms": ms(longest.t1 - longest.t0),
+            "holds": [
+                {
+                    **hold_facts(h, origin),
+                    "blocked_waits": len(waits),
+                    "failed_waits": sum(w.failed for w in waits),
+                }
+                for h, waits in victims[:WORST_SHOWN]
+            ],
+            "worst": wait_facts(victims[0][1][0], origin),
+            **({"near_miss": missed.facts} if missed is not None else {}),
+        },
+    )
 
 
 def _split(hold: LockHold) -> str:

@@ -16,15 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from sqlite_lockprobe.resultcodes import (  # noqa: F401 (the diagnosis imports them from here)
+    SQLITE_BUSY,
+    SQLITE_BUSY_RECOVERY,
+    SQLITE_BUSY_SNAPSHOT,
+    SQLITE_BUSY_TIMEOUT,
+    SQLITE_LOCKED,
+    SQLITE_LOCKED_SHAREDCACHE,
+)
+
 _T = TypeVar("_T")
 
-# SQLite result codes (https://sqlite.org/rescode.html)
-SQLITE_BUSY = 5
-SQLITE_LOCKED = 6
-SQLITE_BUSY_RECOVERY = 261
-SQLITE_BUSY_SNAPSHOT = 517
-SQLITE_BUSY_TIMEOUT = 773
-SQLITE_LOCKED_SHAREDCACHE = 262
 
 NS_PER_MS = 1_000_000
 

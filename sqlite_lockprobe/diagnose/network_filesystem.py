@@ -8,10 +8,11 @@ FUSE...) into the same warning `inspect` gives (filesystems.network_filesystem_f
 from __future__ import annotations
 
 from sqlite_lockprobe.diagnose.model import Timeline
-from sqlite_lockprobe.filesystems import NETWORK_FILESYSTEM, Filesystem, network_filesystem_finding
+from sqlite_lockprobe.diagnose.registry import pattern_of
+from sqlite_lockprobe.filesystems import Filesystem, network_filesystem_finding
 from sqlite_lockprobe.findings import Finding
 
-PATTERN = NETWORK_FILESYSTEM
+PATTERN = pattern_of(__name__)
 
 
 def detect(timeline: Timeline) -> list[Finding]:

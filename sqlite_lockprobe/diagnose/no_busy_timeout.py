@@ -12,9 +12,10 @@ from sqlite_lockprobe.diagnose import advice
 from sqlite_lockprobe.diagnose.causes import TINY_TIMEOUT_MS, waits_of
 from sqlite_lockprobe.diagnose.evidence import hold_story, wait_facts, wait_line, wait_order
 from sqlite_lockprobe.diagnose.model import Timeline
+from sqlite_lockprobe.diagnose.registry import pattern_of
 from sqlite_lockprobe.findings import Finding
 
-PATTERN = "no-busy-timeout"
+PATTERN = pattern_of(__name__)
 WORST_SHOWN = 3
 
 

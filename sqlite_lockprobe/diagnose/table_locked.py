@@ -24,9 +24,10 @@ from sqlite_lockprobe.diagnose.model import (
     OpenStatement,
     Timeline,
 )
+from sqlite_lockprobe.diagnose.registry import pattern_of
 from sqlite_lockprobe.findings import Finding
 
-PATTERN = "table-locked"
+PATTERN = pattern_of(__name__)
 WORST_SHOWN = 3
 
 _NAMED = re.compile(r"database (?:table|schema) is locked: (\S+)")
@@ -77,6 +78,49 @@ def detect(timeline: Timeline) -> list[Finding]:
     failures = [c for c in timeline.calls if c.error == SQLITE_LOCKED]
     if not failures:
         return []
+    return [_finding(timeline, failures)]
+
+
+def _holder_lines(
+    call: Call, timeline: Timeline, is_shared: bool, shown: list[dict[str, object]]
+) -> list[str]:
+    """Who held the table lock this call met, as evidence lines; the statements named are
+    added to `shown` (the finding's `holders`)."""
+    origin = timeline.origin_ns
+    holders = holding_statements(call, timeline, is_shared)
+    if holders:
+        lines = []
+        for statement in holders[:2]:
+            lines.append("  held by: " + _statement_line(statement, origin, is_shared))
+            shown.append(
+                {
+                    "conn": statement.holder.conn,
+                    "worker": statement.holder.worker,
+                    "sql": statement.sql,
+                    "opened_ms": round((statement.t0 - origin) / 1e6, 1),
+                    "closed_by": statement.closed_by,
+                }
+            )
+        return lines
+    if not is_shared:
+        return [
+            f"  held by: an unfinished statement of {call.actor.describe()} itself (a "
+            "cursor not exhausted or closed)"
+        ]
+    writers = timeline.write_holders_during(call.t0, call.t1 + 1, call.conn)
+    if writers:
+        return [
+            f"  held by: the write transaction of {writers[0].holder.describe()} in "
+            "the same shared cache (one writer at a time per shared cache)"
+        ]
+    return [
+        "  held by: another connection of the same shared cache with an unfinished "
+        "statement or open transaction on that table (not recorded: look for a "
+        "cursor not exhausted)"
+    ]
+
+
+def _finding(timeline: Timeline, failures: list[Call]) -> Finding:
     origin = timeline.origin_ns
     shared = [c for c in failures if is_shared_cache_conflict(c)]
     own = [c for c in failures if not is_shared_cache_conflict(c)]
@@ -89,86 +133,51 @@ def detect(timeline: Timeline) -> list[Finding]:
     ]
     shown_holders: list[dict[str, object]] = []
     for call in failures[:WORST_SHOWN]:
-        is_shared = call in shared
         evidence.append("failed: " + _failure_line(call, origin))
-        holders = holding_statements(call, timeline, is_shared)
-        if holders:
-            for statement in holders[:2]:
-                evidence.append("  held by: " + _statement_line(statement, origin, is_shared))
-                shown_holders.append(
-                    {
-                        "conn": statement.holder.conn,
-                        "worker": statement.holder.worker,
-                        "sql": statement.sql,
-                        "opened_ms": round((statement.t0 - origin) / 1e6, 1),
-                        "closed_by": statement.closed_by,
-                    }
-                )
-        elif is_shared:
-            writers = timeline.write_holders_during(call.t0, call.t1 + 1, call.conn)
-            if writers:
-                evidence.append(
-                    f"  held by: the write transaction of {writers[0].holder.describe()} in "
-                    "the same shared cache (one writer at a time per shared cache)"
-                )
-            else:
-                evidence.append(
-                    "  held by: another connection of the same shared cache with an unfinished "
-                    "statement or open transaction on that table (not recorded: look for a "
-                    "cursor not exhausted)"
-                )
-        else:
-            evidence.append(
-                f"  held by: an unfinished statement of {call.actor.describe()} itself (a "
-                "cursor not exhausted or closed)"
-            )
+        evidence.extend(_holder_lines(call, timeline, call in shared, shown_holders))
     evidence.append(
         "busy_timeout cannot help: SQLite calls the busy handler only for SQLITE_BUSY; a table "
         "lock (SQLITE_LOCKED) fails at once, whatever the timeout"
     )
-    fixes = []
-    if shared:
-        fixes.append(advice.no_shared_cache())
+    fixes = [advice.no_shared_cache()] if shared else []
     fixes.append(advice.finish_cursors())
     kind = "both" if shared and own else ("shared-cache" if shared else "own-statement")
     first = failures[0]
-    return [
-        Finding(
-            pattern=PATTERN,
-            title=_title(shared, own, tables),
-            severity="error",
-            confidence="high"
-            if tables and all(c.ext_error is not None for c in failures)
-            else "medium",
-            explanation=(
-                'SQLITE_LOCKED ("database table is locked") is not SQLITE_BUSY: it is a '
-                "conflict inside one process. In a shared cache (cache=shared, common for "
-                "in-memory test databases shared between threads) connections lock tables "
-                "against each other: a table another connection is still reading cannot be "
-                "written. On one connection, DROP TABLE fails while one of its statements is "
-                "still running. Neither ever waits: busy_timeout does not apply."
-            ),
-            evidence=tuple(evidence),
-            advice=tuple(fixes),
-            facts={
-                "failures": len(failures),
-                "shared_cache": len(shared),
-                "own_statement": len(own),
-                "kind": kind,
-                "tables": tables,
-                "holders": shown_holders,
-                "first": {
-                    "conn": first.conn,
-                    "worker": first.actor.worker,
-                    "sql": first.sql,
-                    "code": first.ext_error or first.error,
-                    "message": first.message,
-                    "start_ms": round((first.t0 - origin) / 1e6, 1),
-                    "call_site": first.actor.call_site,
-                },
+    named = tables and all(c.ext_error is not None for c in failures)
+    confidence = "high" if named else "medium"
+    return Finding(
+        pattern=PATTERN,
+        title=_title(shared, own, tables),
+        severity="error",
+        confidence=confidence,
+        explanation=(
+            'SQLITE_LOCKED ("database table is locked") is not SQLITE_BUSY: it is a '
+            "conflict inside one process. In a shared cache (cache=shared, common for "
+            "in-memory test databases shared between threads) connections lock tables "
+            "against each other: a table another connection is still reading cannot be "
+            "written. On one connection, DROP TABLE fails while one of its statements is "
+            "still running. Neither ever waits: busy_timeout does not apply."
+        ),
+        evidence=tuple(evidence),
+        advice=tuple(fixes),
+        facts={
+            "failures": len(failures),
+            "shared_cache": len(shared),
+            "own_statement": len(own),
+            "kind": kind,
+            "tables": tables,
+            "holders": shown_holders,
+            "first": {
+                "conn": first.conn,
+                "worker": first.actor.worker,
+                "sql": first.sql,
+                "code": first.ext_error or first.error,
+                "message": first.message,
+                "start_ms": round((first.t0 - origin) / 1e6, 1),
+                "call_site": first.actor.call_site,
             },
-        )
-    ]
+        },
+    )
 
 
 def _title(shared: list[Call], own: list[Call], tables: list[str]) -> str:

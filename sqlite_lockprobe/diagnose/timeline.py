@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from operator import attrgetter, eq, itemgetter
 from typing import Any
 
+from sqlite_lockprobe.diagnose.activity import ActivityCounter, CallCounts
 from sqlite_lockprobe.diagnose.model import (
     END_NOT_RECORDED,
     NS_PER_MS,
@@ -28,7 +29,6 @@ from sqlite_lockprobe.diagnose.model import (
     WalSample,
 )
 from sqlite_lockprobe.diagnose.statements import statement_kind
-from sqlite_lockprobe.stats import ActivityCounter, CallCounts
 
 
 @dataclass(slots=True)
@@ -101,6 +101,58 @@ class _ConnState:
 KEEP_ALL_CALLS_UP_TO = 100_000
 
 
+@dataclass(slots=True)
+class _Recording:
+    """What one pass over the events gathers besides the calls: the connections and their
+    holds, the processes, and the samples of WAL, OS locks and filesystems."""
+
+    activity: ActivityCounter
+    interned: _Interner = field(default_factory=lambda: _Interner())
+    meta: dict[str, Any] = field(default_factory=dict)
+    conns: dict[str, _ConnState] = field(default_factory=dict)
+    retired: list[_ConnState] = field(default_factory=list)  # earlier openings of an id
+    waits: list[BusyWait] = field(default_factory=list)
+    wal: list[WalSample] = field(default_factory=list)
+    samples: list[OsLockSample] = field(default_factory=list)
+    filesystems: dict[str, DatabaseFilesystem] = field(default_factory=dict)
+    last_call_t0: dict[str, int] = field(default_factory=dict)
+    pids: set[int] = field(default_factory=set)
+    # The last moment each process recorded anything but a call (calls: _ConnState.last_end),
+    # and the process of each worker: where a process's record stops, its open holds end.
+    process_last: dict[int, int] = field(default_factory=dict)
+    worker_pids: dict[str, int] = field(default_factory=dict)
+    # Every call up to `keep_all_calls_up_to`, then only those that failed or waited.
+    calls: list[Call] = field(default_factory=list)
+    calls_complete: bool = True
+    keep_all_calls_up_to: int = KEEP_ALL_CALLS_UP_TO
+
+    def observe(self, event: dict[str, Any], t_end: int) -> None:
+        """Any event but a call: counted, and its process's record goes on until t_end."""
+        self.activity.observe(event)
+        pid = _event_pid(event, self.conns, self.worker_pids, self.meta)
+        if pid and t_end > self.process_last.get(pid, 0):
+            self.process_last[pid] = t_end
+
+    def keep_call(
+        self,
+        event: dict[str, Any],
+        state: _ConnState,
+        plan: _CallPlan,
+        times: tuple[int, int],
+        busy: int,
+        error: int | None,
+    ) -> bool:
+        """Build and keep a call (and its busy wait); False once past the calls kept."""
+        call = _call(event, state.actor_of(event), plan, times[0], times[1], busy, error)
+        self.calls.append(call)
+        if self.calls_complete and len(self.calls) > self.keep_all_calls_up_to:
+            self.calls_complete = False
+            self.calls = [c for c in self.calls if c.error is not None or c.busy_calls]
+        if busy > 0 or (error == SQLITE_BUSY and not call.busy_from_own_statements):
+            self.waits.append(_busy_wait(call, state, plan))
+        return self.calls_complete
+
+
 def build_timeline(
     events: Iterable[dict[str, Any]],
     keep_all_calls_up_to: int = KEEP_ALL_CALLS_UP_TO,
@@ -110,35 +162,16 @@ def build_timeline(
     must be in order; spans are sorted at the end). Spans are kept, and every call up to
     `keep_all_calls_up_to`; past that only the calls that failed or met a busy lock, so
     memory grows with the problems, not with the log. `activity` counts every event and call
-    on the way, for the summary."""
-    if activity is None:
-        activity = ActivityCounter()
-    meta: dict[str, Any] = {}
-    conns: dict[str, _ConnState] = {}
-    retired: list[_ConnState] = []  # earlier openings of a connection id opened again
-    calls: list[Call] = []
-    calls_complete = True
-    waits: list[BusyWait] = []
-    wal: list[WalSample] = []
-    interned = _Interner()
-    samples: list[OsLockSample] = []
-    filesystems: dict[str, DatabaseFilesystem] = {}
-    last_call_t0: dict[str, int] = {}
-    pids: set[int] = set()
-    last_t = 0
-    # The last moment each process recorded anything but a call (calls: _ConnState.last_end),
-    # and the process of each worker: where a process's record stops, its open holds end.
-    process_last: dict[int, int] = {}
-    worker_pids: dict[str, int] = {}
-    # Calls on a connection opened before recording began are counted but not drawn.
-    unopened = activity.counts_for("")
-    first_call_t0: int | None = None
-    last_call_t1: int | None = None
-    seen = 0
+    on the way, for the summary. Calls, nearly every event, are handled inline (the hot path
+    of a long log: benchmarks/bench_pipeline.py); every other kind by its `_HANDLERS` entry."""
+    rec = _Recording(activity or ActivityCounter(), keep_all_calls_up_to=keep_all_calls_up_to)
+    conns, interned, last_call_t0 = rec.conns, rec.interned, rec.last_call_t0
     plans = interned.plans
+    unopened = rec.activity.counts_for("")  # calls on a connection opened before recording
+    calls_complete, first_call_t0, last_call_t1, last_t, seen = True, None, None, 0, 0
     for seen, event in enumerate(events, 1):  # noqa: B007 (the count is used after)
         kind = event["k"]
-        if kind == "call":  # nearly every event: handled inline, the hot path of a long log
+        if kind == "call":
             try:
                 t0, t1, conn, op, sql, stmts, busy, error, in_txn = _CALL_FIELDS(event)
             except KeyError:  # a log from elsewhere may leave fields out
@@ -169,13 +202,7 @@ def build_timeline(
             last_call_t0[state.info.conn] = t0
             # Past keep_all_calls_up_to, a call that neither failed nor waited is never built.
             if error is not None or busy or calls_complete:
-                call = _call(event, state.actor_of(event), plan, t0, t1, busy, error)
-                calls.append(call)
-                if calls_complete and len(calls) > keep_all_calls_up_to:
-                    calls_complete = False
-                    calls = [c for c in calls if c.error is not None or c.busy_calls]
-                if busy > 0 or (error == SQLITE_BUSY and not call.busy_from_own_statements):
-                    waits.append(_busy_wait(call, state, plan))
+                calls_complete = rec.keep_call(event, state, plan, (t0, t1), busy, error)
             failed_code = None if error is None else (event.get("ext") or error)
             _advance(state, plan, event, t0, t1, busy, failed_code, in_txn)
             if plan.tracks_cursor:
@@ -184,108 +211,155 @@ def build_timeline(
         t_end = int(event.get("t1") or event.get("t") or 0)
         if t_end > last_t:
             last_t = t_end
-        activity.observe(event)
-        pid = _event_pid(event, conns, worker_pids, meta)
-        if pid and t_end > process_last.get(pid, 0):
-            process_last[pid] = t_end
-        if kind == "open":
-            info = ConnectionInfo(
-                conn=event["conn"],
-                group=event.get("group") or "",
-                pid=int(event.get("pid") or 0),
-                timeout_ms=int(event.get("timeout_ms") or 0),
-                isolation=event.get("isolation"),
-                journal_mode=(event.get("journal_mode") or "").lower(),
-                instrumented=bool(event.get("instrumented")),
-            )
-            pids.add(info.pid)
-            earlier = conns.get(info.conn)
-            if earlier is not None:
-                # The same id opened again (a later process got the same pid): what the first
-                # opening did stays, ended here if nothing ended it.
-                t = int(event.get("t") or 0)
-                _end_txn(earlier, t, "close")
-                earlier.end_cursors(t, "connection closed")
-                retired.append(earlier)
-            # `run` records every sleep/await/wait step: idle time in a hold that no step
-            # explains is then known to be scheduling delay.
-            conns[info.conn] = _ConnState(
-                info,
-                activity.counts_for(info.group),
-                interned,
-                str(meta.get("source", "")).startswith("run "),
-                event.get("worker") or "",
-            )
-            interned.forget_call_actors()  # they carry the connection's group and pid
-        elif kind == "close":
-            state = conns.get(event["conn"])
-            if state is not None:
-                _end_txn(state, int(event["t"]), "close")
-                state.end_cursors(int(event["t"]), "connection closed")
-        elif kind == "worker":
-            interned.add_worker(event)
-            if event.get("pid"):
-                pids.add(int(event["pid"]))
-                worker_pids[str(event["worker"])] = int(event["pid"])
-        elif kind == "worker_end" and str(event.get("error") or "").startswith("killed by"):
-            # The process died: the OS dropped its locks, and SQLite rolls its transaction back
-            # (hot journal, or WAL frames never committed) when the database is next opened.
-            for state in conns.values():
-                if state.worker == event["worker"]:
-                    _end_txn(state, int(event["t"]), "process killed")
-        elif kind == "unfinished":
-            state = conns.get(event.get("conn") or "")
-            if state is not None:
-                _unfinished(state, event)
-        elif kind == "busy":
-            state = conns.get(event.get("conn") or "")
-            if state is not None and state.granted:
-                _granted(state, int(event["t"]), float(event.get("delay_ms") or 0))
-        elif kind == "holders":
-            conn = event.get("conn") or ""
-            samples.append(
-                OsLockSample(
-                    t=int(event["t"]),
-                    conn=conn,
-                    call_t0=last_call_t0.get(conn),
-                    source=event.get("source") or "unavailable",
-                    locks=_os_locks(list(event.get("locks") or ())),
-                    note=event.get("note"),
-                    db=event.get("db"),
-                )
-            )
-        elif kind == "idle":
-            state = conns.get(event.get("conn") or "")
-            if state is not None:
-                for hold in (state.write, state.read):
-                    if hold is not None:
-                        _add_app_idle(hold, int(event["t0"]), int(event["t1"]))
-        elif kind == "wal":
-            wal.append(
-                WalSample(
-                    int(event["t"]),
-                    int(event.get("bytes") or 0),
-                    event.get("mx_frame"),
-                    event.get("backfilled"),
-                )
-            )
-        elif kind == "filesystem":
-            db = str(event.get("db") or "")
-            filesystems.setdefault(
-                db,
-                DatabaseFilesystem(
-                    db,
-                    str(event.get("type") or "unknown"),
-                    event.get("mount_point"),
-                    event.get("source"),
-                    event.get("network_reason"),
-                ),
-            )
-        elif kind == "meta":
-            meta = event
-            if event.get("pid"):
-                pids.add(int(event["pid"]))
-    activity.finish(seen, first_call_t0, last_call_t1)
+        rec.observe(event, t_end)
+        handler = _HANDLERS.get(kind)
+        if handler is not None:
+            handler(rec, event)
+    rec.activity.finish(seen, first_call_t0, last_call_t1)
+    return _finish(rec, last_t)
+
+
+def _on_open(rec: _Recording, event: dict[str, Any]) -> None:
+    info = ConnectionInfo(
+        conn=event["conn"],
+        group=event.get("group") or "",
+        pid=int(event.get("pid") or 0),
+        timeout_ms=int(event.get("timeout_ms") or 0),
+        isolation=event.get("isolation"),
+        journal_mode=(event.get("journal_mode") or "").lower(),
+        instrumented=bool(event.get("instrumented")),
+    )
+    rec.pids.add(info.pid)
+    earlier = rec.conns.get(info.conn)
+    if earlier is not None:
+        # The same id opened again (a later process got the same pid): what the first
+        # opening did stays, ended here if nothing ended it.
+        t = int(event.get("t") or 0)
+        _end_txn(earlier, t, "close")
+        earlier.end_cursors(t, "connection closed")
+        rec.retired.append(earlier)
+    # `run` records every sleep/await/wait step: idle time in a hold that no step
+    # explains is then known to be scheduling delay.
+    rec.conns[info.conn] = _ConnState(
+        info,
+        rec.activity.counts_for(info.group),
+        rec.interned,
+        str(rec.meta.get("source", "")).startswith("run "),
+        event.get("worker") or "",
+    )
+    rec.interned.forget_call_actors()  # they carry the connection's group and pid
+
+
+def _on_close(rec: _Recording, event: dict[str, Any]) -> None:
+    state = rec.conns.get(event["conn"])
+    if state is not None:
+        _end_txn(state, int(event["t"]), "close")
+        state.end_cursors(int(event["t"]), "connection closed")
+
+
+def _on_worker(rec: _Recording, event: dict[str, Any]) -> None:
+    rec.interned.add_worker(event)
+    if event.get("pid"):
+        rec.pids.add(int(event["pid"]))
+        rec.worker_pids[str(event["worker"])] = int(event["pid"])
+
+
+def _on_worker_end(rec: _Recording, event: dict[str, Any]) -> None:
+    """A killed process: the OS dropped its locks, and SQLite rolls its transaction back (hot
+    journal, or WAL frames never committed) when the database is next opened."""
+    if not str(event.get("error") or "").startswith("killed by"):
+        return
+    for state in rec.conns.values():
+        if state.worker == event["worker"]:
+            _end_txn(state, int(event["t"]), "process killed")
+
+
+def _on_unfinished(rec: _Recording, event: dict[str, Any]) -> None:
+    state = rec.conns.get(event.get("conn") or "")
+    if state is not None:
+        _unfinished(state, event)
+
+
+def _on_busy(rec: _Recording, event: dict[str, Any]) -> None:
+    state = rec.conns.get(event.get("conn") or "")
+    if state is not None and state.granted:
+        _granted(state, int(event["t"]), float(event.get("delay_ms") or 0))
+
+
+def _on_holders(rec: _Recording, event: dict[str, Any]) -> None:
+    conn = event.get("conn") or ""
+    rec.samples.append(
+        OsLockSample(
+            t=int(event["t"]),
+            conn=conn,
+            call_t0=rec.last_call_t0.get(conn),
+            source=event.get("source") or "unavailable",
+            locks=_os_locks(list(event.get("locks") or ())),
+            note=event.get("note"),
+            db=event.get("db"),
+        )
+    )
+
+
+def _on_idle(rec: _Recording, event: dict[str, Any]) -> None:
+    state = rec.conns.get(event.get("conn") or "")
+    if state is not None:
+        for hold in (state.write, state.read):
+            if hold is not None:
+                _add_app_idle(hold, int(event["t0"]), int(event["t1"]))
+
+
+def _on_wal(rec: _Recording, event: dict[str, Any]) -> None:
+    rec.wal.append(
+        WalSample(
+            int(event["t"]),
+            int(event.get("bytes") or 0),
+            event.get("mx_frame"),
+            event.get("backfilled"),
+        )
+    )
+
+
+def _on_filesystem(rec: _Recording, event: dict[str, Any]) -> None:
+    db = str(event.get("db") or "")
+    rec.filesystems.setdefault(
+        db,
+        DatabaseFilesystem(
+            db,
+            str(event.get("type") or "unknown"),
+            event.get("mount_point"),
+            event.get("source"),
+            event.get("network_reason"),
+        ),
+    )
+
+
+def _on_meta(rec: _Recording, event: dict[str, Any]) -> None:
+    rec.meta = event
+    if event.get("pid"):
+        rec.pids.add(int(event["pid"]))
+
+
+# One handler per event kind but `call` (inline in build_timeline); other kinds are counted
+# (ActivityCounter) and otherwise left alone.
+_HANDLERS = {
+    "open": _on_open,
+    "close": _on_close,
+    "worker": _on_worker,
+    "worker_end": _on_worker_end,
+    "unfinished": _on_unfinished,
+    "busy": _on_busy,
+    "holders": _on_holders,
+    "idle": _on_idle,
+    "wal": _on_wal,
+    "filesystem": _on_filesystem,
+    "meta": _on_meta,
+}
+
+
+def _finish(rec: _Recording, last_t: int) -> Timeline:
+    """End what is still open where its process's record stops, sort, and build."""
+    conns, process_last = rec.conns, rec.process_last
     for state in conns.values():  # calls count too: each connection's last one
         pid = state.info.pid
         process_last[pid] = max(process_last.get(pid, 0), state.last_end)
@@ -297,27 +371,28 @@ def build_timeline(
         released_by = "end-of-run" if end >= last_t else END_NOT_RECORDED
         _end_txn(state, min(end, last_t), released_by)
         state.end_cursors(min(end, last_t), released_by)
-    _sort_spans(calls, _CALL_ORDER)
-    _sort_spans(waits, _WAIT_ORDER)
+    _sort_spans(rec.calls, _CALL_ORDER)
+    _sort_spans(rec.waits, _WAIT_ORDER)
     infos = {c: s.info for c, s in conns.items()}
-    states = [*retired, *conns.values()]
+    states = [*rec.retired, *conns.values()]
+    meta = rec.meta
     journal = (meta.get("journal_mode") or _most_common_journal(infos) or "delete").lower()
     return Timeline(
         connections=infos,
-        calls=tuple(calls),
-        calls_complete=calls_complete,
-        waits=tuple(waits),
+        calls=tuple(rec.calls),
+        calls_complete=rec.calls_complete,
+        waits=tuple(rec.waits),
         write_holds=_in_time_order(s.write_holds for s in states),
         read_holds=_in_time_order(s.read_holds for s in states),
-        wal_samples=tuple(wal),
+        wal_samples=tuple(rec.wal),
         journal_mode=journal,
         page_size=int(meta.get("page_size") or 4096),
         wal_autocheckpoint=int(meta.get("wal_autocheckpoint") or 1000),
         reduced_detail=any(not i.instrumented for i in infos.values()),
-        os_lock_samples=tuple(sorted(samples, key=lambda s: s.t)),
-        recorded_pids=frozenset(pids),
-        conn_databases=_conn_databases(samples, infos),
-        filesystems=tuple(filesystems.values()),
+        os_lock_samples=tuple(sorted(rec.samples, key=lambda s: s.t)),
+        recorded_pids=frozenset(rec.pids),
+        conn_databases=_conn_databases(rec.samples, infos),
+        filesystems=tuple(rec.filesystems.values()),
         open_statements=tuple(
             sorted(
                 (c for st in states for c in st.closed_cursors),

@@ -15,6 +15,7 @@ from __future__ import annotations
 from sqlite_lockprobe.diagnose import advice
 from sqlite_lockprobe.diagnose.causes import unexplained
 from sqlite_lockprobe.diagnose.evidence import (
+    NearMiss,
     at,
     code_name,
     hold_story,
@@ -25,9 +26,10 @@ from sqlite_lockprobe.diagnose.evidence import (
     wait_order,
 )
 from sqlite_lockprobe.diagnose.model import END_NOT_RECORDED, BusyWait, LockHold, Timeline
+from sqlite_lockprobe.diagnose.registry import pattern_of
 from sqlite_lockprobe.findings import Finding
 
-PATTERN = "unexplained-busy"
+PATTERN = pattern_of(__name__)
 WORST_SHOWN = 3
 HOLDS_SHOWN = 3
 
@@ -37,16 +39,24 @@ def detect(timeline: Timeline) -> list[Finding]:
     waits = sorted(unexplained(timeline), key=wait_order)
     if not waits:
         return []
-    origin = timeline.origin_ns
-    failed = [w for w in waits if w.failed]
-    conns = sorted({w.waiter.conn for w in waits})
+    return [_finding(timeline, waits)]
+
+
+def _codes(failed: list[BusyWait]) -> dict[str, int]:
     counted: dict[str, int] = {}
     for w in failed:
         counted[code_name(w.code)] = counted.get(code_name(w.code), 0) + 1
+    return dict(sorted(counted.items()))
+
+
+def _evidence(timeline: Timeline, waits: list[BusyWait], missed: NearMiss | None) -> list[str]:
+    origin = timeline.origin_ns
+    failed = [w for w in waits if w.failed]
+    conns = {w.waiter.conn for w in waits}
     if failed:
         head = (
             f"{len(failed)} call{'s' if len(failed) != 1 else ''} failed with "
-            + ", ".join(f"{n} x {name}" for name, n in sorted(counted.items()))
+            + ", ".join(f"{n} x {name}" for name, n in _codes(failed).items())
             + f" on {len(conns)} connection{'s' if len(conns) != 1 else ''} "
             "and no pattern explains why"
         )
@@ -58,7 +68,6 @@ def detect(timeline: Timeline) -> list[Finding]:
             f"{'their' if len(waits) != 1 else 'its'} busy_timeout and no pattern explains why"
         )
     evidence = [head]
-    missed = near_miss(waits)
     if missed is not None:
         evidence.append(missed.line)
     for wait in waits[:WORST_SHOWN]:
@@ -66,38 +75,42 @@ def detect(timeline: Timeline) -> list[Finding]:
         evidence.extend("  " + line for line in _seen(wait, timeline, origin))
     if any(is_reduced(timeline, w.waiter.conn) for w in waits):
         evidence.append("busy-handler calls were not recorded (reduced detail)")
+    return evidence
 
-    return [
-        Finding(
-            pattern=PATTERN,
-            title=(
-                "Calls failed with SQLITE_BUSY, cause not determined"
-                if failed
-                else "Waits used over half of busy_timeout, cause not determined"
-            ),
-            severity="error" if failed else "warning",
-            confidence="low",
-            explanation=(
-                'These calls met a lock (SQLITE_BUSY, "database is locked") or waited for '
-                "one most of their busy_timeout, but what was recorded does not show who held "
-                "it: no recorded connection held a lock that blocks them, or the pattern could "
-                "not be told apart. lockprobe says so rather than guess. The evidence lists "
-                "everything seen around each wait. A holder outside the recording (another "
-                "program, a process not traced, a process whose last events were lost) is the "
-                "usual reason."
-            ),
-            evidence=tuple(evidence),
-            advice=(advice.find_the_holder(),),
-            facts={
-                "failed": len(failed),
-                "long_waits": len(waits) - len(failed),
-                "codes": dict(sorted(counted.items())),
-                "connections": conns,
-                "waits": [wait_facts(w, origin) for w in waits[:WORST_SHOWN]],
-                **({"near_miss": missed.facts} if missed is not None else {}),
-            },
-        )
-    ]
+
+def _finding(timeline: Timeline, waits: list[BusyWait]) -> Finding:
+    origin = timeline.origin_ns
+    failed = [w for w in waits if w.failed]
+    missed = near_miss(waits)
+    return Finding(
+        pattern=PATTERN,
+        title=(
+            "Calls failed with SQLITE_BUSY, cause not determined"
+            if failed
+            else "Waits used over half of busy_timeout, cause not determined"
+        ),
+        severity="error" if failed else "warning",
+        confidence="low",
+        explanation=(
+            'These calls met a lock (SQLITE_BUSY, "database is locked") or waited for '
+            "one most of their busy_timeout, but what was recorded does not show who held "
+            "it: no recorded connection held a lock that blocks them, or the pattern could "
+            "not be told apart. lockprobe says so rather than guess. The evidence lists "
+            "everything seen around each wait. A holder outside the recording (another "
+            "program, a process not traced, a process whose last events were lost) is the "
+            "usual reason."
+        ),
+        evidence=tuple(_evidence(timeline, waits, missed)),
+        advice=(advice.find_the_holder(),),
+        facts={
+            "failed": len(failed),
+            "long_waits": len(waits) - len(failed),
+            "codes": _codes(failed),
+            "connections": sorted({w.waiter.conn for w in waits}),
+            "waits": [wait_facts(w, origin) for w in waits[:WORST_SHOWN]],
+            **({"near_miss": missed.facts} if missed is not None else {}),
+        },
+    )
 
 
 def _seen(wait: BusyWait, timeline: Timeline, origin: int) -> list[str]:

@@ -11,6 +11,7 @@ plain SQLITE_BUSY, also without waiting, while another writer holds the WAL writ
 from __future__ import annotations
 
 from bisect import bisect_right
+from dataclasses import dataclass
 
 from sqlite_lockprobe.diagnose import advice
 from sqlite_lockprobe.diagnose.causes import (
@@ -31,20 +32,56 @@ from sqlite_lockprobe.diagnose.evidence import (
     wait_line,
 )
 from sqlite_lockprobe.diagnose.model import SQLITE_BUSY_SNAPSHOT, BusyWait, LockHold, Timeline
+from sqlite_lockprobe.diagnose.registry import pattern_of
 from sqlite_lockprobe.findings import Finding
 
-PATTERN = "upgrade-deadlock"
+PATTERN = pattern_of(__name__)
 WORST_SHOWN = 3
 # Looking back for the committer that made a snapshot stale: the latest few suffice.
 COMMITTER_LOOKBACK = 1000
 
 
+@dataclass(frozen=True)
+class _Refusals:
+    """The refused upgrades (losers, worst first) and the winners' COMMITs they made wait."""
+
+    losers: list[BusyWait]
+    victims_of: dict[int, list[BusyWait]]  # by id() of the loser
+    victim_waits: list[BusyWait]  # every winner's COMMIT wait, in time order
+    conn_waits: ConnWaits
+
+    @property
+    def snapshot(self) -> list[BusyWait]:
+        return [w for w in self.losers if w.code == SQLITE_BUSY_SNAPSHOT]
+
+    def judged(self, timeline: Timeline) -> list[BusyWait]:
+        """Refusals told without busy-handler counts (reduced detail)."""
+        return [
+            w
+            for w in self.losers
+            if w.code != SQLITE_BUSY_SNAPSHOT and is_reduced(timeline, w.waiter.conn)
+        ]
+
+    @property
+    def codes(self) -> dict[str, int]:
+        counted: dict[str, int] = {}
+        for w in self.losers:
+            counted[code_name(w.code)] = counted.get(code_name(w.code), 0) + 1
+        return dict(sorted(counted.items()))
+
+
 def detect(timeline: Timeline) -> list[Finding]:
     """One finding for all refused read-to-write upgrades, worst (with a victim COMMIT) first."""
+    refusals = _refusals(timeline)
+    if refusals is None:
+        return []
+    return [_finding(timeline, refusals)]
+
+
+def _refusals(timeline: Timeline) -> _Refusals | None:
     losers = [w for w in timeline.waits if is_upgrade_refusal(w, timeline)]
     if not losers:
-        return []
-    origin = timeline.origin_ns
+        return None
     conn_waits = ConnWaits(timeline.waits)
     halves = upgrade_second_halves(timeline, conn_waits)
     victims_of: dict[int, list[BusyWait]] = {}
@@ -53,24 +90,18 @@ def detect(timeline: Timeline) -> list[Finding]:
     for victims in victims_of.values():
         victims.sort(key=lambda w: (w.t0, w.waiter.conn))
     losers.sort(key=lambda w: (-len(victims_of.get(id(w), ())), w.t0, w.waiter.conn))
-
-    snapshot = [w for w in losers if w.code == SQLITE_BUSY_SNAPSHOT]
-    judged = [
-        w for w in losers if w.code != SQLITE_BUSY_SNAPSHOT and is_reduced(timeline, w.waiter.conn)
-    ]
-    counted: dict[str, int] = {}
-    for w in losers:
-        counted[code_name(w.code)] = counted.get(code_name(w.code), 0) + 1
-    codes = dict(sorted(counted.items()))
     victim_waits = sorted(
         (commit for _, commit in halves.values()), key=lambda w: (w.t0, w.waiter.conn)
     )
-    failed_victims = [w for w in victim_waits if w.failed]
+    return _Refusals(losers, victims_of, victim_waits, conn_waits)
 
+
+def _evidence(timeline: Timeline, refusals: _Refusals, judged: list[BusyWait]) -> list[str]:
+    origin, losers, victim_waits = timeline.origin_ns, refusals.losers, refusals.victim_waits
     evidence = [
         f"{len(losers)} write{'s' if len(losers) != 1 else ''} in transactions that had already "
         f"read failed without waiting: "
-        + ", ".join(f"{n} x {name}" for name, n in sorted(codes.items())),
+        + ", ".join(f"{n} x {name}" for name, n in sorted(refusals.codes.items())),
         "busy_timeout cannot help: SQLite did not call the busy handler for these "
         f"(timeouts of {_timeouts(losers)} ms were set)",
     ]
@@ -78,47 +109,51 @@ def detect(timeline: Timeline) -> list[Finding]:
         evidence.append(
             f"second half: {len(victim_waits)} COMMIT{'s' if len(victim_waits) != 1 else ''} "
             f"of the winning connection then waited for the loser's SHARED lock "
-            f"({len(failed_victims)} failed)"
+            f"({sum(w.failed for w in victim_waits)} failed)"
         )
     ends = _commit_ends(timeline)
     for loser in losers[:WORST_SHOWN]:
         evidence.append("loser: " + wait_line(loser, origin))
         evidence.extend(_why_lines(loser, timeline, origin, ends))
-        for commit in victims_of.get(id(loser), [])[:WORST_SHOWN]:
+        for commit in refusals.victims_of.get(id(loser), [])[:WORST_SHOWN]:
             evidence.append("winner's COMMIT then: " + wait_line(commit, origin))
     if judged:
         evidence.append(
             f"{len(judged)} of these were judged without busy-handler counts (reduced detail): "
             "from failures that arrived in under a tenth of the busy_timeout"
         )
+    return evidence
+
+
+def _finding(timeline: Timeline, refusals: _Refusals) -> Finding:
+    losers, victim_waits = refusals.losers, refusals.victim_waits
+    judged = refusals.judged(timeline)
+    evidence = _evidence(timeline, refusals, judged)
     worst = losers[0]
-    chain = wait_for_chain(worst, timeline, conn_waits)
+    chain = wait_for_chain(worst, timeline, refusals.conn_waits)
     evidence.append("wait-for chain:")
     evidence.extend(chain)
-
-    return [
-        Finding(
-            pattern=PATTERN,
-            title="Read-then-write transactions fail at once (upgrade deadlock)",
-            severity="error",
-            confidence="medium" if len(judged) * 2 > len(losers) else "high",
-            explanation=_explanation(timeline, bool(snapshot), bool(victim_waits)),
-            evidence=tuple(evidence),
-            advice=(advice.begin_immediate(),),
-            facts={
-                "refused_writes": len(losers),
-                "codes": codes,
-                "busy_snapshot": len(snapshot),
-                "judged_without_handler_counts": len(judged),
-                "winner_commit_waits": len(victim_waits),
-                "winner_commit_failures": len(failed_victims),
-                "losers": sorted({w.waiter.conn for w in losers}),
-                "winners": sorted({w.waiter.conn for w in victim_waits}),
-                "worst": wait_facts(worst, origin),
-                "chain": chain,
-            },
-        )
-    ]
+    return Finding(
+        pattern=PATTERN,
+        title="Read-then-write transactions fail at once (upgrade deadlock)",
+        severity="error",
+        confidence="medium" if len(judged) * 2 > len(losers) else "high",
+        explanation=_explanation(timeline, bool(refusals.snapshot), bool(victim_waits)),
+        evidence=tuple(evidence),
+        advice=(advice.begin_immediate(),),
+        facts={
+            "refused_writes": len(losers),
+            "codes": refusals.codes,
+            "busy_snapshot": len(refusals.snapshot),
+            "judged_without_handler_counts": len(judged),
+            "winner_commit_waits": len(victim_waits),
+            "winner_commit_failures": sum(w.failed for w in victim_waits),
+            "losers": sorted({w.waiter.conn for w in losers}),
+            "winners": sorted({w.waiter.conn for w in victim_waits}),
+            "worst": wait_facts(worst, timeline.origin_ns),
+            "chain": chain,
+        },
+    )
 
 
 def _timeouts(waits: list[BusyWait]) -> str:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.text import Text
 
-from sqlite_lockprobe.checking import CheckResult
 from sqlite_lockprobe.findings import sort_findings
 from sqlite_lockprobe.report.fitting import fold_identifier, pack_words
 from sqlite_lockprobe.report.jsonreport import report_document
 from sqlite_lockprobe.report.terminal import compact_table, hanging, table_chrome
+
+if TYPE_CHECKING:  # renderers get the sources' results, they do not import the sources
+    from sqlite_lockprobe.checking import CheckResult
 
 
 @dataclass(frozen=True)

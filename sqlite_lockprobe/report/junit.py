@@ -12,8 +12,11 @@ import re
 import socket
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from sqlite_lockprobe.checking import CheckResult
+if TYPE_CHECKING:  # renderers get the sources' results, they do not import the sources
+    from sqlite_lockprobe.checking import CheckResult
+
 
 SUITE_NAME = "lockprobe check"
 # Characters XML 1.0 cannot carry at all (SQL and error messages may contain them).

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from sqlite_lockprobe.runner import Progress
+if TYPE_CHECKING:  # renderers get the sources' results, they do not import the sources
+    from sqlite_lockprobe.runner import Progress
 
 
 @contextmanager

@@ -4,7 +4,7 @@ events, and the diagnosis; in the terminal and as the JSON contract."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -13,7 +13,6 @@ from rich.table import Table
 from rich.text import Text
 
 from sqlite_lockprobe.analysis import Analysis
-from sqlite_lockprobe.comparefix import HANDSHAKE_LIMIT_S, FixComparison, describe_fix
 from sqlite_lockprobe.diagnose.model import Timeline
 from sqlite_lockprobe.events import SkippedLines
 from sqlite_lockprobe.report.databasefacts import databases_json, several_databases
@@ -26,8 +25,11 @@ from sqlite_lockprobe.report.terminal import (
     worst_waits,
 )
 from sqlite_lockprobe.report.terminal_timeline import window_renderable, worst_window
-from sqlite_lockprobe.runner import RunResult
-from sqlite_lockprobe.scenario import Scenario
+
+if TYPE_CHECKING:  # renderers get the sources' results, they do not import the sources
+    from sqlite_lockprobe.comparefix import FixComparison
+    from sqlite_lockprobe.runner import RunResult
+    from sqlite_lockprobe.scenario import Scenario
 
 HEALTHY = (
     "No call failed on a lock (SQLITE_BUSY or SQLITE_LOCKED) and no wait used half of its "
@@ -218,8 +220,8 @@ def comparison_renderable(comparison: FixComparison) -> RenderableType:
             table.add_row(measure, before, after)
         applied = "; ".join(describe_fix(k, v) for k, v in comparison.fixes.items())
         note = (
-            f"(the scenario's wait steps were bounded to {HANDSHAKE_LIMIT_S:g} s: the fix can "
-            "change who waits for whom)"
+            f"(the scenario's wait steps were bounded to {comparison.wait_limit_s:g} s: the fix "
+            "can change who waits for whom)"
         )
         body = [Text(f"Re-ran with: {applied}"), Text(note, style="dim"), table]
     if comparison.manual:
@@ -227,3 +229,12 @@ def comparison_renderable(comparison: FixComparison) -> RenderableType:
         for pattern, advice in comparison.manual:
             body.append(hanging("  • ", Text.assemble((pattern, "bold"), f": {advice.text}")))
     return Panel(Group(*body), title="--compare-fix: the advice applied", title_align="left")
+
+
+def describe_fix(key: str, value: Any) -> str:
+    return {
+        "transaction": "BEGIN IMMEDIATE for every transaction that writes",
+        "busy_timeout_ms": f"busy_timeout = {value} ms",
+        "journal_mode": f"journal_mode = {str(value).upper()}",
+        "synchronous": f"synchronous = {str(value).upper()}",
+    }.get(key, f"{key} = {value}")

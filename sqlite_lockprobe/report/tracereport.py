@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.text import Text
@@ -12,7 +12,9 @@ from sqlite_lockprobe.analysis import Analysis
 from sqlite_lockprobe.databases import DatabaseInfo
 from sqlite_lockprobe.report.databasefacts import databases_json, several_databases
 from sqlite_lockprobe.report.runreport import ReportHeader
-from sqlite_lockprobe.tracing import TraceResult
+
+if TYPE_CHECKING:  # renderers get the sources' results, they do not import the sources
+    from sqlite_lockprobe.tracing import TraceResult
 
 NOTHING_TO_TRACE = "nothing to trace (no sqlite3 connection recorded)"
 

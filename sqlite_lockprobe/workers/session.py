@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from sqlite_lockprobe.eventfile import CALL_KEY
 from sqlite_lockprobe.probe import ConnectionProbe, Emit, error_codes
+from sqlite_lockprobe.resultcodes import SQLITE_BUSY
 
 IsolationLevel = Literal["DEFERRED", "IMMEDIATE", "EXCLUSIVE"]
 _ISOLATION: dict[str, IsolationLevel] = {
@@ -26,7 +27,6 @@ _ISOLATION: dict[str, IsolationLevel] = {
 _conn_numbers = itertools.count(1)
 # Call numbers are unique in a process: its sessions share one event file.
 _call_keys = itertools.count(1)
-SQLITE_BUSY = 5
 _OPEN_TIMEOUT_MS = 5000
 # The operations that run their SQL with execute() and finish it.
 _STATEMENTS = frozenset({"begin", "write", "read"})

@@ -1,25 +1,11 @@
 import json
 import random
 
-from sqlite_lockprobe.diagnose import causes
-from sqlite_lockprobe.diagnose.detectors import DETECTORS, diagnose
+from sqlite_lockprobe.diagnose.detectors import diagnose
 from sqlite_lockprobe.diagnose.model import SQLITE_BUSY_SNAPSHOT
+from sqlite_lockprobe.diagnose.registry import PRECEDENCE
 
 from .builders import TimelineBuilder
-
-PATTERN_IDS = (
-    "upgrade-deadlock",
-    "self-deadlock",
-    "external-holder",
-    "no-busy-timeout",
-    "reader-blocks-writer",
-    "long-write-transaction",
-    "write-convoy",
-    "checkpoint-starvation",
-    "table-locked",
-    "network-filesystem",
-    "unexplained-busy",
-)
 
 
 def healthy(journal_mode: str = "wal"):
@@ -79,11 +65,6 @@ def everything():
     return tl
 
 
-def test_registry_lists_every_pattern_in_precedence_order():
-    assert tuple(DETECTORS) == PATTERN_IDS
-    assert causes.PRECEDENCE == PATTERN_IDS
-
-
 def test_healthy_wal_workload_gives_no_findings():
     assert diagnose(healthy().build()) == []
 
@@ -100,7 +81,7 @@ def test_each_problem_is_reported_once_under_its_cause():
     findings = diagnose(everything().build())
     by_pattern = {f.pattern: f for f in findings}
     not_here = ("checkpoint-starvation", "network-filesystem", "unexplained-busy")
-    assert sorted(by_pattern) == sorted(p for p in PATTERN_IDS if p not in not_here)
+    assert sorted(by_pattern) == sorted(p for p in PRECEDENCE if p not in not_here)
     assert len(findings) == len(by_pattern)
     assert by_pattern["upgrade-deadlock"].facts["winner_commit_failures"] == 1
     assert by_pattern["self-deadlock"].facts["pairs"] == [["s2", "s1"]]
@@ -136,8 +117,16 @@ def test_same_input_gives_same_output_whatever_the_build_order():
 
 
 def test_findings_are_json_serialisable():
-    for f in diagnose(everything().build()):
-        json.dumps(f.to_json())
+    """Each finding's JSON reads back as itself (no tuple turned list, no non-string key, no
+    NaN) and carries the contract's fields (docs/json-report.md)."""
+    findings = diagnose(everything().build())
+    assert len(findings) == 8
+    for f in findings:
+        document = f.to_json()
+        assert json.loads(json.dumps(document, allow_nan=False)) == document, f.pattern
+        assert {"pattern", "severity", "confidence", "evidence", "advice"} <= set(document)
+        assert document["pattern"] == f.pattern
+        assert document["evidence"]["lines"] == list(f.evidence)
 
 
 def test_wal_busy_snapshot_and_rollback_busy_both_become_upgrade_deadlock():
@@ -151,7 +140,7 @@ def test_wal_busy_snapshot_and_rollback_busy_both_become_upgrade_deadlock():
 
 def test_every_finding_names_a_pattern_and_gives_advice_with_snippets():
     for f in diagnose(everything().build()):
-        assert f.pattern in PATTERN_IDS
+        assert f.pattern in PRECEDENCE
         assert f.advice and all(a.snippets for a in f.advice)
         assert f.evidence and f.explanation
 

@@ -1,5 +1,7 @@
-"""Timelines from real runs of built-in scenarios: the Chrome trace file (`--timeline`) obeys
-the trace event format's rules, and says who held, who waited and where calls failed."""
+"""The timeline renderers (report/timeline.py, report/terminal_timeline.py; the timeline the
+diagnosis builds is tests/test_build_timeline.py's) on real runs of built-in scenarios: the
+Chrome trace file (`--timeline`) obeys the trace event format's rules, and says who held, who
+waited and where calls failed; the terminal report draws the worst wait's window."""
 
 from __future__ import annotations
 
