@@ -42,6 +42,7 @@ Step = tuple[str, Any]  # ("write", sql), ("begin", "immediate"), ("commit", Non
 
 _BEGIN = re.compile(r"\s*BEGIN\b(?:\s+(DEFERRED|IMMEDIATE|EXCLUSIVE))?", re.IGNORECASE)
 _FIRST_WORD = re.compile(r"\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(\w+)", re.DOTALL)
+_SQL_STEPS = ("read", "write", "open_read")
 _READ_WORDS = frozenset(("SELECT", "VALUES", "EXPLAIN"))
 _SCHEMA_WORDS = frozenset(("CREATE", "DROP", "ALTER"))
 _SETTING_WORDS = frozenset(("PRAGMA", "ANALYZE", "VACUUM", "REINDEX", "ATTACH", "DETACH"))
@@ -135,7 +136,7 @@ def scenario_from_events(
         from sqlite_lockprobe.errors import LockprobeError
 
         raise LockprobeError("the event log has no SQL calls to make a scenario of")
-    groups = _merge(workers, settings, log.opens)
+    groups = _merge(workers, settings, log.opens, log.conn_modes)
     _line_up(groups, settings, notes)
     _start_times(groups)
     schema, setup, schema_note = _schema(schema_db or settings.db, log.creates)
@@ -197,6 +198,7 @@ class _Log:
             self.notes.append(f"{skipped['executescript']} executescript call(s) left out")
         self.db = self._busiest_db()
         self.calls = [c for c in self.raw_calls if self._db_of(c["conn"]) == self.db]
+        self.conn_modes = self._transaction_modes()
         times = [c["t0"] for c in self.calls] + [c["t1"] for c in self.calls]
         self.span_s = (max(times) - min(times)) / 1e9 if times else 0.0
 
@@ -215,6 +217,24 @@ class _Log:
             )
         return db
 
+    def _transaction_modes(self) -> dict[str, str]:
+        """Each connection's transaction mode: its isolation_level when opened, unless its
+        calls show otherwise (an isolation_level set after connect, as SQLAlchemy's recipe
+        does): a write made outside a transaction that left none open ran in autocommit."""
+        modes = {c: _transaction_mode(e.get("isolation")) for c, e in self.opens.items()}
+        in_txn: dict[str, bool] = {}
+        for call in self.calls:
+            conn = call["conn"]
+            word = _FIRST_WORD.match(str(call.get("sql") or ""))
+            dml = word is not None and word.group(1).upper() in _WRITE_WORDS
+            if dml and call.get("err") is None and not in_txn.get(conn, False):
+                if not call.get("in_txn"):
+                    modes[conn] = "autocommit"
+                elif modes.get(conn, "autocommit") == "autocommit":
+                    modes[conn] = "deferred"
+            in_txn[conn] = bool(call.get("in_txn"))
+        return modes
+
     def settings(self) -> _Settings:
         s = _Settings(db=self.db, synchronous=self.meta_synchronous)
         mode = self.meta_mode if self.db == self.meta_db else None
@@ -228,7 +248,7 @@ class _Log:
                 continue
             if event.get("timeout_ms") is not None:
                 timeouts[int(event["timeout_ms"])] += 1
-            modes[_transaction_mode(event.get("isolation"))] += 1
+            modes[self.conn_modes[conn]] += 1
         for call in self.calls:
             sql = call.get("sql") or ""
             if call.get("err") is not None:
@@ -256,10 +276,13 @@ class _Log:
     def shaped_workers(self) -> list[_Worker]:
         """Each worker's calls as steps, split into transactions and folded into a pass."""
         workers: dict[str, _Worker] = {}
+        in_txn: dict[str, bool] = {}
         for event in self.calls:
             step = self._step(event)
-            if step is None:
-                continue
+            was_in_txn = in_txn.get(event["conn"], False)
+            in_txn[event["conn"]] = bool(event.get("in_txn"))
+            if step is None or (step[0] in ("commit", "rollback") and not was_in_txn):
+                continue  # not SQL a scenario runs, or a commit with nothing to commit
             name = str(event.get("worker") or event["conn"])
             worker = workers.get(name)
             if worker is None:
@@ -286,9 +309,15 @@ class _Log:
             )
         shaped = []
         for worker in workers.values():
-            if all(c.step[0] in ("commit", "rollback") for c in worker.calls):
-                continue  # only commits: a connection's set-up (the schema, settings)
-            worker.units = _units(worker.calls)
+            if not any(c.step[0] in _SQL_STEPS or c.err is not None for c in worker.calls):
+                continue  # a connection's set-up (the schema, settings) and nothing else
+            # A transaction with no SQL a scenario runs (CREATE, PRAGMA) is the program's set-up.
+            worker.units = [
+                u
+                for u in _units(worker.calls)
+                if any(c.step[0] in _SQL_STEPS or c.err is not None for c in u)
+            ]
+            worker.calls = [c for u in worker.units for c in u]
             worker.period, worker.template = _fold(worker.units)
             shaped.append(worker)
         return shaped
@@ -393,7 +422,10 @@ def _fold(units: list[list[_Call]]) -> tuple[int, list[list[Step]]]:
 
 
 def _merge(
-    workers: list[_Worker], settings: _Settings, opens: dict[str, dict[str, Any]]
+    workers: list[_Worker],
+    settings: _Settings,
+    opens: dict[str, dict[str, Any]],
+    conn_modes: dict[str, str],
 ) -> list[_Group]:
     """Workers of one kind with the same pass, connection use and settings, as one group."""
     groups: dict[Any, _Group] = {}
@@ -407,7 +439,7 @@ def _merge(
         first = worker.calls[0].conn
         opened = opens.get(first, {})
         timeout = opened.get("timeout_ms")
-        mode = _transaction_mode(opened.get("isolation")) if opened else None
+        mode = conn_modes.get(first)
         key = (
             worker.kind,
             repr(worker.template),
