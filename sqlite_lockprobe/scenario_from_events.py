@@ -135,7 +135,7 @@ def scenario_from_events(
     if not workers:
         from sqlite_lockprobe.errors import LockprobeError
 
-        raise LockprobeError("the event log has no SQL calls to make a scenario of")
+        raise LockprobeError("no SQL calls were recorded to make a scenario of")
     groups = _merge(workers, settings, log.opens, log.conn_modes)
     _line_up(groups, settings, notes)
     _start_times(groups)
