@@ -16,24 +16,22 @@ from __future__ import annotations
 
 import datetime
 import re
-import sqlite3
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlite_lockprobe.databases import journal_mode_set_by
+from sqlite_lockprobe.errors import LockprobeError
 from sqlite_lockprobe.scenario import JOURNAL_MODES, MAX_PROCESSES, MAX_SECONDS, _toml
+from sqlite_lockprobe.scenario_schema import schema_for
 from sqlite_lockprobe.sqltemplate import generalise_sql
 
 # Gaps shorter than this are the program's own overhead, not think time.
 THINK_TIME_MIN_S = 0.001
 # Start offsets below this are the workers starting together.
 START_OFFSET_MIN_S = 0.005
-# Rows generated per table at most (the count is the file's own, read with count(*)).
-MAX_GENERATED_ROWS = 1000
 # SQLite's result codes that mean a lock was refused (BUSY, LOCKED).
 LOCK_ERRORS = (5, 6)
 SQLITE_LOCKED_SHAREDCACHE = 262
@@ -133,13 +131,11 @@ def scenario_from_events(
     settings = log.settings()
     workers = log.shaped_workers()
     if not workers:
-        from sqlite_lockprobe.errors import LockprobeError
-
         raise LockprobeError("no SQL calls were recorded to make a scenario of")
     groups = _merge(workers, settings, log.opens, log.conn_modes)
     _line_up(groups, settings, notes)
     _start_times(groups)
-    schema, setup, schema_note = _schema(schema_db or settings.db, log.creates)
+    schema, setup, schema_note = schema_for(schema_db or settings.db, log.creates)
     if schema_note:
         notes.append(schema_note)
     text = _render(
@@ -471,8 +467,6 @@ def _merge(
 
 
 def _too_many(processes: int) -> Exception:
-    from sqlite_lockprobe.errors import LockprobeError
-
     return LockprobeError(
         f"the log has {processes} worker processes; a scenario runs at most {MAX_PROCESSES}"
     )
@@ -661,87 +655,6 @@ def _steps(group: _Group) -> list[Step]:
 
 def _repeat(group: _Group) -> int:
     return max(-(-len(w.units) // w.period) for w in group.workers)
-
-
-# ----------------------------------------------------------------------------- schema
-
-
-def _schema(path: str | None, creates: list[str]) -> tuple[list[str], list[str], str | None]:
-    """The schema and generated rows from the database file (opened read-only), else the
-    CREATE statements of the log; a note when neither was possible or rows were not made."""
-    problem = "the log names no database file"
-    if path and Path(path).is_file():
-        try:
-            return (*_read_schema(path), None)
-        except sqlite3.Error as exc:
-            problem = f"{path} could not be read ({exc})"
-    elif path:
-        problem = f"{path} is no longer there"
-    if creates:
-        unique = list(dict.fromkeys(creates))
-        return unique, [], f"schema from the log's CREATE statements ({problem}); no rows"
-    return (
-        [],
-        [],
-        (
-            f"no schema: {problem} and the log shows no CREATE statement; add [database] schema "
-            "(your CREATE TABLE statements) before running this file"
-        ),
-    )
-
-
-def _read_schema(path: str) -> tuple[list[str], list[str]]:
-    uri = "file:" + path.replace("?", "%3f").replace("#", "%23") + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=1.0)
-    try:
-        rows = conn.execute(
-            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL "
-            "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid"
-        ).fetchall()
-        virtual = [n for t, n, sql in rows if t == "table" and sql.upper().startswith("CREATE V")]
-        schema, setup = [], []
-        for kind, name, sql in rows:
-            if any(name.startswith(f"{v}_") for v in virtual):
-                continue  # a virtual table's shadow table: its CREATE VIRTUAL TABLE makes it
-            schema.append(sql)
-            if kind == "table" and name not in virtual:
-                rows_sql = _generated_rows(conn, name)
-                if rows_sql:
-                    setup.append(rows_sql)
-        return schema, setup
-    finally:
-        conn.close()
-
-
-def _generated_rows(conn: sqlite3.Connection, table: str) -> str | None:
-    """As many rows as the table has (at most MAX_GENERATED_ROWS), every value generated from
-    the row number by the column's declared type: none of the file's values."""
-    quoted = '"' + table.replace('"', '""') + '"'
-    (count,) = conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()
-    count = min(int(count), MAX_GENERATED_ROWS)
-    columns = conn.execute(f"PRAGMA table_info({quoted})").fetchall()
-    if not count or not columns:
-        return None
-    names = ", ".join('"' + c[1].replace('"', '""') + '"' for c in columns)
-    values = ", ".join(_generated_value(str(c[2] or "")) for c in columns)
-    return (
-        f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) "
-        f"INSERT INTO {quoted} ({names}) SELECT {values} FROM n"
-    )
-
-
-def _generated_value(declared: str) -> str:
-    """A value for row i by the column's type affinity (https://sqlite.org/datatype3.html)."""
-    upper = declared.upper()
-    if "INT" in upper:
-        return "i"
-    if any(t in upper for t in ("CHAR", "CLOB", "TEXT")):
-        return "'row ' || i"
-    if "BLOB" in upper or not upper:
-        return "randomblob(8)"
-    if any(t in upper for t in ("REAL", "FLOA", "DOUB")):
-        return "i * 1.0"
-    return "i"
 
 
 # ----------------------------------------------------------------------------- TOML

@@ -165,11 +165,16 @@ def test_the_schema_is_read_without_writing_the_users_database(invoke, tmp_path)
 def test_without_the_database_file_the_header_says_there_is_no_schema(invoke, tmp_path) -> None:
     log, db = tmp_path / "log.jsonl", tmp_path / "gone.db"
     invoke("run", "no-busy-timeout", "--db", str(db), "--events", str(log), "-q")
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())
     db.unlink()
     made = invoke("scenario", str(log), "-o", str(tmp_path / "out.toml"))
     text = (tmp_path / "out.toml").read_text()
     assert "# Note: no schema: " in text and "schema = []" in text
     assert "note: no schema" in made.output
+    # --schema-from names a file to read it from instead.
+    made = invoke("scenario", str(log), "-o", "-", "--schema-from", str(copy))
+    assert "CREATE TABLE hits" in made.output and "no schema" not in made.output
 
 
 @pytest.mark.parametrize(
