@@ -73,6 +73,9 @@ class _Worker:
     units: list[list[_Call]] = field(default_factory=list)
     period: int = 1
     template: list[list[Step]] = field(default_factory=list)
+    # Per template unit: the steps up to the refused call when that unit never completed
+    # (its template is then only as seen), else None.
+    partial: list[tuple[Step, ...] | None] = field(default_factory=list)
 
 
 @dataclass
@@ -92,6 +95,7 @@ class _Group:
     after: dict[tuple[int, int], list[Step]] = field(default_factory=lambda: defaultdict(list))
     start_after: float = 0.0
     stagger: float = 0.0
+    partial: list[tuple[Step, ...] | None] = field(default_factory=list)
 
     @property
     def first_t0(self) -> int:
@@ -134,6 +138,7 @@ def scenario_from_events(
         raise LockprobeError("no SQL calls were recorded to make a scenario of")
     groups = _merge(workers, settings, log.opens, log.conn_modes)
     _line_up(groups, settings, notes)
+    _phases(groups)
     _start_times(groups)
     schema, setup, schema_note = schema_for(schema_db or settings.db, log.creates)
     if schema_note:
@@ -314,7 +319,7 @@ class _Log:
                 if any(c.step[0] in _SQL_STEPS or c.err is not None for c in u)
             ]
             worker.calls = [c for u in worker.units for c in u]
-            worker.period, worker.template = _fold(worker.units)
+            worker.period, worker.template, worker.partial = _fold(worker.units)
             shaped.append(worker)
         return shaped
 
@@ -396,12 +401,16 @@ def _shape(unit: list[_Call]) -> tuple[tuple[Step, ...], bool]:
     return tuple(c.step for c in unit), False
 
 
-def _fold(units: list[list[_Call]]) -> tuple[int, list[list[Step]]]:
+def _fold(
+    units: list[list[_Call]],
+) -> tuple[int, list[list[Step]], list[tuple[Step, ...] | None]]:
     """The shortest pass of units that the worker repeated (a failed unit matches the pass's
-    unit it is the start of), and its steps; else the whole sequence once."""
+    unit it is the start of), its steps, and per unit the steps up to the refused call when it
+    never completed; else the whole sequence once."""
     shapes = [_shape(u) for u in units]
     for period in range(1, len(shapes) + 1):
         template: list[list[Step]] = []
+        partial: list[tuple[Step, ...] | None] = []
         for j in range(period):
             at = shapes[j::period]
             whole = {s for s, failed in at if not failed}
@@ -412,9 +421,51 @@ def _fold(units: list[list[_Call]]) -> tuple[int, list[list[Step]]]:
             if any(failed and steps[: len(s)] != s for s, failed in at):
                 break
             template.append(list(steps))
+            partial.append(None if whole else at[0][0])
         else:
-            return period, template
-    return len(units), [[c.step for c in u] for u in units]  # pragma: no cover - period n fits
+            return period, template, partial
+    # pragma: no cover - the whole sequence (period n) always fits
+    return len(units), [[c.step for c in u] for u in units], [None] * len(units)
+
+
+def _same_pass(a: _Group | _Worker, b: _Worker) -> bool:
+    """Whether two passes are one, but for units one of them never completed and that are the
+    start of the other's (a worker whose every pass was refused, beside one of the same group
+    whose passes went through)."""
+    if len(a.template) != len(b.template):
+        return False
+    for j in range(len(a.template)):
+        sa, sb = a.partial[j], b.partial[j]
+        if sa is None and sb is None and a.template[j] != b.template[j]:
+            return False
+        if sa is None and sb is not None and tuple(a.template[j][: len(sb)]) != sb:
+            return False
+        if sb is None and sa is not None and tuple(b.template[j][: len(sa)]) != sa:
+            return False
+        if sa is not None and sb is not None and not (sa[: len(sb)] == sb or sb[: len(sa)] == sa):
+            return False
+    return True
+
+
+def _joins(group: _Group, worker: _Worker) -> bool:
+    """Whether the worker is one more of the group: the same pass; where either never
+    completed a unit, only within one group of the log (a refused BEGIN IMMEDIATE is the
+    start of every transaction that begins so)."""
+    if not _same_pass(group, worker):
+        return False
+    exact = all(p is None for p in group.partial) and all(p is None for p in worker.partial)
+    return exact or group.workers[0].group == worker.group
+
+
+def _join(group: _Group, worker: _Worker) -> None:
+    """The group's pass, each unit as the one that went through (else the longer start)."""
+    for j in range(len(group.template)):
+        mine, theirs = group.partial[j], worker.partial[j]
+        if mine is None:
+            continue
+        if theirs is None or len(theirs) > len(mine):
+            group.template[j] = list(worker.template[j])
+            group.partial[j] = theirs
 
 
 def _merge(
@@ -424,7 +475,7 @@ def _merge(
     conn_modes: dict[str, str],
 ) -> list[_Group]:
     """Workers of one kind with the same pass, connection use and settings, as one group."""
-    groups: dict[Any, _Group] = {}
+    groups: dict[Any, list[_Group]] = defaultdict(list)
     names: set[str] = set()
     for worker in workers:
         conns = {c.conn for c in worker.calls}
@@ -436,30 +487,27 @@ def _merge(
         opened = opens.get(first, {})
         timeout = opened.get("timeout_ms")
         mode = conn_modes.get(first)
-        key = (
-            worker.kind,
-            repr(worker.template),
-            connection,
-            blocking,
-            timeout,
-            mode,
-        )
-        group = groups.get(key)
+        key = (worker.kind, connection, blocking, timeout, mode)
+        group = next((g for g in groups[key] if _joins(g, worker)), None)
         if group is None:
             name = _group_name(worker.group, names)
             names.add(name)
-            groups[key] = _Group(
+            group = _Group(
                 name,
                 worker.kind,
                 [],
-                worker.template,
+                [list(unit) for unit in worker.template],
                 connection,
                 blocking,
                 None if timeout in (None, settings.busy_timeout_ms) else int(timeout),
                 mode if mode != settings.transaction_mode else None,
+                partial=list(worker.partial),
             )
-        groups[key].workers.append(worker)
-    ordered = sorted(groups.values(), key=lambda g: g.first_t0)
+            groups[key].append(group)
+        else:
+            _join(group, worker)
+        group.workers.append(worker)
+    ordered = sorted((g for gs in groups.values() for g in gs), key=lambda g: g.first_t0)
     processes = sum(len(g.workers) for g in ordered if g.kind == "process")
     if processes > MAX_PROCESSES:
         raise _too_many(processes)
@@ -558,6 +606,24 @@ def _handshake(
         if group.first_t0 >= took.t1:
             group.before[(0, 0)].append(("wait", "held"))
     return True
+
+
+def _phases(groups: list[_Group]) -> None:
+    """A group that began after another had ended (a program's set-up, then its workers)
+    waits for `done:` that group, so the phases do not overlap as the log shows they did not.
+    Only for a group that waits for nothing itself: its end never depends on another."""
+    for earlier in groups:
+        waits = any(
+            step[0] == "wait"
+            for steps in (*earlier.before.values(), *earlier.after.values())
+            for step in steps
+        )
+        if waits:
+            continue
+        ended = max(w.calls[-1].t1 for w in earlier.workers)
+        for later in groups:
+            if later is not earlier and later.first_t0 > ended:
+                later.before[(0, 0)].insert(0, ("wait", f"done:{earlier.name}"))
 
 
 def _holding_unit(

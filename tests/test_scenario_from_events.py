@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from sqlite_lockprobe.scenario import builtin_names, load_scenario
+from sqlite_lockprobe.scenario import builtin_names, load_scenario, parse_scenario
+from sqlite_lockprobe.scenario_from_events import scenario_from_events
 from sqlite_lockprobe.sqltemplate import generalise_sql
 from tests.test_trace import SAFETY_TIMEOUT, lockprobe_trace, write_program
 
@@ -223,3 +224,65 @@ def test_a_missing_or_corrupt_log_is_one_line_and_exit_2(
 )
 def test_sql_keeps_its_shape_and_none_of_its_values(sql: str, expected: str) -> None:
     assert generalise_sql(sql) == expected
+
+
+def call(t0: int, worker: str, op: str, sql: str, in_txn: bool, err: int | None = None) -> dict:
+    """A `call` event as a log has it (times in ms for reading, nanoseconds in the event)."""
+    return {
+        "k": "call", "t0": t0 * 1_000_000, "t1": t0 * 1_000_000 + 100_000, "conn": f"c.{worker}",
+        "worker": worker, "thread": worker, "task": None, "op": op, "sql": sql, "stmts": None,
+        "busy": 0, "err": err, "ext": err, "msg": None, "in_txn": in_txn, "site": None,
+    }  # fmt: skip
+
+
+def hand_built_log() -> list[dict]:
+    """A set-up phase (main), then two workers of group `view` (view#0's every pass refused at
+    its INSERT, view#1's went through) beside a writer that held the lock."""
+    events: list[dict] = [{"k": "meta", "t": 0, "pid": 1, "source": "trace app.py", "db": None}]
+    for worker, group in (("main", "main"), ("view#0", "view"), ("view#1", "view"), ("w", "w")):
+        events.append({"k": "worker", "t": 0, "worker": worker, "group": group, "kind": "thread",
+                       "pid": 1, "thread": worker, "task": None})  # fmt: skip
+        events.append({"k": "open", "t": 0, "conn": f"c.{worker}", "worker": worker, "group": "",
+                       "pid": 1, "timeout_ms": 5000, "isolation": None, "db": None})  # fmt: skip
+    events += [
+        call(1, "main", "execute", "INSERT INTO t (v) VALUES (7)", False),
+        call(10, "w", "execute", "BEGIN IMMEDIATE", True),
+        call(11, "w", "execute", "INSERT INTO t (v) VALUES (8)", True),
+        call(30, "w", "commit", "COMMIT", False),
+    ]
+    for n in range(2):
+        base = 12 + n * 4
+        events += [
+            call(base, "view#0", "execute", "BEGIN", True),
+            call(base + 1, "view#0", "execute", "SELECT v FROM t", True),
+            call(base + 2, "view#0", "execute", "UPDATE t SET v = 1", True, err=5),
+            call(base + 3, "view#0", "rollback", "ROLLBACK", False),
+        ]
+    for n in range(2):
+        base = 40 + n * 5
+        events += [
+            call(base, "view#1", "execute", "BEGIN", True),
+            call(base + 1, "view#1", "execute", "SELECT v FROM t", True),
+            call(base + 2, "view#1", "execute", "UPDATE t SET v = 1", True),
+            call(base + 3, "view#1", "commit", "COMMIT", False),
+        ]
+    events.sort(key=lambda e: e.get("t0", e.get("t", 0)))
+    return events
+
+
+def test_workers_of_a_group_are_one_group_even_when_one_never_got_through() -> None:
+    draft = scenario_from_events(hand_built_log(), ["upgrade-deadlock"], name="hand")
+    scenario = parse_scenario(draft.text)
+    groups = {g.name: g for g in scenario.groups}
+    view = groups["view"]
+    assert view.count == 2 and view.repeat == 2
+    assert [s.describe() for s in view.steps if s.action not in ("sleep", "signal", "wait")] == [
+        "begin", "read SELECT v FROM t", "write UPDATE t SET v = 1", "commit",
+    ]  # fmt: skip
+    # The refused UPDATE waits for the writer's lock; the set-up phase ends before the rest.
+    assert [s.describe() for s in groups["w"].steps if s.action in ("signal", "wait")] == [
+        "wait done:main", "signal held",
+    ]  # fmt: skip
+    assert "wait held" in [s.describe() for s in view.steps]
+    assert view.steps[0].describe() == "wait done:main"
+    assert scenario.expect == ("upgrade-deadlock",)
