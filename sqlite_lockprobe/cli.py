@@ -25,7 +25,12 @@ from sqlite_lockprobe.checking import check_scenario, load_targets
 from sqlite_lockprobe.comparefix import compare_fix as run_with_fixes
 from sqlite_lockprobe.diagnose.registry import ANY_WORD, pattern_ids
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.events import SkippedLines, stream_event_log, write_events
+from sqlite_lockprobe.events import (
+    SkippedLines,
+    load_event_log,
+    stream_event_log,
+    write_events,
+)
 from sqlite_lockprobe.inspect_watch import watch_inspections
 from sqlite_lockprobe.inspection import inspect_database, inspection_findings
 from sqlite_lockprobe.report import runreport, tracereport
@@ -44,6 +49,7 @@ from sqlite_lockprobe.report.runreport import ReportHeader
 from sqlite_lockprobe.report.timeline import chrome_trace
 from sqlite_lockprobe.runner import run_scenario
 from sqlite_lockprobe.scenario import builtin_names, load_scenario
+from sqlite_lockprobe.scenario_from_events import ScenarioDraft, scenario_from_events
 from sqlite_lockprobe.thresholds import Thresholds
 from sqlite_lockprobe.tracing import GRACE_SECONDS, trace_program
 
@@ -409,6 +415,61 @@ def report(events_file: Path, outputs: ReportOutputs) -> None:
     emit_report("report", header, analysis, outputs)
 
 
+# -------------------------------------------------------------------------- scenario
+
+
+def scenario_name(output: str) -> str:
+    return "from-trace" if output == "-" else Path(output).stem
+
+
+def write_scenario(output: str, draft: ScenarioDraft) -> None:
+    """The generated TOML to stdout or a file, and one line on stderr saying what to do next."""
+    if output == "-":
+        click.echo(draft.text, nl=False)
+        return
+    write_text_atomically(output, draft.text)
+    click.echo(f"lockprobe: wrote {output} (run it: lockprobe run {output})", err=True)
+    for note in draft.notes:
+        click.echo(f"lockprobe: note: {note}", err=True)
+
+
+scenario_option = click.option(
+    "--scenario",
+    "scenario_path",
+    metavar="FILE.toml",
+    callback=writable_output,
+    help="Write a scenario that reproduces the recorded transactions (no data copied).",
+)
+
+
+@cli.command("scenario")
+@click.argument("events_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="FILE.toml|-",
+    callback=writable_output,
+    help="Where to write the scenario (- for stdout).",
+)
+@click.option(
+    "--schema-from",
+    type=click.Path(exists=True, dir_okay=False, path_type=str),
+    metavar="DB",
+    help="Read the schema from this database file (read-only) instead of the one the log names.",
+)
+@user_errors
+def scenario_command(events_file: Path, output: str, schema_from: str | None) -> None:
+    """Write a scenario reproducing a saved event log (trace, run or record() --events): its
+    workers, transactions, think times and settings, with generated values."""
+    events = load_event_log(events_file)
+    patterns = analyze(events).pattern_ids
+    draft = scenario_from_events(
+        events, patterns, name=scenario_name(output), schema_db=schema_from
+    )
+    write_scenario(output, draft)
+
+
 # ----------------------------------------------------------------------------- check
 
 
@@ -511,6 +572,7 @@ def check(
     help="Record only connections to this database file (others run untouched).",
 )
 @events_option
+@scenario_option
 @report_outputs
 @click.option(
     "--fail-on",
@@ -534,6 +596,7 @@ def check(
 def trace(
     db: Path | None,
     events_path: Path | None,
+    scenario_path: str | None,
     outputs: ReportOutputs,
     fail_on: tuple[str, ...] | None,
     grace: float,
@@ -545,6 +608,8 @@ def trace(
     result = trace_program(list(command), db=db, grace_seconds=grace)
     unwritten = write_event_log(events_path, result.events)
     analysis = analyze(result.events)
+    if scenario_path is not None:
+        unwritten += trace_scenario(scenario_path, result.events, analysis)
     header = tracereport.trace_header(result, analysis)
     if result.nothing_recorded:
 
@@ -560,3 +625,15 @@ def trace(
         click.echo(f"lockprobe: found {', '.join(failed)} (--fail-on)", err=True)
         sys.exit(1)
     sys.exit(result.exit_code)
+
+
+def trace_scenario(
+    output: str, events: list[dict[str, Any]], analysis: Analysis
+) -> tuple[str, ...]:
+    """trace --scenario; what went wrong, to say after the report rather than instead of it."""
+    try:
+        draft = scenario_from_events(events, analysis.pattern_ids, name=scenario_name(output))
+        write_scenario(output, draft)
+    except LockprobeError as exc:
+        return (f"--scenario: {exc}",)
+    return ()

@@ -32,6 +32,9 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
         "platform",
         # trace only: which wrappers recorded the calls, "compiled" or "python" (traced.py).
         "probe_path",
+        # run only: the scenario's synchronous setting (None: SQLite's default), which no
+        # call shows (`lockprobe scenario` keeps it).
+        "synchronous",
     ),
     # The filesystem the database lives on (network_reason set: NFS, SMB, 9p, remote FUSE...).
     "filesystem": ("t", "db", "type", "mount_point", "source", "network_reason"),

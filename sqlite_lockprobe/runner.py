@@ -190,6 +190,8 @@ def _drive(
             platform.python_version(),
             sqlite3.sqlite_version,
             sys.platform,
+            None,
+            scenario.database.synchronous,
         )
     )
     for place in places:
