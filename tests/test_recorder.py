@@ -328,3 +328,25 @@ def test_record_install_and_recorder_are_the_public_api() -> None:
 
     assert sqlite_lockprobe.Recorder is Recorder
     assert sqlite_lockprobe.install is install and sqlite_lockprobe.record is record
+
+
+def test_forget_lets_go_of_what_came_before_without_counting_it_dropped(tmp_path: Path) -> None:
+    """The pytest plugin's test windows: after forget(), the diagnosis is of what came next
+    alone, and a connection opened before is still named."""
+    db = tmp_path / "app.db"
+    make_table(db)
+    with sqlite_lockprobe.record() as rec:
+        upgrade_deadlock(db)
+        kept_conn = sqlite3.connect(db)
+        assert rec.kept > 0
+        rec.forget()
+        assert rec.kept == 0
+        kept_conn.execute("SELECT count(*) FROM t").fetchall()
+        kept_conn.close()
+    analysis = rec.analysis()
+    assert analysis.findings == []  # the deadlock came before forget()
+    assert rec.dropped == 0 and analysis.summary.notes == ()
+    calls = [e for e in rec.events() if e["k"] == "call"]
+    assert [e["sql"] for e in calls] == ["SELECT count(*) FROM t"]
+    opened = {e["conn"] for e in rec.events() if e["k"] == "open"}
+    assert calls[0]["conn"] in opened
