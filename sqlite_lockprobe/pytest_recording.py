@@ -95,6 +95,9 @@ class TestWindow:
     item: pytest.Item
     expect: tuple[str, ...]
     reported: set[str] = field(default_factory=set)
+    # The call report's diagnosis and how many events it saw: teardown reuses it when no
+    # event came since (most tests), rather than diagnosing the same events again.
+    judged: tuple[int, Analysis | None] | None = None
 
 
 class LockprobePlugin:
@@ -201,15 +204,22 @@ class LockprobePlugin:
         elif report.when == "teardown":
             self._judge_teardown(window, report)
 
-    def _analysis(self) -> Analysis | None:
-        assert self.recorder is not None
-        return self.recorder.analysis() if self.recorder.kept else None
+    def _analysis(self, window: TestWindow) -> Analysis | None:
+        """The diagnosis of the test's window so far; None when it made no sqlite3 call."""
+        recorder = self.recorder
+        assert recorder is not None
+        kept = recorder.kept
+        if window.judged is not None and window.judged[0] == kept < recorder.max_events:
+            return window.judged[1]
+        analysis = recorder.analysis() if kept else None
+        window.judged = (kept, analysis)
+        return analysis
 
     def _judge_call(self, window: TestWindow, report: pytest.TestReport) -> None:
         """Setup and call: the findings that fail the test, the expected patterns missing."""
         if report.skipped or hasattr(report, "wasxfail"):
             return
-        analysis = self._analysis()
+        analysis = self._analysis(window)
         findings = analysis.findings if analysis else []
         window.reported = {f.pattern for f in findings}
         failing = [f for f in findings if f.pattern not in window.expect and self.fail_on.fails(f)]
@@ -219,7 +229,7 @@ class LockprobePlugin:
 
     def _judge_teardown(self, window: TestWindow, report: pytest.TestReport) -> None:
         """The whole window: the test's findings as reported, and what only teardown showed."""
-        analysis = self._analysis()
+        analysis = self._analysis(window)
         if analysis is None:
             return
         nodeid = window.item.nodeid

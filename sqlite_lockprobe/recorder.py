@@ -113,14 +113,21 @@ class EventRing:
         return len(self._ring)
 
     def forget(self) -> None:
-        """Let go of the events kept so far (not counted as dropped); the name records stay.
-        Appends from other threads meanwhile go on: only the oldest are popped."""
+        """Let go of the events kept so far (not counted as dropped) and of the names of the
+        connections already closed (nothing kept refers to them any more); open connections
+        and workers stay named. Appends from other threads meanwhile go on: only the oldest
+        are popped, and a close waits for the lock."""
         with self._lock:
             popleft = self._ring.popleft
             count = len(self._ring)
             for _ in range(count):
                 popleft()
             self._forgotten += count
+            for conn in self._closes:
+                self._opens.pop(conn, None)
+            gone = set(self._closes)
+            self._closes.clear()
+            self._keys = {k: r for k, r in self._keys.items() if r[2] not in gone}
 
     def snapshot(self) -> tuple[list[tuple[Any, ...]], int]:
         """(every record kept, names first, then the ring in the order recorded; how many
@@ -237,8 +244,8 @@ class Recorder:
 
     def forget(self) -> None:
         """Let go of the events kept so far, not counted as dropped: what comes next is
-        diagnosed on its own (the pytest plugin, test by test). The connections, threads and
-        tasks already named stay known."""
+        diagnosed on its own (the pytest plugin, test by test). The connections still open,
+        and the threads and tasks already named, stay known."""
         self._ring.forget()
 
     def events(self) -> list[dict[str, Any]]:

@@ -350,3 +350,22 @@ def test_forget_lets_go_of_what_came_before_without_counting_it_dropped(tmp_path
     assert [e["sql"] for e in calls] == ["SELECT count(*) FROM t"]
     opened = {e["conn"] for e in rec.events() if e["k"] == "open"}
     assert calls[0]["conn"] in opened
+
+
+def test_forget_lets_go_of_the_names_of_closed_connections(tmp_path: Path) -> None:
+    """A test suite opens a connection per test: each window must not carry the names of
+    every connection before it."""
+    with sqlite_lockprobe.record() as rec:
+        for i in range(5):
+            conn = sqlite3.connect(tmp_path / f"db{i}.db")
+            conn.execute("SELECT 1").fetchall()
+            conn.close()
+        still_open = sqlite3.connect(tmp_path / "open.db")
+        still_open.execute("SELECT 1").fetchall()
+        rec.forget()
+        still_open.execute("SELECT 2").fetchall()
+        still_open.close()
+    events = rec.events()
+    opens = [e for e in events if e["k"] == "open"]
+    assert [Path(e["db"]).name for e in opens] == ["open.db"]
+    assert [e["sql"] for e in events if e["k"] == "call"] == ["SELECT 2"]
