@@ -95,6 +95,7 @@ class TestWindow:
     item: pytest.Item
     expect: tuple[str, ...]
     reported: set[str] = field(default_factory=set)
+    problem: str | None = None  # the marker's unknown pattern id (xdist workers)
     # The call report's diagnosis and how many events it saw: teardown reuses it when no
     # event came since (most tests), rather than diagnosing the same events again.
     judged: tuple[int, Analysis | None] | None = None
@@ -129,6 +130,8 @@ class LockprobePlugin:
     # ------------------------------------------------------------------ session
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        if self.worker:
+            return  # an xdist worker's usage error is lost: its test fails instead
         for item in items:
             expected_patterns(item)  # unknown ids stop the session before a test runs
 
@@ -186,7 +189,10 @@ class LockprobePlugin:
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, None, None]:
         if self.recorder is not None:
             self.recorder.forget()  # what ran before this test is not its own
-            self.window = TestWindow(item, expected_patterns(item))
+            try:
+                self.window = TestWindow(item, expected_patterns(item))
+            except pytest.UsageError as exc:
+                self.window = TestWindow(item, (), problem=str(exc))
         try:
             yield
         finally:
@@ -199,7 +205,11 @@ class LockprobePlugin:
         if window is None or window.item is not item:
             return
         report: pytest.TestReport = outcome.get_result()
-        if report.when == "call":
+        if window.problem is not None:
+            if report.when == "setup" and report.passed:
+                report.outcome = "failed"
+                report.longrepr = window.problem
+        elif report.when == "call":
             self._judge_call(window, report)
         elif report.when == "teardown":
             self._judge_teardown(window, report)

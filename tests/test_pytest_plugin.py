@@ -135,6 +135,18 @@ def test_reads_on_the_session_connection(shared):
     assert deadlock.upgrade_deadlock(db, reader=conn) == ["database is locked"]
 
 
+@pytest.fixture
+def deadlock_at_teardown(tmp_path):
+    db = tmp_path / "app.db"
+    deadlock.make_table(db)
+    yield
+    deadlock.upgrade_deadlock(db)
+
+
+def test_teardown_deadlocks(deadlock_at_teardown):
+    pass
+
+
 def test_patched_only_when_asked(request):
     probe = [m for m in sys.modules if m.startswith("sqlite_lockprobe.") and m != "sqlite_lockprobe.pytest_plugin"]
     if request.config.getoption("lockprobe"):
@@ -225,13 +237,14 @@ def suite(pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 def outcomes(result: pytest.RunResult) -> dict[str, str]:
-    """nodeid -> PASSED/FAILED/ERROR, from -rA's short summary."""
-    found = {}
+    """nodeid -> PASSED, FAILED, ERROR (or "ERROR PASSED": passed, then an error at
+    teardown), from -rA's short summary."""
+    found: dict[str, set[str]] = {}
     for line in result.outlines:
         match = re.match(r"(PASSED|FAILED|ERROR) (\S+::\S+)", line)
         if match:
-            found.setdefault(match.group(2), match.group(1))
-    return found
+            found.setdefault(match.group(2), set()).add(match.group(1))
+    return {nodeid: " ".join(sorted(seen)) for nodeid, seen in found.items()}
 
 
 def lockprobe_section(result: pytest.RunResult) -> str:
@@ -259,6 +272,7 @@ def test_off_by_default_nothing_is_patched_and_no_test_fails(suite: pytest.Pytes
             "test_does_not_reproduce",
             "test_opens_the_session_connection",
             "test_reads_on_the_session_connection",
+            "test_teardown_deadlocks",
             "test_patched_only_when_asked",
         )
     }
@@ -277,12 +291,15 @@ def test_findings_fail_their_tests_with_nodeid_and_lines(suite: pytest.Pytester)
         "test_app.py::test_opens_the_session_connection": "PASSED",
         # the session fixture's connection, opened in an earlier test, is still probed
         "test_app.py::test_reads_on_the_session_connection": "FAILED",
+        # what only the teardown showed fails the teardown: pytest's ERROR
+        "test_app.py::test_teardown_deadlocks": "ERROR PASSED",
         "test_app.py::test_patched_only_when_asked": "PASSED",
         "test_async.py::test_async_upgrade_deadlock": "FAILED",
         "test_async.py::test_async_healthy": "PASSED",
     }, result.stdout.str()
     assert result.ret == 1
     text = result.stdout.str()
+    assert "ERROR at teardown of test_teardown_deadlocks" in text
     # the failure names the pattern and both lines of code involved
     failure = text[text.index("_ test_deadlock _") : text.index("_ test_does_not_reproduce _")]
     assert "upgrade-deadlock (error, high confidence)" in failure
@@ -291,7 +308,7 @@ def test_findings_fail_their_tests_with_nodeid_and_lines(suite: pytest.Pytester)
 
     section = lockprobe_section(result)
     assert section.splitlines()[0].strip("= ") == (
-        "lockprobe: 4 findings in 4 of 8 tests that used sqlite3"
+        "lockprobe: 5 findings in 5 of 9 tests that used sqlite3"
     )
     assert (
         "test_app.py::test_deadlock\n"
@@ -311,6 +328,7 @@ def test_findings_fail_their_tests_with_nodeid_and_lines(suite: pytest.Pytester)
         "test_app.py::test_deadlock",
         "test_app.py::test_reads_on_the_session_connection",
         "test_app.py::test_reproduces_the_bug",
+        "test_app.py::test_teardown_deadlocks",
         "test_async.py::test_async_upgrade_deadlock",
     ]
     for finding in document["findings"]:
@@ -394,13 +412,22 @@ def test_xdist_workers_findings_reach_the_controller(pytester: pytest.Pytester) 
         deadlock=DEADLOCK,
         test_one=textwrap.dedent(one_test).format(name="one"),
         test_two=textwrap.dedent(one_test).format(name="two"),
+        test_typo="""
+        import pytest
+
+        @pytest.mark.lockprobe(expect=["upgrade_deadlock"])
+        def test_typo():
+            pass
+        """,
     )
     out = pytester.path / "report.json"
     # loadfile: one file per worker, so each worker runs one of the tests
     result = pytester.runpytest_subprocess(
         "-n", "2", "--dist", "loadfile", "--lockprobe", "--lockprobe-json", str(out)
     )
-    result.assert_outcomes(failed=2)
+    # a worker cannot stop the session with a usage error: the test errors, naming the id
+    result.assert_outcomes(failed=2, errors=1)
+    assert "unknown pattern id 'upgrade_deadlock'" in result.stdout.str()
     section = lockprobe_section(result)
     assert "lockprobe: 2 findings in 2 of 2 tests that used sqlite3" in section
     assert "test_one.py::test_one\n  upgrade-deadlock" in section
