@@ -8,7 +8,13 @@ for one option lookup. See docs/pytest.md.
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# tracer.ENV_DIR, named here so that being off imports nothing of the probe: set in a process
+# that `lockprobe trace` runs, which records it already.
+TRACE_ENV = "LOCKPROBE_TRACE_DIR"
 
 MARKER = (
     "lockprobe(expect=[PATTERN, ...]): with --lockprobe, fail unless lockprobe finds these "
@@ -52,6 +58,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER)
     if not enabled(config):
         return
+    if os.environ.get(TRACE_ENV):  # before the probe is imported: trace's import hook waits
+        raise pytest.UsageError(
+            "--lockprobe: this pytest runs under `lockprobe trace`, which records it already "
+            "(use one or the other)"
+        )
     from sqlite_lockprobe.pytest_recording import LockprobePlugin  # only when asked
 
     config.pluginmanager.register(LockprobePlugin.from_config(config), "lockprobe-recording")

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from sqlite_lockprobe import pytest_plugin, tracer
+
 pytest_plugins = ["pytester"]
 
 # The application code the suites test: an upgrade deadlock between two threads, the reader
@@ -377,10 +379,29 @@ def test_ini_turns_it_on_and_fail_on_picks_the_patterns(suite: pytest.Pytester) 
     assert outcomes(result) == {"test_app.py::test_deadlock": "FAILED"}
 
 
-def test_unknown_pattern_ids_are_usage_errors(suite: pytest.Pytester) -> None:
+def test_usage_errors_unknown_pattern_ids_and_under_trace(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     result = suite.runpytest_subprocess("--lockprobe", "--lockprobe-fail-on", "upgrade-deadlok")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--lockprobe-fail-on: unknown pattern id 'upgrade-deadlok'" in result.stderr.str()
+
+    result = suite.runpytest_subprocess("--lockprobe-json", str(suite.path / "no" / "r.json"))
+    assert result.ret == 0  # off: the option is not looked at
+    result = suite.runpytest_subprocess(
+        "--lockprobe", "--lockprobe-json", str(suite.path / "no" / "r.json")
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert (
+        "--lockprobe-json: " in result.stderr.str() and "no such directory" in result.stderr.str()
+    )
+
+    assert pytest_plugin.TRACE_ENV == tracer.ENV_DIR
+    with monkeypatch.context() as env:
+        env.setenv(tracer.ENV_DIR, str(suite.path))
+        result = suite.runpytest_subprocess("--lockprobe", "-k", "test_healthy")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "runs under `lockprobe trace`" in result.stderr.str()
 
     suite.makepyfile(
         test_typo="""
