@@ -56,6 +56,7 @@ class EventRing:
         self._ring_append = self._ring.append
         self._appended = itertools.count()
         self._peeks = 0  # numbers the count gave to `snapshot`, not to events
+        self._forgotten = 0  # events let go by `forget`, not dropped
         self._lock = threading.Lock()
         self._metas: dict[Any, tuple[Any, ...]] = {}  # the first; then the last per database
         self._opens: dict[str, tuple[Any, ...]] = {}
@@ -108,13 +109,33 @@ class EventRing:
         }
         self._prune_at = max(PRUNE_AT, 2 * (len(self._closes) + len(self._workers)))
 
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def forget(self) -> None:
+        """Let go of the events kept so far (not counted as dropped) and of the names of the
+        connections already closed (nothing kept refers to them any more); open connections
+        and workers stay named. Appends from other threads meanwhile go on: only the oldest
+        are popped, and a close waits for the lock."""
+        with self._lock:
+            popleft = self._ring.popleft
+            count = len(self._ring)
+            for _ in range(count):
+                popleft()
+            self._forgotten += count
+            for conn in self._closes:
+                self._opens.pop(conn, None)
+            gone = set(self._closes)
+            self._closes.clear()
+            self._keys = {k: r for k, r in self._keys.items() if r[2] not in gone}
+
     def snapshot(self) -> tuple[list[tuple[Any, ...]], int]:
         """(every record kept, names first, then the ring in the order recorded; how many
         events the ring dropped). Exact once recording stopped; while it goes on, events
         recorded meanwhile may count as dropped."""
         with self._lock:
             ring = list(self._ring)  # one C step: no append comes in between
-            appended = next(self._appended) - self._peeks
+            appended = next(self._appended) - self._peeks - self._forgotten
             self._peeks += 1
             names = [
                 *self._metas.values(),
@@ -215,6 +236,17 @@ class Recorder:
     def dropped(self) -> int:
         """Events the ring dropped (the oldest) because more than max_events were recorded."""
         return self._ring.snapshot()[1]
+
+    @property
+    def kept(self) -> int:
+        """How many events the ring holds now (the name records aside)."""
+        return len(self._ring)
+
+    def forget(self) -> None:
+        """Let go of the events kept so far, not counted as dropped: what comes next is
+        diagnosed on its own (the pytest plugin, test by test). The connections still open,
+        and the threads and tasks already named, stay known."""
+        self._ring.forget()
 
     def events(self) -> list[dict[str, Any]]:
         """The events kept, as event dicts in time order (what a saved log holds)."""

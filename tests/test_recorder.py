@@ -328,3 +328,44 @@ def test_record_install_and_recorder_are_the_public_api() -> None:
 
     assert sqlite_lockprobe.Recorder is Recorder
     assert sqlite_lockprobe.install is install and sqlite_lockprobe.record is record
+
+
+def test_forget_lets_go_of_what_came_before_without_counting_it_dropped(tmp_path: Path) -> None:
+    """The pytest plugin's test windows: after forget(), the diagnosis is of what came next
+    alone, and a connection opened before is still named."""
+    db = tmp_path / "app.db"
+    make_table(db)
+    with sqlite_lockprobe.record() as rec:
+        upgrade_deadlock(db)
+        kept_conn = sqlite3.connect(db)
+        assert rec.kept > 0
+        rec.forget()
+        assert rec.kept == 0
+        kept_conn.execute("SELECT count(*) FROM t").fetchall()
+        kept_conn.close()
+    analysis = rec.analysis()
+    assert analysis.findings == []  # the deadlock came before forget()
+    assert rec.dropped == 0 and analysis.summary.notes == ()
+    calls = [e for e in rec.events() if e["k"] == "call"]
+    assert [e["sql"] for e in calls] == ["SELECT count(*) FROM t"]
+    opened = {e["conn"] for e in rec.events() if e["k"] == "open"}
+    assert calls[0]["conn"] in opened
+
+
+def test_forget_lets_go_of_the_names_of_closed_connections(tmp_path: Path) -> None:
+    """A test suite opens a connection per test: each window must not carry the names of
+    every connection before it."""
+    with sqlite_lockprobe.record() as rec:
+        for i in range(5):
+            conn = sqlite3.connect(tmp_path / f"db{i}.db")
+            conn.execute("SELECT 1").fetchall()
+            conn.close()
+        still_open = sqlite3.connect(tmp_path / "open.db")
+        still_open.execute("SELECT 1").fetchall()
+        rec.forget()
+        still_open.execute("SELECT 2").fetchall()
+        still_open.close()
+    events = rec.events()
+    opens = [e for e in events if e["k"] == "open"]
+    assert [Path(e["db"]).name for e in opens] == ["open.db"]
+    assert [e["sql"] for e in events if e["k"] == "call"] == ["SELECT 2"]
