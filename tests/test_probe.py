@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import threading
 import time
@@ -110,12 +111,40 @@ def test_probed_wait_lasts_at_least_the_busy_timeout(db: Path) -> None:
     holder.start()
     assert locked.wait(10)
     conn = sqlite3.connect(db, timeout=0.15, isolation_level=None)
-    ConnectionProbe(conn, "waiter", lambda e: None)
+    probe = ConnectionProbe(conn, "waiter", lambda e: None)
     try:
         start = time.monotonic()
         with pytest.raises(sqlite3.OperationalError):
             conn.execute("BEGIN IMMEDIATE")
         assert time.monotonic() - start >= 0.15
+        assert probe.busy_calls > 1  # the probe's handler did the waiting
+    finally:
+        release.set()
+        holder.join()
+        conn.close()
+
+
+def test_a_dropped_probe_gives_the_connection_back_its_plain_busy_timeout(db: Path) -> None:
+    # A probe nobody keeps is collected while its connection stays open: SQLite must not call
+    # its freed callback afterwards (it did: a crash, or a wait of random length).
+    locked, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(db, locked, release))
+    holder.start()
+    assert locked.wait(10)
+    conn = sqlite3.connect(db, timeout=0.15, isolation_level=None)
+    seen: list[tuple[object, ...]] = []
+    probe = ConnectionProbe(conn, "waiter", seen.append)
+    assert probe.instrumented
+    calls_before = probe.busy_calls
+    del probe
+    gc.collect()
+    try:
+        for _ in range(3):
+            start = time.monotonic()
+            with pytest.raises(sqlite3.OperationalError):
+                conn.execute("BEGIN IMMEDIATE")
+            assert time.monotonic() - start >= 0.15
+        assert calls_before == 0 and seen == []  # SQLite's own handler waited, not the probe
     finally:
         release.set()
         holder.join()
