@@ -414,12 +414,485 @@ append_record(RecordedMethod *self, PyObject *record)
     return result == NULL ? -1 : 0;
 }
 
+/* ------------------------------------------------------------ the statement list */
+
+/* SQLite's trace hook, compiled. sqlite3's own (Connection.set_trace_callback) takes the GIL
+ * back in the middle of sqlite3_step for every statement, expands its parameter values into
+ * a new string (sqlite3_expanded_sql) and makes a str of it: about 2,100 instructions a
+ * statement, and a thread that holds a write lock waits for the GIL meanwhile. This hook is
+ * registered with sqlite3_trace_v2 (reached through the address ctypes gives) and runs without
+ * the GIL: it copies the statement's text, as it was prepared (sqlite3_sql: placeholders, not
+ * the values), into a buffer under its own small lock. A StatementList is the probe's `statements` list: it
+ * behaves as a list of str (len, items, slices, iteration, append, extend, pop, clear) and
+ * makes the buffered texts strs only when they are read as such. The common call, one
+ * statement, its own, is recorded by RecordedMethod from the length alone, and cleared: no
+ * str is made for it at all. */
+
+#define TRACE_STMT 0x01   /* SQLITE_TRACE_STMT */
+#define TRACE_CLOSE 0x08  /* SQLITE_TRACE_CLOSE */
+#define TEXT_CACHE 8
+
+typedef int (*trace_callback)(unsigned, void *, void *, void *);
+typedef int (*trace_v2_function)(void *, unsigned, trace_callback, void *);
+typedef const char *(*sql_function)(void *);
+
+/* The buffer the hook writes. Its own allocation: it lives until both the StatementList and
+ * the hook's registration have let go of it (SQLite tells the hook when the connection closes:
+ * the list may go first, or the connection). */
+typedef struct {
+    PyThread_type_lock lock;
+    int refs;
+    int discard;      /* the list is gone: texts are not kept */
+    char *texts;      /* statements, each NUL-terminated, back to back */
+    size_t used, size;
+    Py_ssize_t count;
+    sql_function sql;  /* sqlite3_sql */
+} Pending;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *list;   /* the statements read already, in order; the pending ones follow */
+    Pending *pending;
+    void *db;
+    trace_v2_function trace_v2;
+    int registered;
+    PyObject *recent[TEXT_CACHE];  /* strs made last: the same text gives the same str */
+    int recent_next;
+} StatementList;
+
+static PyTypeObject StatementListType;
+
+static void
+pending_release(Pending *p)
+{
+    PyThread_acquire_lock(p->lock, WAIT_LOCK);
+    int refs = --p->refs;
+    PyThread_release_lock(p->lock);
+    if (refs == 0) {
+        PyThread_free_lock(p->lock);
+        free(p->texts);
+        free(p);
+    }
+}
+
+/* The hook: SQLite calls it on the thread that runs the statement, without the GIL. */
+static int
+statement_traced(unsigned type, void *context, void *stmt, void *text)
+{
+    Pending *p = (Pending *)context;
+    if (type == TRACE_CLOSE) {
+        pending_release(p);
+        return 0;
+    }
+    if (type != TRACE_STMT || stmt == NULL) {
+        return 0;
+    }
+    /* The statement's own text, as sqlite3's hook reports it (for a trigger's statements
+     * too: the statement that fired it, again), not `text` (a trigger's comment). */
+    (void)text;
+    text = (void *)p->sql(stmt);
+    if (text == NULL) {
+        return 0;
+    }
+    size_t n = strlen((const char *)text) + 1;
+    PyThread_acquire_lock(p->lock, WAIT_LOCK);
+    if (!p->discard) {
+        if (p->used + n > p->size) {
+            size_t size = p->size ? p->size * 2 : 512;
+            while (size < p->used + n) {
+                size *= 2;
+            }
+            char *texts = realloc(p->texts, size);
+            if (texts == NULL) {  /* the statement is not kept; the call goes on */
+                PyThread_release_lock(p->lock);
+                return 0;
+            }
+            p->texts = texts;
+            p->size = size;
+        }
+        memcpy(p->texts + p->used, text, n);
+        p->used += n;
+        p->count++;
+    }
+    PyThread_release_lock(p->lock);
+    return 0;
+}
+
+static inline Py_ssize_t
+sl_pending(StatementList *self)
+{
+    PyThread_acquire_lock(self->pending->lock, WAIT_LOCK);
+    Py_ssize_t count = self->pending->count;
+    PyThread_release_lock(self->pending->lock);
+    return count;
+}
+
+/* A str of `text`: the one made last for the same text when there is one. */
+static PyObject *
+sl_str(StatementList *self, const char *text, size_t n)
+{
+    for (int i = 0; i < TEXT_CACHE; i++) {
+        PyObject *known = self->recent[i];
+        if (known == NULL) {
+            continue;
+        }
+        Py_ssize_t size;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(known, &size);
+        if (utf8 != NULL && (size_t)size == n && memcmp(utf8, text, n) == 0) {
+            return Py_NewRef(known);
+        }
+        PyErr_Clear();
+    }
+    PyObject *made = PyUnicode_DecodeUTF8(text, (Py_ssize_t)n, "replace");
+    if (made == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(self->recent[self->recent_next], Py_NewRef(made));
+    self->recent_next = (self->recent_next + 1) % TEXT_CACHE;
+    return made;
+}
+
+/* Make the pending texts strs at the end of the list. The buffer is taken out under the lock
+ * and read after it: making a str may run a collection, which may run Python code, which may
+ * run a statement on this very connection (whose hook takes the lock). */
+static int
+sl_take_in(StatementList *self)
+{
+    Pending *p = self->pending;
+    PyThread_acquire_lock(p->lock, WAIT_LOCK);
+    if (p->count == 0) {
+        PyThread_release_lock(p->lock);
+        return 0;
+    }
+    char *texts = p->texts;
+    size_t used = p->used;
+    Py_ssize_t count = p->count;
+    p->texts = NULL;
+    p->used = p->size = 0;
+    p->count = 0;
+    PyThread_release_lock(p->lock);
+
+    int status = 0;
+    size_t at = 0;
+    for (Py_ssize_t i = 0; i < count && at < used; i++) {
+        size_t n = strlen(texts + at);
+        PyObject *sql = sl_str(self, texts + at, n);
+        if (sql == NULL || PyList_Append(self->list, sql) < 0) {
+            Py_XDECREF(sql);
+            status = -1;
+            break;
+        }
+        Py_DECREF(sql);
+        at += n + 1;
+    }
+    free(texts);
+    return status;
+}
+
+/* Forget the first `count` statements, read or pending, without making strs of them: the
+ * hook may have added more since they were counted (another thread's statement on a shared
+ * connection runs without the GIL), and those stay. */
+static int
+sl_drop_first(StatementList *self, Py_ssize_t count)
+{
+    Py_ssize_t listed = PyList_GET_SIZE(self->list);
+    if (count <= listed) {
+        return count > 0 ? PyList_SetSlice(self->list, 0, count, NULL) : 0;
+    }
+    if (listed > 0 && PyList_SetSlice(self->list, 0, listed, NULL) < 0) {
+        return -1;
+    }
+    Py_ssize_t more = count - listed;
+    Pending *p = self->pending;
+    PyThread_acquire_lock(p->lock, WAIT_LOCK);
+    if (more >= p->count) {
+        p->used = 0;
+        p->count = 0;
+    }
+    else {
+        size_t at = 0;
+        for (Py_ssize_t i = 0; i < more; i++) {
+            at += strlen(p->texts + at) + 1;
+        }
+        memmove(p->texts, p->texts + at, p->used - at);
+        p->used -= at;
+        p->count -= more;
+    }
+    PyThread_release_lock(p->lock);
+    return 0;
+}
+
+/* Forget every statement, read or pending, without making strs of them. */
+static int
+sl_clear_all(StatementList *self)
+{
+    Pending *p = self->pending;
+    PyThread_acquire_lock(p->lock, WAIT_LOCK);
+    p->used = 0;
+    p->count = 0;
+    PyThread_release_lock(p->lock);
+    Py_ssize_t size = PyList_GET_SIZE(self->list);
+    if (size == 0) {
+        return 0;
+    }
+    return PyList_SetSlice(self->list, 0, size, NULL);
+}
+
+static PyObject *
+sl_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"db", "trace_v2", "sql", NULL};
+    unsigned long long db, trace_v2, sql;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KKK:StatementList", names, &db, &trace_v2,
+                                     &sql)) {
+        return NULL;
+    }
+    if (db == 0 || trace_v2 == 0 || sql == 0) {
+        PyErr_SetString(PyExc_ValueError, "StatementList: a connection handle and the addresses "
+                                          "of sqlite3_trace_v2 and sqlite3_sql");
+        return NULL;
+    }
+    StatementList *self = (StatementList *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->list = PyList_New(0);
+    self->pending = calloc(1, sizeof(Pending));
+    if (self->list == NULL || self->pending == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    self->pending->lock = PyThread_allocate_lock();
+    if (self->pending->lock == NULL) {
+        free(self->pending);
+        self->pending = NULL;
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    self->pending->refs = 1;
+    self->pending->sql = (sql_function)(uintptr_t)sql;
+    self->db = (void *)(uintptr_t)db;
+    self->trace_v2 = (trace_v2_function)(uintptr_t)trace_v2;
+    return (PyObject *)self;
+}
+
+
+static void
+sl_dealloc(StatementList *self)
+{
+    Py_CLEAR(self->list);
+    for (int i = 0; i < TEXT_CACHE; i++) {
+        Py_CLEAR(self->recent[i]);
+    }
+    Pending *p = self->pending;
+    if (p != NULL) {
+        PyThread_acquire_lock(p->lock, WAIT_LOCK);
+        p->discard = 1;  /* still registered (the connection is open): keep nothing more */
+        free(p->texts);
+        p->texts = NULL;
+        p->used = p->size = 0;
+        p->count = 0;
+        PyThread_release_lock(p->lock);
+        pending_release(p);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+sl_install(StatementList *self, PyObject *unused)
+{
+    if (!self->registered) {
+        PyThread_acquire_lock(self->pending->lock, WAIT_LOCK);
+        self->pending->refs++;  /* the registration's */
+        PyThread_release_lock(self->pending->lock);
+        int rc = self->trace_v2(self->db, TRACE_STMT | TRACE_CLOSE, statement_traced,
+                                self->pending);
+        if (rc != 0) {
+            pending_release(self->pending);
+            return PyBool_FromLong(0);
+        }
+        self->registered = 1;
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+sl_detach(StatementList *self, PyObject *unused)
+{
+    if (self->registered) {
+        /* The caller has just put another hook in its place (set_trace_callback): this one
+         * is called no more, and will not hear of the close. */
+        if (sl_take_in(self) < 0) {
+            return NULL;
+        }
+        self->registered = 0;
+        pending_release(self->pending);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+sl_append(StatementList *self, PyObject *item)
+{
+    if (sl_take_in(self) < 0 || PyList_Append(self->list, item) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+sl_call_list(StatementList *self, const char *name, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (sl_take_in(self) < 0) {
+        return NULL;
+    }
+    PyObject *method = PyObject_GetAttrString(self->list, name);
+    if (method == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_Vectorcall(method, args, nargs, NULL);
+    Py_DECREF(method);
+    return result;
+}
+
+static PyObject *
+sl_extend(StatementList *self, PyObject *items)
+{
+    return sl_call_list(self, "extend", &items, 1);
+}
+
+static PyObject *
+sl_pop(StatementList *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return sl_call_list(self, "pop", args, nargs);
+}
+
+static PyObject *
+sl_clear_method(StatementList *self, PyObject *unused)
+{
+    if (sl_clear_all(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t
+sl_length(StatementList *self)
+{
+    return PyList_GET_SIZE(self->list) + sl_pending(self);
+}
+
+static PyObject *
+sl_subscript(StatementList *self, PyObject *key)
+{
+    if (sl_take_in(self) < 0) {
+        return NULL;
+    }
+    return PyObject_GetItem(self->list, key);
+}
+
+static int
+sl_ass_subscript(StatementList *self, PyObject *key, PyObject *value)
+{
+    if (sl_take_in(self) < 0) {
+        return -1;
+    }
+    return value == NULL ? PyObject_DelItem(self->list, key)
+                         : PyObject_SetItem(self->list, key, value);
+}
+
+static PyObject *
+sl_iter(StatementList *self)
+{
+    if (sl_take_in(self) < 0) {
+        return NULL;
+    }
+    return PyObject_GetIter(self->list);
+}
+
+static int
+sl_contains(StatementList *self, PyObject *item)
+{
+    if (sl_take_in(self) < 0) {
+        return -1;
+    }
+    return PySequence_Contains(self->list, item);
+}
+
+static PyObject *
+sl_richcompare(StatementList *self, PyObject *other, int op)
+{
+    if (sl_take_in(self) < 0) {
+        return NULL;
+    }
+    if (Py_IS_TYPE(other, &StatementListType)) {
+        if (sl_take_in((StatementList *)other) < 0) {
+            return NULL;
+        }
+        other = ((StatementList *)other)->list;
+    }
+    return PyObject_RichCompare(self->list, other, op);
+}
+
+static PyObject *
+sl_repr(StatementList *self)
+{
+    if (sl_take_in(self) < 0) {
+        return NULL;
+    }
+    return PyObject_Repr(self->list);
+}
+
+static PyMethodDef sl_methods[] = {
+    {"install", (PyCFunction)sl_install, METH_NOARGS,
+     "Register the hook on the connection (again); False when SQLite refused."},
+    {"detach", (PyCFunction)sl_detach, METH_NOARGS,
+     "Forget the registration: another trace callback has just replaced it."},
+    {"append", (PyCFunction)sl_append, METH_O, "list.append"},
+    {"extend", (PyCFunction)sl_extend, METH_O, "list.extend"},
+    {"pop", (PyCFunction)(void (*)(void))sl_pop, METH_FASTCALL, "list.pop"},
+    {"clear", (PyCFunction)sl_clear_method, METH_NOARGS, "list.clear, without reading"},
+    {NULL},
+};
+
+static PySequenceMethods sl_as_sequence = {
+    .sq_length = (lenfunc)sl_length,
+    .sq_contains = (objobjproc)sl_contains,
+};
+
+static PyMappingMethods sl_as_mapping = {
+    .mp_length = (lenfunc)sl_length,
+    .mp_subscript = (binaryfunc)sl_subscript,
+    .mp_ass_subscript = (objobjargproc)sl_ass_subscript,
+};
+
+static PyTypeObject StatementListType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sqlite_lockprobe._speedups.StatementList",
+    .tp_doc = "The statements SQLite's trace hook reported, kept by a compiled hook that "
+              "runs without the GIL; a list of str to read.",
+    .tp_basicsize = sizeof(StatementList),
+    .tp_flags = Py_TPFLAGS_DEFAULT,  /* it holds strs alone: in no cycle */
+    .tp_new = sl_new,
+    .tp_dealloc = (destructor)sl_dealloc,
+    .tp_as_sequence = &sl_as_sequence,
+    .tp_as_mapping = &sl_as_mapping,
+    .tp_iter = (getiterfunc)sl_iter,
+    .tp_richcompare = (richcmpfunc)sl_richcompare,
+    .tp_repr = (reprfunc)sl_repr,
+    .tp_methods = sl_methods,
+    .tp_hash = PyObject_HashNotImplemented,
+};
+
 /* statements.clear(). The common case, the call's own statement alone, keeps the list's
  * storage for the trace hook's next append (list.clear() frees it: a free and a malloc a
  * call); a str's deallocation runs no code that could touch the list meanwhile. */
 static inline int
-clear_statements(PyObject *statements)
+clear_statements(PyObject *statements, Py_ssize_t count)
 {
+    if (Py_IS_TYPE(statements, &StatementListType)) {  /* no str made of what was pending */
+        return sl_drop_first((StatementList *)statements, count);
+    }
     if (!PyList_CheckExact(statements)) {
         return PySequence_DelSlice(statements, 0, PY_SSIZE_T_MAX);
     }
@@ -741,10 +1214,11 @@ record_call(RecordedMethod *self, PyObject *state, PyObject *conn, PyObject *sql
         goto done;
     }
     if (stmts != Py_None) {
+        count = PyTuple_GET_SIZE(stmts);  /* what was read is what is forgotten */
         untrack_if_atomic(stmts);
         stmts_tracked = PyObject_GC_IsTracked(stmts);
     }
-    if (count && clear_statements(statements) < 0) {
+    if (count && clear_statements(statements, count) < 0) {
         goto done;
     }
     key_op = key_plus_op(self, key);
@@ -1206,7 +1680,8 @@ PyInit__speedups(void)
     Py_DECREF(append);
     zero = PyLong_FromLong(0);
     no_loop = (PyObject *)Py_TYPE(Py_None);
-    if (zero == NULL || PyType_Ready(&RecordedMethodType) < 0) {
+    if (zero == NULL || PyType_Ready(&RecordedMethodType) < 0 ||
+        PyType_Ready(&StatementListType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&speedups_module);
@@ -1216,6 +1691,12 @@ PyInit__speedups(void)
     Py_INCREF(&RecordedMethodType);
     if (PyModule_AddObject(module, "RecordedMethod", (PyObject *)&RecordedMethodType) < 0) {
         Py_DECREF(&RecordedMethodType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&StatementListType);
+    if (PyModule_AddObject(module, "StatementList", (PyObject *)&StatementListType) < 0) {
+        Py_DECREF(&StatementListType);
         Py_DECREF(module);
         return NULL;
     }

@@ -4,9 +4,10 @@
   `_sqlite3` loaded) records every retry while a lock is busy, and keeps the connection's
   busy_timeout semantics by sleeping on SQLite's own schedule (main.c,
   sqliteDefaultBusyCallback);
-- the trace hook (Connection.set_trace_callback, given a C-level `list.append` so it costs
-  nothing measurable per statement) records the statements SQLite ran, Python's implicit
-  BEGIN included.
+- the trace hook records the statements SQLite ran, Python's implicit BEGIN included: where
+  the compiled fast path is built, its `StatementList`, registered with sqlite3_trace_v2,
+  which copies each statement's text without taking the GIL (_speedups.c); else
+  Connection.set_trace_callback given a C-level `list.append`.
 
 Standard library only: `lockprobe trace` injects this module into users' interpreters.
 Where ctypes cannot reach the handle (a statically linked build, an unknown object layout),
@@ -15,6 +16,7 @@ the probe still traces statements and says its wait detail is reduced.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sqlite3
@@ -62,6 +64,22 @@ BUSY_MARK = "<busy>"
 _BUSY_MARKS = (BUSY_MARK, BUSY_MARK)
 
 
+PURE_PYTHON_ENV = "LOCKPROBE_PURE_PYTHON"
+
+
+def compiled_speedups() -> Any:
+    """`sqlite_lockprobe._speedups`, the probe's compiled fast path, or None: not built for this
+    interpreter (a wheel carries the extension for one Python; a traced program may run
+    another), or not wanted (LOCKPROBE_PURE_PYTHON=1: the pure-Python twin records the same)."""
+    if os.environ.get(PURE_PYTHON_ENV) == "1":
+        return None
+    try:
+        from sqlite_lockprobe import _speedups
+    except Exception:  # ImportError, or a broken build: the Python path works the same
+        return None
+    return _speedups
+
+
 class SqliteCApi:
     """The few C functions the probe needs, from the libsqlite3 that `_sqlite3` loaded.
 
@@ -76,6 +94,9 @@ class SqliteCApi:
         self.busy_handler = lib.sqlite3_busy_handler
         self.busy_handler.argtypes = [vp, _BusyCallback, vp]
         self.busy_handler.restype = c_int
+        self.busy_timeout = lib.sqlite3_busy_timeout
+        self.busy_timeout.argtypes = [vp, c_int]
+        self.busy_timeout.restype = c_int
         self.txn_state = lib.sqlite3_txn_state
         self.txn_state.argtypes = [vp, c_char_p]
         self.txn_state.restype = c_int
@@ -115,6 +136,9 @@ class SqliteCApi:
         self.stmt_sql = lib.sqlite3_sql
         self.stmt_sql.argtypes = [vp]
         self.stmt_sql.restype = c_char_p
+        # For the compiled trace hook (_speedups.StatementList), which calls it itself.
+        self.trace_v2_address = ctypes.cast(lib.sqlite3_trace_v2, vp).value or 0
+        self.sql_address = ctypes.cast(lib.sqlite3_sql, vp).value or 0
         # CPython's pysqlite_Connection starts with PyObject_HEAD then `sqlite3 *db`
         # (Modules/_sqlite/connection.h, 3.10 to 3.13): the handle is right after the header.
         self._handle_offset = object.__basicsize__
@@ -250,7 +274,26 @@ class ConnectionProbe:
         if self._db:
             self._install_busy_handler()
         if trace_statements:
-            conn.set_trace_callback(self.statements.append)
+            compiled = self._compiled_statements()
+            if compiled is not None:
+                self.statements = compiled
+            else:
+                conn.set_trace_callback(self.statements.append)
+
+    def _compiled_statements(self) -> Any:
+        """The compiled trace hook's StatementList, registered on this connection; None
+        where it is not built, not wanted, or the handle is out of reach."""
+        speedups = compiled_speedups()
+        if speedups is None or self._api is None or not self._db:
+            return None
+        api = self._api
+        if not api.trace_v2_address or not api.sql_address:
+            return None
+        try:
+            statements = speedups.StatementList(self._db, api.trace_v2_address, api.sql_address)
+            return statements if statements.install() else None
+        except Exception:  # an older build of the extension: the Python hook works the same
+            return None
 
     def _install_busy_handler(self) -> None:
         self._callback = _BusyCallback(self._on_busy)
@@ -382,7 +425,7 @@ class ConnectionProbe:
         it), and the busy-handler calls since the last claim."""
         statements = self.statements
         taken = tuple(statements[start:])
-        del statements[start:]
+        del statements[start : start + len(taken)]  # (the compiled hook may have added more)
         busy, self.busy_unclaimed = self.busy_unclaimed, 0
         if busy and self.mark_busy:
             taken = tuple(sql for sql in taken if sql is not BUSY_MARK)
@@ -395,7 +438,7 @@ class ConnectionProbe:
         if not self.statements:
             return ()
         taken = tuple(self.statements)
-        self.statements.clear()
+        del self.statements[: len(taken)]
         for sql in taken:
             self.follow_sql(sql)
         return taken
@@ -429,13 +472,26 @@ class ConnectionProbe:
 
     def detach(self) -> None:
         """Remove the hooks, restoring SQLite's default busy handler with the same timeout."""
-        try:
+        with contextlib.suppress(sqlite3.ProgrammingError):  # closed: nothing to restore
             self._conn.set_trace_callback(None)
-            if self._db:
-                self._conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_ms)}")
-        except sqlite3.ProgrammingError:
-            pass  # already closed: nothing to restore
+        let_go = getattr(self.statements, "detach", None)  # the compiled hook, replaced above
+        if let_go is not None:
+            let_go()
+        self._restore_busy_timeout()
+
+    def _restore_busy_timeout(self) -> None:
+        """Give the connection SQLite's own busy handler back, with the same timeout, while it
+        is open: after this, SQLite holds no pointer to this probe's callback."""
+        if self._db and self._api is not None and self._api.handle(self._conn) == self._db:
+            self._api.busy_timeout(self._db, int(self.timeout_ms))
         self._db = 0
+
+    def __del__(self) -> None:
+        # A probe dropped while its connection stays open (a caller that did not keep it, or
+        # detach): without this, SQLite would call a freed ctypes callback on its next wait.
+        # No SQL runs here (a collection may happen on any thread, mid-statement).
+        with contextlib.suppress(Exception):  # interpreter shutdown: nothing left to protect
+            self._restore_busy_timeout()
 
 
 def error_codes(exc: sqlite3.Error, ext: int | None = None) -> tuple[int | None, int | None]:

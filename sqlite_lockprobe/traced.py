@@ -16,13 +16,13 @@ wrapper it replaces, so both record the same events (docs/trace.md, "The compile
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import types
 from typing import TYPE_CHECKING, Any
 
 from sqlite_lockprobe.eventfile import TRACE_OPS
+from sqlite_lockprobe.probe import compiled_speedups
 
 if TYPE_CHECKING:
     from sqlite_lockprobe.tracer import Tracer
@@ -37,22 +37,7 @@ _special_get = SQL_BITS.get
 get_ident = threading.get_ident
 monotonic_ns = time.monotonic_ns
 _C_METHOD = (types.MethodDescriptorType, types.BuiltinFunctionType, types.WrapperDescriptorType)
-PURE_PYTHON_ENV = "LOCKPROBE_PURE_PYTHON"
-
-
-def _compiled_type() -> Any:
-    """`_speedups.RecordedMethod`, or None: not built for this interpreter (a wheel carries
-    the extension for one Python; a traced program may run another), or not wanted."""
-    if os.environ.get(PURE_PYTHON_ENV) == "1":
-        return None
-    try:
-        from sqlite_lockprobe._speedups import RecordedMethod
-    except Exception:  # ImportError, or a broken build: the Python path works the same
-        return None
-    return RecordedMethod
-
-
-RecordedMethod = _compiled_type()
+RecordedMethod = getattr(compiled_speedups(), "RecordedMethod", None)
 # Which wrappers record the calls in this process: the trace's `meta` event says so.
 PROBE_PATH = "python" if RecordedMethod is None else "compiled"
 
@@ -254,13 +239,20 @@ def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
         return result
 
     def set_trace_callback(self: Any, *args: Any, **kwargs: Any) -> Any:
-        """The program's own trace callback runs after the probe's (which only appends)."""
+        """The program's own trace callback runs after the probe's (which only appends).
+        SQLite keeps one trace hook per connection: while the program has one, sqlite3's
+        hook calls both; the compiled hook (probe.py) is registered again when it is unset."""
         state = self._lockprobe
         callback = args[0] if len(args) == 1 and not kwargs else kwargs.get("trace_callback")
         if state is None or len(args) + len(kwargs) != 1:
             return base_set_trace(self, *args, **kwargs)
-        append = state.statements.append
+        statements = state.statements
+        append = statements.append
+        compiled = hasattr(statements, "detach")
         if callback is None:
+            if compiled:
+                base_set_trace(self, None)
+                return None if statements.install() else base_set_trace(self, append)
             return base_set_trace(self, append)
         if not callable(callback):
             return base_set_trace(self, *args, **kwargs)
@@ -269,7 +261,10 @@ def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
             append(statement)
             return callback(statement)
 
-        return base_set_trace(self, both)
+        result = base_set_trace(self, both)
+        if compiled:
+            statements.detach()  # replaced by sqlite3's hook, which appends through `both`
+        return result
 
     def set_progress_handler(self: Any, *args: Any, **kwargs: Any) -> Any:
         """The program's own progress handler runs on its own schedule, and also keeps the

@@ -627,11 +627,15 @@ class Tracer:
             elif state.in_txn:
                 state.in_txn = False
                 state.site = None
-            count = len(statements)
             # One statement is the call's own: its SQL is kept, not its parameter values.
-            stmts = None if count == 1 else tuple(statements)
-            if count:
-                statements.clear()
+            # Only what was read is forgotten: the compiled hook runs without the GIL, and
+            # another thread's statement on a shared connection may have come meanwhile.
+            if len(statements) == 1:
+                stmts = None
+                del statements[:1]
+            else:
+                stmts = tuple(statements)
+                del statements[: len(stmts)]
             (self._recording or self.recording).append((t0, t1, key + op, sql, stmts, in_txn, site))
         except Exception:  # noqa: S110 - a recording problem must never surface in the program
             pass
@@ -742,8 +746,11 @@ class Tracer:
             if len(statements) > StatementBudget.LIMIT:
                 state.fold_statements.fold(statements)
             folded, state.folded = state.folded, 0
-            stmts = probe.take_statements() if special & _MENTIONS_TIMEOUT else tuple(statements)
-            statements.clear()
+            if special & _MENTIONS_TIMEOUT:
+                stmts = probe.take_statements()
+            else:
+                stmts = tuple(statements)
+                del statements[: len(stmts)]
             busy, probe.busy_unclaimed = probe.busy_unclaimed, 0
             worker, thread, task, site = self._who()
             if site is None:

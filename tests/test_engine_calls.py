@@ -15,6 +15,7 @@ from sqlite_lockprobe.eventfile import EventFile, read_event_file
 from sqlite_lockprobe.runner import run_scenario
 from sqlite_lockprobe.scenario import parse_scenario
 from sqlite_lockprobe.workers.session import ConnectionSpec, Session
+from tests.statements import same_statements
 
 pytestmark = pytest.mark.probe
 
@@ -67,8 +68,8 @@ def test_each_call_is_recorded_with_what_sqlite_ran_and_the_state_after_it(
     assert all(c["busy"] == 0 for c in calls)
     # Python's implicit BEGIN comes first; the trace gives the INSERT with its value.
     stmts = [tuple(c["stmts"]) for c in calls]
-    assert stmts[0] == ("BEGIN DEFERRED", "INSERT INTO t (v) VALUES (0)")
-    assert stmts[5] == ("BEGIN DEFERRED", "INSERT INTO t (v) VALUES (1)")
+    assert same_statements(stmts[0], ("BEGIN DEFERRED", "INSERT INTO t (v) VALUES (0)"))
+    assert same_statements(stmts[5], ("BEGIN DEFERRED", "INSERT INTO t (v) VALUES (1)"))
     assert stmts[1:5] == [(count,), ("SELECT v FROM t",), (), ("COMMIT",)]
 
 

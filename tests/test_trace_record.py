@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from sqlite_lockprobe.tracer import StatementBudget
+from tests.statements import same_statements
 from tests.test_trace import line_of, trace_python, write_program
 
 pytestmark = pytest.mark.probe
@@ -52,7 +53,7 @@ def test_every_call_is_recorded_with_its_op_sql_transaction_state_and_site(tmp_p
     expected = [
         ("execute", "CREATE TABLE t (id INTEGER PRIMARY KEY, v)",
          ("CREATE TABLE t (id INTEGER PRIMARY KEY, v)",), False, None, "create"),
-        # Python's implicit BEGIN, as SQLite ran it, with the expanded parameter values.
+        # Python's implicit BEGIN, as SQLite ran it (the values: tests/statements.py).
         ("execute", insert, ("BEGIN ", "INSERT INTO t (v) VALUES (1)"), True,
          "implicit begin", "implicit begin"),
         # A call that ran its own statement alone keeps its SQL, not its parameter values.
@@ -72,9 +73,11 @@ def test_every_call_is_recorded_with_its_op_sql_transaction_state_and_site(tmp_p
          "script"),
     ]  # fmt: skip
     got = calls(traced)
-    assert [(c["op"], c["sql"], tuple(c["stmts"]), c["in_txn"]) for c in got] == [
-        e[:4] for e in expected
+    assert [(c["op"], c["sql"], c["in_txn"]) for c in got] == [
+        (op, sql, in_txn) for op, sql, _, in_txn, *_ in expected
     ]
+    for call, (_, _, stmts, *_) in zip(got, expected, strict=True):
+        assert same_statements(call["stmts"], stmts), (call["stmts"], stmts)
     for call, (*_, transaction, own) in zip(got, expected, strict=True):
         # A call that went through is named by the line that began its transaction (outside
         # one, by none); one that took over a millisecond (a commit's fsync, on a loaded
