@@ -589,37 +589,102 @@ sl_take_in(StatementList *self)
     return status;
 }
 
-/* Forget the first `count` statements, read or pending, without making strs of them: the
- * hook may have added more since they were counted (another thread's statement on a shared
- * connection runs without the GIL), and those stay. */
-static int
-sl_drop_first(StatementList *self, Py_ssize_t count)
+/* Take every statement, read or pending, at once: a tuple of them (or, unless `keep_one`,
+ * None for exactly one: the call's own, whose text the caller has). Threads sharing a connection record their calls
+ * at the same time, and a record is made between steps where Python code may run (making a str
+ * or a tuple may run a collection): reading the statements, then forgetting as many, would let
+ * two calls report the same statement and drop another's. So the common case (nothing read,
+ * one pending) is decided under the buffer's lock alone, and otherwise the read list is swapped
+ * for an empty one and the pending texts taken out, before any str is made. */
+static PyObject *
+sl_take_all(StatementList *self, int keep_one)
 {
-    Py_ssize_t listed = PyList_GET_SIZE(self->list);
-    if (count <= listed) {
-        return count > 0 ? PyList_SetSlice(self->list, 0, count, NULL) : 0;
-    }
-    if (listed > 0 && PyList_SetSlice(self->list, 0, listed, NULL) < 0) {
-        return -1;
-    }
-    Py_ssize_t more = count - listed;
     Pending *p = self->pending;
-    PyThread_acquire_lock(p->lock, WAIT_LOCK);
-    if (more >= p->count) {
-        p->used = 0;
-        p->count = 0;
-    }
-    else {
-        size_t at = 0;
-        for (Py_ssize_t i = 0; i < more; i++) {
-            at += strlen(p->texts + at) + 1;
+    if (PyList_GET_SIZE(self->list) == 0) {
+        PyThread_acquire_lock(p->lock, WAIT_LOCK);
+        Py_ssize_t count = p->count;
+        if (count == 0 || (count == 1 && !keep_one)) {
+            p->used = 0;  /* the buffer stays for the next statement */
+            p->count = 0;
+            PyThread_release_lock(p->lock);
+            return count == 1 ? Py_NewRef(Py_None) : PyTuple_New(0);
         }
-        memmove(p->texts, p->texts + at, p->used - at);
-        p->used -= at;
-        p->count -= more;
+        PyThread_release_lock(p->lock);
     }
+    PyObject *empty = PyList_New(0);
+    if (empty == NULL) {
+        return NULL;
+    }
+    PyObject *taken = self->list;  /* no Python code runs from here to the lock's release */
+    self->list = empty;
+    PyThread_acquire_lock(p->lock, WAIT_LOCK);
+    char *texts = p->texts;
+    size_t used = p->used;
+    Py_ssize_t count = p->count;
+    p->texts = NULL;
+    p->used = p->size = 0;
+    p->count = 0;
     PyThread_release_lock(p->lock);
-    return 0;
+
+    size_t at = 0;
+    for (Py_ssize_t i = 0; i < count && at < used; i++) {
+        size_t n = strlen(texts + at);
+        PyObject *sql = sl_str(self, texts + at, n);
+        if (sql == NULL || PyList_Append(taken, sql) < 0) {
+            Py_XDECREF(sql);
+            free(texts);
+            Py_DECREF(taken);
+            return NULL;
+        }
+        Py_DECREF(sql);
+        at += n + 1;
+    }
+    free(texts);
+    PyObject *result = PyList_GET_SIZE(taken) == 1 && !keep_one ? Py_NewRef(Py_None)
+                                                                 : PyList_AsTuple(taken);
+    Py_DECREF(taken);
+    return result;
+}
+
+/* The same for a plain list (sqlite3's own trace hook appends to it, under the GIL): the
+ * statements are moved out with no Python code run between counting and removing them. */
+static PyObject *
+list_take_all(PyObject *list)
+{
+    for (;;) {
+        Py_ssize_t count = PyList_GET_SIZE(list);
+        if (count == 0) {
+            return PyTuple_New(0);
+        }
+        if (count == 1) {  /* a str's deallocation runs no code; the list keeps its storage */
+            PyObject *only = PyList_GET_ITEM(list, 0);
+            Py_SET_SIZE(list, 0);
+            Py_DECREF(only);
+            return Py_NewRef(Py_None);
+        }
+        PyObject *taken = PyTuple_New(count);  /* may run code: counted again after */
+        if (taken == NULL) {
+            return NULL;
+        }
+        if (PyList_GET_SIZE(list) >= count) {
+            for (Py_ssize_t i = 0; i < count; i++) {
+                PyTuple_SET_ITEM(taken, i, Py_NewRef(PyList_GET_ITEM(list, i)));
+            }
+            if (PyList_SetSlice(list, 0, count, NULL) < 0) {
+                Py_DECREF(taken);
+                return NULL;
+            }
+            return taken;
+        }
+        Py_DECREF(taken);  /* another thread took some meanwhile: count again */
+    }
+}
+
+/* statements.take(): every statement, read or pending, as a tuple, forgotten at once. */
+static PyObject *
+sl_take_method(StatementList *self, PyObject *unused)
+{
+    return sl_take_all(self, 1);
 }
 
 /* Forget every statement, read or pending, without making strs of them. */
@@ -852,6 +917,8 @@ static PyMethodDef sl_methods[] = {
     {"extend", (PyCFunction)sl_extend, METH_O, "list.extend"},
     {"pop", (PyCFunction)(void (*)(void))sl_pop, METH_FASTCALL, "list.pop"},
     {"clear", (PyCFunction)sl_clear_method, METH_NOARGS, "list.clear, without reading"},
+    {"take", (PyCFunction)sl_take_method, METH_NOARGS,
+     "Every statement as a tuple, forgotten at once (threads may share the connection)."},
     {NULL},
 };
 
@@ -884,25 +951,23 @@ static PyTypeObject StatementListType = {
     .tp_hash = PyObject_HashNotImplemented,
 };
 
-/* statements.clear(). The common case, the call's own statement alone, keeps the list's
- * storage for the trace hook's next append (list.clear() frees it: a free and a malloc a
- * call); a str's deallocation runs no code that could touch the list meanwhile. */
-static inline int
-clear_statements(PyObject *statements, Py_ssize_t count)
+/* Every statement traced since the last call, forgotten: None for exactly one (the call's
+ * own), else a tuple. */
+static inline PyObject *
+take_statements(PyObject *statements)
 {
-    if (Py_IS_TYPE(statements, &StatementListType)) {  /* no str made of what was pending */
-        return sl_drop_first((StatementList *)statements, count);
+    if (Py_IS_TYPE(statements, &StatementListType)) {
+        return sl_take_all((StatementList *)statements, 0);
     }
-    if (!PyList_CheckExact(statements)) {
-        return PySequence_DelSlice(statements, 0, PY_SSIZE_T_MAX);
+    if (PyList_CheckExact(statements)) {
+        return list_take_all(statements);
     }
-    if (PyList_GET_SIZE(statements) == 1 && PyUnicode_CheckExact(PyList_GET_ITEM(statements, 0))) {
-        PyObject *only = PyList_GET_ITEM(statements, 0);
-        Py_SET_SIZE(statements, 0);
-        Py_DECREF(only);
-        return 0;
+    PyObject *taken = PySequence_Tuple(statements);
+    if (taken == NULL || PySequence_DelSlice(statements, 0, PyTuple_GET_SIZE(taken)) < 0) {
+        Py_XDECREF(taken);
+        return NULL;
     }
-    return PyList_SetSlice(statements, 0, PyList_GET_SIZE(statements), NULL);
+    return taken;
 }
 
 /* Untrack a tuple none of whose items the cyclic collector tracks (ints, strs, None, bools,
@@ -1200,26 +1265,15 @@ record_call(RecordedMethod *self, PyObject *state, PyObject *conn, PyObject *sql
         }
     }
 
-    /* One statement is the call's own: its SQL is kept, not its parameter values. */
-    if (count == 1) {
-        stmts = Py_NewRef(Py_None);
-    }
-    else if (PyList_CheckExact(statements)) {
-        stmts = PyList_AsTuple(statements);
-    }
-    else {
-        stmts = PySequence_Tuple(statements);
-    }
+    /* One statement is the call's own: its SQL is kept, not its parameter values. What is
+     * taken is taken at once: another thread's call on the same connection may record now. */
+    stmts = take_statements(statements);
     if (stmts == NULL) {
         goto done;
     }
     if (stmts != Py_None) {
-        count = PyTuple_GET_SIZE(stmts);  /* what was read is what is forgotten */
         untrack_if_atomic(stmts);
         stmts_tracked = PyObject_GC_IsTracked(stmts);
-    }
-    if (count && clear_statements(statements, count) < 0) {
-        goto done;
     }
     key_op = key_plus_op(self, key);
     if (key_op == NULL) {

@@ -437,8 +437,7 @@ class ConnectionProbe:
         `statements` itself and calls `follow_sql` on that SQL alone, which is cheaper.)"""
         if not self.statements:
             return ()
-        taken = tuple(self.statements)
-        del self.statements[: len(taken)]
+        taken = take_all(self.statements)
         for sql in taken:
             self.follow_sql(sql)
         return taken
@@ -513,3 +512,20 @@ def classify_error_message(message: str) -> int | None:
     ):
         return 6
     return None
+
+
+def take_all(statements: list[str]) -> tuple[str, ...]:
+    """Every statement in `statements`, forgotten: each one by exactly one caller, though
+    threads sharing a connection record their calls at once (reading the list, then deleting
+    as many, would let two calls report the same statement and drop another's)."""
+    take = getattr(statements, "take", None)
+    if take is not None:  # the compiled hook's list: taken whole, at once
+        return take()
+    taken = []
+    pop = statements.pop
+    for _ in range(len(statements)):
+        try:
+            taken.append(pop(0))  # one C call: atomic under the GIL
+        except IndexError:  # another thread took the rest
+            break
+    return tuple(taken)

@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlite_lockprobe.callsite import CallSites
 from sqlite_lockprobe.eventfile import TRACE_KEY, TRACE_OP_BITS, TRACE_OPS, EventFile
-from sqlite_lockprobe.probe import ConnectionProbe, error_codes, load_capi
+from sqlite_lockprobe.probe import ConnectionProbe, error_codes, load_capi, take_all
 from sqlite_lockprobe.traced import (
     NO_ARG,
     PROBE_PATH,
@@ -628,14 +628,15 @@ class Tracer:
                 state.in_txn = False
                 state.site = None
             # One statement is the call's own: its SQL is kept, not its parameter values.
-            # Only what was read is forgotten: the compiled hook runs without the GIL, and
-            # another thread's statement on a shared connection may have come meanwhile.
+            # Each statement is taken by one call: threads may share the connection.
+            stmts: tuple[str, ...] | None = None
             if len(statements) == 1:
-                stmts = None
-                del statements[:1]
+                try:
+                    del statements[0]  # one C call: atomic under the GIL
+                except IndexError:  # another thread's call took it
+                    stmts = ()
             else:
-                stmts = tuple(statements)
-                del statements[: len(stmts)]
+                stmts = take_all(statements)
             (self._recording or self.recording).append((t0, t1, key + op, sql, stmts, in_txn, site))
         except Exception:  # noqa: S110 - a recording problem must never surface in the program
             pass
@@ -746,11 +747,8 @@ class Tracer:
             if len(statements) > StatementBudget.LIMIT:
                 state.fold_statements.fold(statements)
             folded, state.folded = state.folded, 0
-            if special & _MENTIONS_TIMEOUT:
-                stmts = probe.take_statements()
-            else:
-                stmts = tuple(statements)
-                del statements[: len(stmts)]
+            taking = probe.take_statements if special & _MENTIONS_TIMEOUT else None
+            stmts = taking() if taking else take_all(statements)
             busy, probe.busy_unclaimed = probe.busy_unclaimed, 0
             worker, thread, task, site = self._who()
             if site is None:
