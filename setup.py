@@ -2,7 +2,7 @@
 fast path) and the built-in scenarios, kept in the top-level `scenarios/` folder and installed
 as the package data of `sqlite_lockprobe.scenarios`. `optional=True`: without a compiler,
 lockprobe installs and the probe records through its pure-Python twin
-(sqlite_lockprobe/traced.py)."""
+(sqlite_lockprobe/probe/traced.py)."""
 
 from setuptools import Extension, find_packages, setup
 
@@ -11,8 +11,8 @@ setup(
     package_dir={"sqlite_lockprobe.scenarios": "scenarios"},
     ext_modules=[
         Extension(
-            "sqlite_lockprobe._speedups",
-            sources=["sqlite_lockprobe/_speedups.c"],
+            "sqlite_lockprobe.probe._speedups",
+            sources=["sqlite_lockprobe/probe/_speedups.c"],
             optional=True,
         )
     ],

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlite_lockprobe.diagnose.registry import pattern_ids
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.thresholds import Thresholds
+from sqlite_lockprobe.sources.run.thresholds import Thresholds
 
 if sys.version_info >= (3, 11):
     import tomllib
