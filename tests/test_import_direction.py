@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,18 @@ SOURCES = (
 )
 
 
+def printed_json(code: str) -> Any:
+    """What `code`, run in a fresh interpreter, prints as JSON."""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=SAFETY_TIMEOUT,
+    ).stdout
+    return json.loads(out)
+
+
 def loaded_after_importing(package: str) -> set[str]:
     """Every lockprobe module a fresh interpreter holds after importing each module of
     `package`."""
@@ -37,14 +50,7 @@ def loaded_after_importing(package: str) -> set[str]:
         "    importlib.import_module(package.__name__ + '.' + info.name)\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('sqlite_lockprobe'))))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=SAFETY_TIMEOUT,
-    ).stdout
-    return set(json.loads(out))
+    return set(printed_json(code))
 
 
 def test_renderers_import_no_source() -> None:
@@ -185,14 +191,7 @@ def test_the_probe_is_standard_library_only() -> None:
         "ours = sorted(m for m in sys.modules if m.startswith('sqlite_lockprobe'))\n"
         "print(json.dumps([names, outside, ours]))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=SAFETY_TIMEOUT,
-    ).stdout
-    names, outside, ours = json.loads(out)
+    names, outside, ours = printed_json(code)
     assert {"capi", "tracer", "traced", "callsite", "locktable"} <= set(names)
     assert outside == []
     assert {
