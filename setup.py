@@ -1,15 +1,19 @@
-"""Only the optional C extension (the trace probe's compiled fast path): the metadata is in
-pyproject.toml. `optional=True`: without a compiler, lockprobe installs and the probe records
-through its pure-Python twin (sqlite_lockprobe/traced.py)."""
+"""The parts pyproject.toml cannot say: the optional C extension (the trace probe's compiled
+fast path) and the built-in scenarios, kept in the top-level `scenarios/` folder and installed
+as the package data of `sqlite_lockprobe.scenarios`. `optional=True`: without a compiler,
+lockprobe installs and the probe records through its pure-Python twin
+(sqlite_lockprobe/probe/traced.py)."""
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
+    packages=[*find_packages(include=["sqlite_lockprobe*"]), "sqlite_lockprobe.scenarios"],
+    package_dir={"sqlite_lockprobe.scenarios": "scenarios"},
     ext_modules=[
         Extension(
-            "sqlite_lockprobe._speedups",
-            sources=["sqlite_lockprobe/_speedups.c"],
+            "sqlite_lockprobe.probe._speedups",
+            sources=["sqlite_lockprobe/probe/_speedups.c"],
             optional=True,
         )
-    ]
+    ],
 )

@@ -19,10 +19,11 @@ import statistics
 import tempfile
 import time
 
-from sqlite_lockprobe import locktable, probe
-from sqlite_lockprobe.analysis import analyze
-from sqlite_lockprobe.runner import run_scenario
-from sqlite_lockprobe.scenario import parse_scenario
+from sqlite_lockprobe.diagnose.analysis import analyze
+from sqlite_lockprobe.probe import capi as probe
+from sqlite_lockprobe.probe import locktable
+from sqlite_lockprobe.sources.run.runner import run_scenario
+from sqlite_lockprobe.sources.run.scenario import parse_scenario
 
 CONTENDED = """
 name = "contended-writers"

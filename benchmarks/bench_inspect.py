@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlite_lockprobe.inspection import inspect_database
+from sqlite_lockprobe.sources.inspect.inspection import inspect_database
 
 
 def build(path: Path, mib: int) -> Path:

@@ -29,13 +29,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlite_lockprobe.analysis import analyze
 from sqlite_lockprobe.diagnose.activity import ActivityCounter
+from sqlite_lockprobe.diagnose.analysis import analyze
 from sqlite_lockprobe.diagnose.detectors import diagnose
+from sqlite_lockprobe.diagnose.stats import summarize
 from sqlite_lockprobe.diagnose.timeline import build_timeline
-from sqlite_lockprobe.events import stream_event_log
-from sqlite_lockprobe.gctuning import fewer_collections
-from sqlite_lockprobe.stats import summarize
+from sqlite_lockprobe.events.records import stream_event_log
+from sqlite_lockprobe.probe.gctuning import fewer_collections
 
 
 def write_log(path: Path, n_events: int) -> int:

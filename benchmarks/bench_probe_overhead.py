@@ -28,10 +28,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlite_lockprobe.analysis import analyze
-from sqlite_lockprobe.runner import run_scenario
-from sqlite_lockprobe.scenario import parse_scenario
-from sqlite_lockprobe.workers import threads
+from sqlite_lockprobe.diagnose.analysis import analyze
+from sqlite_lockprobe.sources.run.runner import run_scenario
+from sqlite_lockprobe.sources.run.scenario import parse_scenario
+from sqlite_lockprobe.sources.run.workers import threads
 
 WORKLOAD = """
 name = "single-writer"

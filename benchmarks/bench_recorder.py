@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    from sqlite_lockprobe.traced import PROBE_PATH
+    from sqlite_lockprobe.probe.traced import PROBE_PATH
 
     print(
         f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, probe path "

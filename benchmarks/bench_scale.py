@@ -16,10 +16,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sqlite_lockprobe.analysis import analyze
-from sqlite_lockprobe.eventfile import EventFile
-from sqlite_lockprobe.runner import run_scenario
-from sqlite_lockprobe.scenario import builtin_dir, parse_scenario
+from sqlite_lockprobe.diagnose.analysis import analyze
+from sqlite_lockprobe.events.eventfile import EventFile
+from sqlite_lockprobe.sources.run.runner import run_scenario
+from sqlite_lockprobe.sources.run.scenario import builtin_dir, parse_scenario
 
 THREADS = """
 [database]

@@ -9,7 +9,7 @@ Variants, one process each per round, their order rotated from round to round:
 - `bare`: the program as it is;
 - `floor`: the issue's floor, the same program with a flag: a sqlite3.Connection subclass
   whose execute calls the parent and appends one (t0, t1, sql, thread) tuple;
-- `compiled`: under `lockprobe trace`, the compiled fast path (sqlite_lockprobe._speedups);
+- `compiled`: under `lockprobe trace`, the compiled fast path (sqlite_lockprobe.probe._speedups);
 - `python`: under `lockprobe trace` with LOCKPROBE_PURE_PYTHON=1, the pure-Python twin.
 
 Workloads: `loop`, the issue's tight single writer (WAL, synchronous=NORMAL, BEGIN IMMEDIATE /
@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlite_lockprobe.tracing import trace_environment
+from sqlite_lockprobe.sources.trace import trace_environment
 
 PROGRAM = """
 import sqlite3, sys, threading, time

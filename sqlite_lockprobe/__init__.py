@@ -14,26 +14,26 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from sqlite_lockprobe.analysis import Analysis, analyze
+    from sqlite_lockprobe.diagnose.analysis import Analysis, analyze
     from sqlite_lockprobe.errors import LockprobeError
-    from sqlite_lockprobe.events import stream_event_log
+    from sqlite_lockprobe.events.records import stream_event_log
     from sqlite_lockprobe.findings import Finding
-    from sqlite_lockprobe.inspection import inspect_database, inspection_findings
     from sqlite_lockprobe.recorder import Recorder, install, record
-    from sqlite_lockprobe.runner import run_scenario
-    from sqlite_lockprobe.scenario import load_scenario
-    from sqlite_lockprobe.tracing import trace_program
+    from sqlite_lockprobe.sources.inspect.inspection import inspect_database, inspection_findings
+    from sqlite_lockprobe.sources.run.runner import run_scenario
+    from sqlite_lockprobe.sources.run.scenario import load_scenario
+    from sqlite_lockprobe.sources.trace import trace_program
 
 # Each public name and the module it lives in, loaded when the name is first asked for.
 _LAZY = {
-    "load_scenario": "sqlite_lockprobe.scenario",
-    "run_scenario": "sqlite_lockprobe.runner",
-    "trace_program": "sqlite_lockprobe.tracing",
-    "analyze": "sqlite_lockprobe.analysis",
-    "Analysis": "sqlite_lockprobe.analysis",
-    "stream_event_log": "sqlite_lockprobe.events",
-    "inspect_database": "sqlite_lockprobe.inspection",
-    "inspection_findings": "sqlite_lockprobe.inspection",
+    "load_scenario": "sqlite_lockprobe.sources.run.scenario",
+    "run_scenario": "sqlite_lockprobe.sources.run.runner",
+    "trace_program": "sqlite_lockprobe.sources.trace",
+    "analyze": "sqlite_lockprobe.diagnose.analysis",
+    "Analysis": "sqlite_lockprobe.diagnose.analysis",
+    "stream_event_log": "sqlite_lockprobe.events.records",
+    "inspect_database": "sqlite_lockprobe.sources.inspect.inspection",
+    "inspection_findings": "sqlite_lockprobe.sources.inspect.inspection",
     "Finding": "sqlite_lockprobe.findings",
     "LockprobeError": "sqlite_lockprobe.errors",
     "record": "sqlite_lockprobe.recorder",

@@ -20,19 +20,15 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 
 from sqlite_lockprobe import __version__
-from sqlite_lockprobe.analysis import Analysis, analyze
-from sqlite_lockprobe.checking import check_scenario, load_targets
-from sqlite_lockprobe.comparefix import compare_fix as run_with_fixes
+from sqlite_lockprobe.diagnose.analysis import Analysis, analyze
 from sqlite_lockprobe.diagnose.registry import ANY_WORD, pattern_ids
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.events import (
+from sqlite_lockprobe.events.records import (
     SkippedLines,
     load_event_log,
     stream_event_log,
     write_events,
 )
-from sqlite_lockprobe.inspect_watch import watch_inspections
-from sqlite_lockprobe.inspection import inspect_database, inspection_findings
 from sqlite_lockprobe.report import runreport, tracereport
 from sqlite_lockprobe.report.checkreport import check_document, check_table
 from sqlite_lockprobe.report.html import render_html
@@ -47,11 +43,15 @@ from sqlite_lockprobe.report.junit import junit_xml
 from sqlite_lockprobe.report.progress import live_progress
 from sqlite_lockprobe.report.runreport import ReportHeader
 from sqlite_lockprobe.report.timeline import chrome_trace
-from sqlite_lockprobe.runner import run_scenario
-from sqlite_lockprobe.scenario import builtin_names, load_scenario
-from sqlite_lockprobe.scenario_from_events import ScenarioDraft, scenario_from_events
-from sqlite_lockprobe.thresholds import Thresholds
-from sqlite_lockprobe.tracing import GRACE_SECONDS, trace_program
+from sqlite_lockprobe.sources.inspect.inspection import inspect_database, inspection_findings
+from sqlite_lockprobe.sources.inspect.watch import watch_inspections
+from sqlite_lockprobe.sources.run.runner import run_scenario
+from sqlite_lockprobe.sources.run.scenario import builtin_names, load_scenario
+from sqlite_lockprobe.sources.run.thresholds import Thresholds
+from sqlite_lockprobe.sources.trace import GRACE_SECONDS, trace_program
+from sqlite_lockprobe.workflows.checking import check_scenario, load_targets
+from sqlite_lockprobe.workflows.comparefix import compare_fix as run_with_fixes
+from sqlite_lockprobe.workflows.scenario_from_events import ScenarioDraft, scenario_from_events
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -35,7 +35,7 @@ from sqlite_lockprobe.report.pytestreport import (
 )
 
 if TYPE_CHECKING:
-    from sqlite_lockprobe.analysis import Analysis
+    from sqlite_lockprobe.diagnose.analysis import Analysis
 
 ANY = "any"
 WORKER_OUTPUT_KEY = "lockprobe"

@@ -22,14 +22,14 @@ from dataclasses import replace
 from types import SimpleNamespace, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from sqlite_lockprobe import tracer as _tracer_module
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.eventfile import TRACE_KEY, decode_records
-from sqlite_lockprobe.events import merge_events, write_events
-from sqlite_lockprobe.tracer import TraceConfig, Tracer
+from sqlite_lockprobe.events.eventfile import TRACE_KEY, decode_records
+from sqlite_lockprobe.events.records import merge_events, write_events
+from sqlite_lockprobe.probe import tracer as _tracer_module
+from sqlite_lockprobe.probe.tracer import TraceConfig, Tracer
 
 if TYPE_CHECKING:
-    from sqlite_lockprobe.analysis import Analysis
+    from sqlite_lockprobe.diagnose.analysis import Analysis
 
 DEFAULT_MAX_EVENTS = 100_000
 # The name records (see the module's docstring) of connections closed before the oldest kept
@@ -259,7 +259,7 @@ class Recorder:
     def analysis(self) -> Analysis:
         """The events kept, diagnosed: the Analysis the CLI renders. When the ring dropped
         events, its summary says so in a note."""
-        from sqlite_lockprobe.analysis import analyze  # not needed until asked
+        from sqlite_lockprobe.diagnose.analysis import analyze  # not needed until asked
 
         events, dropped = self._events()
         analysis = analyze(events)

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlite_lockprobe.diagnose.activity import ActivityCounter
 from sqlite_lockprobe.diagnose.model import IdleGap
+from sqlite_lockprobe.diagnose.stats import summarize
 from sqlite_lockprobe.diagnose.timeline import build_timeline
-from sqlite_lockprobe.stats import summarize
 
 US = 1_000
 

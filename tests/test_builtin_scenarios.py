@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from sqlite_lockprobe.scenario import builtin_names, load_scenario
+from sqlite_lockprobe.sources.run.scenario import builtin_names, load_scenario
 
 pytestmark = pytest.mark.probe
 

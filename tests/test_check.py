@@ -11,9 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from sqlite_lockprobe.checking import effective_thresholds, load_targets
-from sqlite_lockprobe.scenario import builtin_dir, builtin_names, load_scenario, parse_scenario
-from sqlite_lockprobe.thresholds import Thresholds
+from sqlite_lockprobe.sources.run.scenario import (
+    builtin_dir,
+    builtin_names,
+    load_scenario,
+    parse_scenario,
+)
+from sqlite_lockprobe.sources.run.thresholds import Thresholds
+from sqlite_lockprobe.workflows.checking import effective_thresholds, load_targets
 
 from .conftest import snapshot
 

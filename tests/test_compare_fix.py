@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from sqlite_lockprobe.comparefix import apply_fixes, fixes_from
 from sqlite_lockprobe.diagnose import advice
 from sqlite_lockprobe.findings import Finding
-from sqlite_lockprobe.scenario import load_scenario
+from sqlite_lockprobe.sources.run.scenario import load_scenario
+from sqlite_lockprobe.workflows.comparefix import apply_fixes, fixes_from
 
 
 def _finding(*items) -> Finding:

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sqlite_lockprobe import dbfile
-from sqlite_lockprobe.dbfile import (
+from sqlite_lockprobe.errors import LockprobeError
+from sqlite_lockprobe.sources.inspect import dbfile
+from sqlite_lockprobe.sources.inspect.dbfile import (
     EXIT_CORRUPT_HEADER,
     EXIT_NOT_SQLITE,
     parse_database_header,
@@ -19,8 +20,7 @@ from sqlite_lockprobe.dbfile import (
     parse_shm_header,
     parse_wal_header,
 )
-from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.inspection import inspect_database, inspection_findings
+from sqlite_lockprobe.sources.inspect.inspection import inspect_database, inspection_findings
 from tests.conftest import make_db
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from sqlite_lockprobe.diagnose.chain import blockers
 from sqlite_lockprobe.diagnose.timeline import build_timeline
-from sqlite_lockprobe.events import read_events
+from sqlite_lockprobe.events.records import read_events
 
 pytestmark = pytest.mark.probe
 

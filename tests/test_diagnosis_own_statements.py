@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sqlite_lockprobe.analysis import analyze
+from sqlite_lockprobe.diagnose.analysis import analyze
 from sqlite_lockprobe.diagnose.detectors import diagnose
 from sqlite_lockprobe.diagnose.timeline import build_timeline
 

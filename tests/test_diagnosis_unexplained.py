@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from sqlite_lockprobe.diagnose.registry import PRECEDENCE
-from sqlite_lockprobe.events import write_events
+from sqlite_lockprobe.events.records import write_events
 
 from .diagnose.eventlog import EventLog
 

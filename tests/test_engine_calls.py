@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sqlite_lockprobe.eventfile import EventFile, read_event_file
-from sqlite_lockprobe.runner import run_scenario
-from sqlite_lockprobe.scenario import parse_scenario
-from sqlite_lockprobe.workers.session import ConnectionSpec, Session
+from sqlite_lockprobe.events.eventfile import EventFile, read_event_file
+from sqlite_lockprobe.sources.run.runner import run_scenario
+from sqlite_lockprobe.sources.run.scenario import parse_scenario
+from sqlite_lockprobe.sources.run.workers.session import ConnectionSpec, Session
 from tests.statements import same_statements
 
 pytestmark = pytest.mark.probe

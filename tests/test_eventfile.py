@@ -7,7 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
-from sqlite_lockprobe.eventfile import EventFile, read_event_file
+from sqlite_lockprobe.events.eventfile import EventFile, read_event_file
 
 
 def test_events_appended_during_flushes_are_each_written_once_in_order(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.events import (
+from sqlite_lockprobe.events.records import (
     EVENT_FIELDS,
     events_with_json,
     events_with_orjson,

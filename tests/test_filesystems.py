@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from sqlite_lockprobe import filesystems, runner
-from sqlite_lockprobe.analysis import analyze
-from sqlite_lockprobe.filesystems import database_filesystem, filesystem_warning
-from sqlite_lockprobe.runner import run_scenario
-from sqlite_lockprobe.scenario import load_scenario
+from sqlite_lockprobe.diagnose.analysis import analyze
+from sqlite_lockprobe.sources.inspect import filesystems
+from sqlite_lockprobe.sources.inspect.filesystems import database_filesystem, filesystem_warning
+from sqlite_lockprobe.sources.run import runner
+from sqlite_lockprobe.sources.run.runner import run_scenario
+from sqlite_lockprobe.sources.run.scenario import load_scenario
 
 # Recorded from real machines: an NFS home, an SMB share with nobrl, a WSL2 Windows drive, an
 # sshfs mount, Docker Desktop's virtiofs bind mount, and local ones around them.

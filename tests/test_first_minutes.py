@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from sqlite_lockprobe.cli import cli
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.events import SkippedLines, read_events
-from sqlite_lockprobe.scenario import parse_scenario
+from sqlite_lockprobe.events.records import SkippedLines, read_events
+from sqlite_lockprobe.sources.run.scenario import parse_scenario
 
 
 def lockprobe(*args: str) -> tuple[int, str, str]:
@@ -139,7 +139,7 @@ def test_an_intact_log_has_no_note(saved_log: Path, tmp_path: Path) -> None:
 
 
 def test_both_decoders_count_the_same_lines(tmp_path: Path) -> None:
-    from sqlite_lockprobe.events import events_with_json, events_with_orjson
+    from sqlite_lockprobe.events.records import events_with_json, events_with_orjson
 
     text = (
         '{"k":"close","t":1,"conn":"c1"}\n'

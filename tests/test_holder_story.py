@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from sqlite_lockprobe.analysis import analyze
+from sqlite_lockprobe.diagnose.analysis import analyze
 from sqlite_lockprobe.diagnose.evidence import hold_story
 from sqlite_lockprobe.diagnose.timeline import build_timeline
-from sqlite_lockprobe.runner import run_scenario
-from sqlite_lockprobe.scenario import load_scenario, parse_scenario
+from sqlite_lockprobe.sources.run.runner import run_scenario
+from sqlite_lockprobe.sources.run.scenario import load_scenario, parse_scenario
 
 pytestmark = pytest.mark.probe
 

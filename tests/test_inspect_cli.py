@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from sqlite_lockprobe.cli import cli
-from sqlite_lockprobe.inspect_watch import lock_changes
-from sqlite_lockprobe.inspection import inspect_database, inspection_findings
-from sqlite_lockprobe.oslocks import Filesystem, network_filesystem_reason
 from sqlite_lockprobe.report.inspect_terminal import journal_rows
+from sqlite_lockprobe.sources.inspect.inspection import inspect_database, inspection_findings
+from sqlite_lockprobe.sources.inspect.oslocks import Filesystem, network_filesystem_reason
+from sqlite_lockprobe.sources.inspect.watch import lock_changes
 from tests.conftest import make_db, snapshot
 
 

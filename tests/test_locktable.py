@@ -8,7 +8,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from sqlite_lockprobe import locktable
+from sqlite_lockprobe.probe import locktable
 
 
 def own_lock_lines(db: Path) -> list[str]:

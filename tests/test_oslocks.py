@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sqlite_lockprobe import oslocks
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.inspection import EXIT_OWN_LOCKS, inspect_database
-from sqlite_lockprobe.oslocks import (
+from sqlite_lockprobe.sources.inspect import oslocks
+from sqlite_lockprobe.sources.inspect.inspection import EXIT_OWN_LOCKS, inspect_database
+from sqlite_lockprobe.sources.inspect.oslocks import (
     PENDING_BYTE,
     RESERVED_BYTE,
     RangeLock,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sqlite_lockprobe.tracer import read_header
-from sqlite_lockprobe.walsampler import WalSampler
+from sqlite_lockprobe.probe.tracer import read_header
+from sqlite_lockprobe.sources.run.walsampler import WalSampler
 
 pytestmark = pytest.mark.probe
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sqlite_lockprobe.probe import ConnectionProbe, busy_delay_ms, load_capi, read_busy_timeout
+from sqlite_lockprobe.probe.capi import ConnectionProbe, busy_delay_ms, load_capi, read_busy_timeout
 
 pytestmark = pytest.mark.probe
 

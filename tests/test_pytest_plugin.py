@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from sqlite_lockprobe import pytest_plugin, tracer
+from sqlite_lockprobe import pytest_plugin
+from sqlite_lockprobe.probe import tracer
 
 pytest_plugins = ["pytester"]
 
@@ -153,7 +154,7 @@ def test_patched_only_when_asked(request):
     probe = [m for m in sys.modules if m.startswith("sqlite_lockprobe.") and m != "sqlite_lockprobe.pytest_plugin"]
     if request.config.getoption("lockprobe"):
         assert type(sqlite3.connect).__name__ == "function", sqlite3.connect
-        assert "sqlite_lockprobe.tracer" in probe
+        assert "sqlite_lockprobe.probe.tracer" in probe
     else:
         assert type(sqlite3.connect).__name__ == "builtin_function_or_method", sqlite3.connect
         assert sqlite3.dbapi2.connect is sqlite3.connect

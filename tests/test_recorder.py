@@ -22,8 +22,8 @@ import sqlite_lockprobe
 from sqlite_lockprobe import recorder
 from sqlite_lockprobe.cli import cli
 from sqlite_lockprobe.errors import LockprobeError
+from sqlite_lockprobe.probe.tracer import _flush_then_terminate
 from sqlite_lockprobe.recorder import PRUNE_AT
-from sqlite_lockprobe.tracer import _flush_then_terminate
 
 pytestmark = pytest.mark.probe  # CI runs it on every CPython, compiled and pure Python
 

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sqlite_lockprobe.analysis import analyze
+from sqlite_lockprobe.diagnose.analysis import analyze
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.runner import run_scenario
-from sqlite_lockprobe.scenario import parse_scenario
+from sqlite_lockprobe.sources.run.runner import run_scenario
+from sqlite_lockprobe.sources.run.scenario import parse_scenario
 
 CRASH = """
 [database]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sqlite_lockprobe.analysis import analyze
-from sqlite_lockprobe.events import event_time, load_event_log
-from sqlite_lockprobe.runner import run_scenario
-from sqlite_lockprobe.scenario import load_scenario, parse_scenario
+from sqlite_lockprobe.diagnose.analysis import analyze
+from sqlite_lockprobe.events.records import event_time, load_event_log
+from sqlite_lockprobe.sources.run.runner import run_scenario
+from sqlite_lockprobe.sources.run.scenario import load_scenario, parse_scenario
 
 pytestmark = pytest.mark.probe
 

@@ -11,7 +11,7 @@ import pytest
 
 from sqlite_lockprobe.diagnose.detectors import DETECTORS
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.scenario import builtin_names, load_scenario, parse_scenario
+from sqlite_lockprobe.sources.run.scenario import builtin_names, load_scenario, parse_scenario
 
 MINIMAL = """
 [database]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from sqlite_lockprobe.scenario import builtin_names, load_scenario, parse_scenario
-from sqlite_lockprobe.scenario_from_events import scenario_from_events
-from sqlite_lockprobe.sqltemplate import generalise_sql
+from sqlite_lockprobe.sources.run.scenario import builtin_names, load_scenario, parse_scenario
+from sqlite_lockprobe.workflows.scenario_from_events import scenario_from_events
+from sqlite_lockprobe.workflows.sqltemplate import generalise_sql
 from tests.test_trace import SAFETY_TIMEOUT, lockprobe_trace, write_program
 
 pytestmark = pytest.mark.probe

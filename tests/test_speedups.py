@@ -1,4 +1,4 @@
-"""The trace probe's compiled fast path (sqlite_lockprobe._speedups) and its pure-Python twin
+"""The trace probe's compiled fast path (sqlite_lockprobe.probe._speedups) and its pure-Python twin
 (traced.py) record the same events for the same program, leave results and exceptions the
 program's own, take calls of any shape, and the report says which one ran.
 
@@ -63,7 +63,7 @@ def probe_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 PROBE_PACKAGE = """
-import os, sqlite_lockprobe.traced as traced
+import os, sqlite_lockprobe.probe.traced as traced
 print(os.path.dirname(traced.__file__), traced.PROBE_PATH)
 """
 
@@ -73,7 +73,7 @@ def compiled(probe_package: tuple[Path, str]) -> None:
     """Skip when the probe a traced program loads has no compiled path for this Python; fail
     instead under LOCKPROBE_REQUIRE_SPEEDUPS=1."""
     if probe_package[1] != "compiled":
-        why = f"sqlite_lockprobe._speedups is not built for Python {sys.version.split()[0]}"
+        why = f"sqlite_lockprobe.probe._speedups is not built for Python {sys.version.split()[0]}"
         if os.environ.get("LOCKPROBE_REQUIRE_SPEEDUPS") == "1":
             pytest.fail(f"{why} (LOCKPROBE_REQUIRE_SPEEDUPS=1)")
         pytest.skip(why)
@@ -99,8 +99,8 @@ EVERY_PATH = """
 import asyncio, os, sqlite3, sys, threading, time
 # No call counts as long here (a long call is named by its own line, and which calls take
 # over a millisecond depends on the machine's load); the budget's test has a long one.
-sys.modules["sqlite_lockprobe.tracer"].LONG_CALL_NS = 10**15
-from sqlite_lockprobe.eventfile import read_event_file
+sys.modules["sqlite_lockprobe.probe.tracer"].LONG_CALL_NS = 10**15
+from sqlite_lockprobe.events.eventfile import read_event_file
 
 DB = sys.argv[1]
 INSERT = "INSERT INTO t (v) VALUES (?)"
@@ -270,7 +270,7 @@ def test_both_paths_record_the_same_events_for_the_same_program(tmp_path, compil
 # KeyboardInterrupt, chained to the SQLite error that ending the wait produced.
 INTERRUPTED = """
 import os, signal, sqlite3, sys, threading, time
-from sqlite_lockprobe.eventfile import read_event_file
+from sqlite_lockprobe.events.eventfile import read_event_file
 
 holder = sqlite3.connect(sys.argv[1], isolation_level=None)
 holder.execute("CREATE TABLE t (x)")
@@ -448,7 +448,7 @@ import sys
 
 class NoSpeedups:
     def find_spec(self, name, path=None, target=None):
-        if name == "sqlite_lockprobe._speedups":
+        if name == "sqlite_lockprobe.probe._speedups":
             raise ImportError("not built for this interpreter")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import sqlite_lockprobe
-from sqlite_lockprobe.probe import ConnectionProbe, compiled_speedups
+from sqlite_lockprobe.probe.capi import ConnectionProbe, compiled_speedups
 
 pytestmark = pytest.mark.probe
 

@@ -17,14 +17,14 @@ import pytest
 from rich.cells import cell_len
 from rich.console import Console, RenderableType
 
-from sqlite_lockprobe.analysis import Analysis, analyze
-from sqlite_lockprobe.checking import check_scenario
+from sqlite_lockprobe.diagnose.analysis import Analysis, analyze
 from sqlite_lockprobe.report import runreport
 from sqlite_lockprobe.report.checkreport import check_table
 from sqlite_lockprobe.report.fitting import ELLIPSIS, ellipsize_middle, fold_identifier
 from sqlite_lockprobe.report.terminal_timeline import resample, worst_window
-from sqlite_lockprobe.runner import run_scenario
-from sqlite_lockprobe.scenario import load_scenario, parse_scenario
+from sqlite_lockprobe.sources.run.runner import run_scenario
+from sqlite_lockprobe.sources.run.scenario import load_scenario, parse_scenario
+from sqlite_lockprobe.workflows.checking import check_scenario
 
 WIDTHS = (80, 120, 200)
 

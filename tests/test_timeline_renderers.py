@@ -16,13 +16,13 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from sqlite_lockprobe.analysis import analyze
 from sqlite_lockprobe.cli import cli
+from sqlite_lockprobe.diagnose.analysis import analyze
 from sqlite_lockprobe.diagnose.model import Timeline
 from sqlite_lockprobe.report import runreport
 from sqlite_lockprobe.report.terminal_timeline import worst_window
-from sqlite_lockprobe.runner import run_scenario
-from sqlite_lockprobe.scenario import load_scenario
+from sqlite_lockprobe.sources.run.runner import run_scenario
+from sqlite_lockprobe.sources.run.scenario import load_scenario
 
 TRACED = [
     "upgrade-deadlock",

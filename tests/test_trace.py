@@ -811,7 +811,7 @@ def test_a_program_that_ignores_ctrl_c_is_stopped_after_the_grace_period(tmp_pat
 def test_only_a_terminal_ctrl_c_to_our_own_process_group_is_not_passed_on() -> None:
     from types import SimpleNamespace
 
-    from sqlite_lockprobe.tracing import _program_got_it_too
+    from sqlite_lockprobe.sources.trace import _program_got_it_too
 
     same_group = SimpleNamespace(pid=os.getpid())  # a "child" in our own process group
     terminal = SimpleNamespace(si_signo=signal.SIGINT, si_code=0x80)  # SI_KERNEL
@@ -826,7 +826,7 @@ def test_only_a_terminal_ctrl_c_to_our_own_process_group_is_not_passed_on() -> N
 
 
 def test_database_path_follows_plain_names_uris_and_skips_memory_databases(tmp_path) -> None:
-    from sqlite_lockprobe.tracer import database_path
+    from sqlite_lockprobe.probe.tracer import database_path
 
     target = str((tmp_path / "app.db").resolve())
     assert database_path(tmp_path / "app.db", False) == target
@@ -843,7 +843,7 @@ def test_database_path_follows_plain_names_uris_and_skips_memory_databases(tmp_p
 def test_read_header_tells_wal_from_rollback_without_opening_the_database(tmp_path) -> None:
     import sqlite3
 
-    from sqlite_lockprobe.tracer import read_header
+    from sqlite_lockprobe.probe.tracer import read_header
 
     wal, rollback = tmp_path / "wal.db", tmp_path / "rollback.db"
     for path, mode in ((wal, "WAL"), (rollback, "DELETE")):
@@ -859,7 +859,7 @@ def test_read_header_tells_wal_from_rollback_without_opening_the_database(tmp_pa
 
 
 def test_call_sites_skip_libraries_and_generated_code_but_not_the_users_scripts() -> None:
-    from sqlite_lockprobe.callsite import LIBRARY, SKIP, USER, CallSites
+    from sqlite_lockprobe.probe.callsite import LIBRARY, SKIP, USER, CallSites
 
     sites = CallSites(("/opt/lockprobe/sqlite_lockprobe/",), cwd="/srv/app/")
     site = "/venv/lib/python3.11/site-packages"
@@ -882,9 +882,9 @@ def test_call_sites_skip_libraries_and_generated_code_but_not_the_users_scripts(
         ),
         f"{site}/aiosqlite/core.py": (LIBRARY, "aiosqlite/core.py"),
         sites.stdlib + "threading.py": (LIBRARY, sites.stdlib + "threading.py"),
-        "/opt/lockprobe/sqlite_lockprobe/tracer.py": (
+        "/opt/lockprobe/sqlite_lockprobe/probe/tracer.py": (
             SKIP,
-            "/opt/lockprobe/sqlite_lockprobe/tracer.py",
+            "/opt/lockprobe/sqlite_lockprobe/probe/tracer.py",
         ),
     }
     for filename, expected in cases.items():

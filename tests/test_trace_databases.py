@@ -180,7 +180,7 @@ def test_a_database_switched_to_wal_by_the_program_is_reported_in_wal(tmp_path) 
 
 
 def test_the_journal_mode_a_statement_sets_is_read_from_its_sql() -> None:
-    from sqlite_lockprobe.databases import journal_mode_set_by
+    from sqlite_lockprobe.events.databases import journal_mode_set_by
 
     assert journal_mode_set_by("PRAGMA journal_mode=WAL") == "wal"
     assert journal_mode_set_by("pragma main.journal_mode = 'truncate';") == "truncate"

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from sqlite_lockprobe.tracer import StatementBudget
+from sqlite_lockprobe.probe.tracer import StatementBudget
 from tests.statements import same_statements
 from tests.test_trace import line_of, trace_python, write_program
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from sqlite_lockprobe.diagnose.checkpoint_starvation import GROWTH_FACTOR
-from sqlite_lockprobe.eventfile import EventFile, read_event_file
-from sqlite_lockprobe.tracewal import TraceWal
+from sqlite_lockprobe.events.eventfile import EventFile, read_event_file
+from sqlite_lockprobe.probe.tracewal import TraceWal
 from tests.test_trace import SAFETY_TIMEOUT, Traced, line_of, lockprobe_trace, write_program
 
 pytestmark = pytest.mark.probe

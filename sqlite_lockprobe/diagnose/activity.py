@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from sqlite_lockprobe.databases import DatabaseLog, journal_mode_set_by
 from sqlite_lockprobe.diagnose.model import SQLITE_BUSY, Actor
 from sqlite_lockprobe.diagnose.statements import statement_kind
-from sqlite_lockprobe.resultcodes import code_name
+from sqlite_lockprobe.events.databases import DatabaseLog, journal_mode_set_by
+from sqlite_lockprobe.events.resultcodes import code_name
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

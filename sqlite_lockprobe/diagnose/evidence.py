@@ -18,7 +18,7 @@ from sqlite_lockprobe.diagnose.model import (
     LockHold,
     Timeline,
 )
-from sqlite_lockprobe.resultcodes import code_name
+from sqlite_lockprobe.events.resultcodes import code_name
 
 SQL_WIDTH = 80
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlite_lockprobe.resultcodes import (  # noqa: F401 (the diagnosis imports them from here)
+from sqlite_lockprobe.events.resultcodes import (  # noqa: F401 (the diagnosis imports them from here)
     SQLITE_BUSY,
     SQLITE_BUSY_RECOVERY,
     SQLITE_BUSY_SNAPSHOT,

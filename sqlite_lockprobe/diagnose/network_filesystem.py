@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from sqlite_lockprobe.diagnose.model import Timeline
 from sqlite_lockprobe.diagnose.registry import pattern_of
-from sqlite_lockprobe.filesystems import Filesystem, network_filesystem_finding
 from sqlite_lockprobe.findings import Finding
+from sqlite_lockprobe.sources.inspect.filesystems import Filesystem, network_filesystem_finding
 
 PATTERN = pattern_of(__name__)
 

@@ -15,7 +15,7 @@ from sqlite_lockprobe.report.jsonreport import report_document
 from sqlite_lockprobe.report.terminal import compact_table, hanging, table_chrome
 
 if TYPE_CHECKING:  # renderers get the sources' results, they do not import the sources
-    from sqlite_lockprobe.checking import CheckResult
+    from sqlite_lockprobe.workflows.checking import CheckResult
 
 
 @dataclass(frozen=True)

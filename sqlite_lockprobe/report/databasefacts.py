@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from sqlite_lockprobe.databases import DatabaseInfo
+from sqlite_lockprobe.events.databases import DatabaseInfo
 from sqlite_lockprobe.findings import Finding
 
 # Up to this many databases are listed one per line; past it, counted by journal mode, and

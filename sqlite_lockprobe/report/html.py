@@ -17,12 +17,12 @@ from html import escape
 from typing import Any
 
 from sqlite_lockprobe import __version__
-from sqlite_lockprobe.analysis import Analysis
+from sqlite_lockprobe.diagnose.analysis import Analysis
 from sqlite_lockprobe.diagnose.evidence import code_name, lock_name
 from sqlite_lockprobe.diagnose.model import NS_PER_MS, Timeline
+from sqlite_lockprobe.diagnose.stats import GroupStats
 from sqlite_lockprobe.findings import Finding, sort_findings
 from sqlite_lockprobe.report.window import choose_window, fit_name, worker_names
-from sqlite_lockprobe.stats import GroupStats
 
 SVG_WIDTH = 960
 LABEL_PX = 290

@@ -17,9 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from sqlite_lockprobe.findings import Finding
-from sqlite_lockprobe.inspect_watch import LockChange
-from sqlite_lockprobe.inspection import CANNOT_SEE, Inspection
 from sqlite_lockprobe.report.terminal import bullets, hanging
+from sqlite_lockprobe.sources.inspect.inspection import CANNOT_SEE, Inspection
+from sqlite_lockprobe.sources.inspect.watch import LockChange
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 

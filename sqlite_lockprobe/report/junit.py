@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # renderers get the sources' results, they do not import the sources
-    from sqlite_lockprobe.checking import CheckResult
+    from sqlite_lockprobe.workflows.checking import CheckResult
 
 
 SUITE_NAME = "lockprobe check"

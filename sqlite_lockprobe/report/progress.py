@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.text import Text
 
 if TYPE_CHECKING:  # renderers get the sources' results, they do not import the sources
-    from sqlite_lockprobe.runner import Progress
+    from sqlite_lockprobe.sources.run.runner import Progress
 
 
 @contextmanager

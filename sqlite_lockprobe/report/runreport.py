@@ -12,9 +12,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from sqlite_lockprobe.analysis import Analysis
+from sqlite_lockprobe.diagnose.analysis import Analysis
 from sqlite_lockprobe.diagnose.model import Timeline
-from sqlite_lockprobe.events import SkippedLines
+from sqlite_lockprobe.events.records import SkippedLines
 from sqlite_lockprobe.report.databasefacts import databases_json, several_databases
 from sqlite_lockprobe.report.jsonreport import report_document
 from sqlite_lockprobe.report.terminal import (
@@ -27,9 +27,9 @@ from sqlite_lockprobe.report.terminal import (
 from sqlite_lockprobe.report.terminal_timeline import window_renderable, worst_window
 
 if TYPE_CHECKING:  # renderers get the sources' results, they do not import the sources
-    from sqlite_lockprobe.comparefix import FixComparison
-    from sqlite_lockprobe.runner import RunResult
-    from sqlite_lockprobe.scenario import Scenario
+    from sqlite_lockprobe.sources.run.runner import RunResult
+    from sqlite_lockprobe.sources.run.scenario import Scenario
+    from sqlite_lockprobe.workflows.comparefix import FixComparison
 
 HEALTHY = (
     "No call failed on a lock (SQLITE_BUSY or SQLITE_LOCKED) and no wait used half of its "

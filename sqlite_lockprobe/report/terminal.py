@@ -17,10 +17,10 @@ from rich.table import Table
 from rich.text import Text
 
 from sqlite_lockprobe.diagnose.model import BusyWait
+from sqlite_lockprobe.diagnose.stats import GroupStats, RunSummary
+from sqlite_lockprobe.events.resultcodes import code_name
 from sqlite_lockprobe.findings import Finding, sort_findings
 from sqlite_lockprobe.report.fitting import ellipsize_middle, fold_identifier, one_line
-from sqlite_lockprobe.resultcodes import code_name
-from sqlite_lockprobe.stats import GroupStats, RunSummary
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold blue"}
 _WORST_EVENTS = 10

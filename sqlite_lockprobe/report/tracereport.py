@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.text import Text
 
-from sqlite_lockprobe.analysis import Analysis
-from sqlite_lockprobe.databases import DatabaseInfo
+from sqlite_lockprobe.diagnose.analysis import Analysis
+from sqlite_lockprobe.events.databases import DatabaseInfo
 from sqlite_lockprobe.report.databasefacts import databases_json, several_databases
 from sqlite_lockprobe.report.runreport import ReportHeader
 
 if TYPE_CHECKING:  # renderers get the sources' results, they do not import the sources
-    from sqlite_lockprobe.tracing import TraceResult
+    from sqlite_lockprobe.sources.trace import TraceResult
 
 NOTHING_TO_TRACE = "nothing to trace (no sqlite3 connection recorded)"
 

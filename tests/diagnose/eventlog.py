@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlite_lockprobe.diagnose.model import NS_PER_MS, SQLITE_BUSY, Timeline
 from sqlite_lockprobe.diagnose.timeline import build_timeline
-from sqlite_lockprobe.events import event_time
+from sqlite_lockprobe.events.records import event_time
 
 
 def ns(t_ms: float) -> int:

@@ -9,12 +9,12 @@ import os
 
 import pytest
 
-from sqlite_lockprobe.analysis import analyze
 from sqlite_lockprobe.diagnose import external_holder, no_busy_timeout
+from sqlite_lockprobe.diagnose.analysis import analyze
 from sqlite_lockprobe.diagnose.detectors import diagnose
-from sqlite_lockprobe.events import write_events
-from sqlite_lockprobe.runner import run_scenario
-from sqlite_lockprobe.scenario import parse_scenario
+from sqlite_lockprobe.events.records import write_events
+from sqlite_lockprobe.sources.run.runner import run_scenario
+from sqlite_lockprobe.sources.run.scenario import parse_scenario
 
 from .builders import TimelineBuilder
 

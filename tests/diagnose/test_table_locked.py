@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from sqlite_lockprobe.analysis import analyze
 from sqlite_lockprobe.diagnose import table_locked
+from sqlite_lockprobe.diagnose.analysis import analyze
 from sqlite_lockprobe.diagnose.detectors import diagnose
-from sqlite_lockprobe.runner import run_scenario
-from sqlite_lockprobe.scenario import load_scenario, parse_scenario
+from sqlite_lockprobe.sources.run.runner import run_scenario
+from sqlite_lockprobe.sources.run.scenario import load_scenario, parse_scenario
 
 from .builders import TimelineBuilder
 

@@ -9,8 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-from sqlite_lockprobe.probe import Emit
-from sqlite_lockprobe.tracewal import wal_index_frames
+from sqlite_lockprobe.probe.capi import Emit
+from sqlite_lockprobe.probe.tracewal import wal_index_frames
 
 
 class WalSampler:

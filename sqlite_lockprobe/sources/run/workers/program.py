@@ -17,9 +17,9 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlite_lockprobe.probe import Emit
-from sqlite_lockprobe.scenario import SQL_ACTIONS, Group, Scenario, Step
-from sqlite_lockprobe.workers.session import CallRun, ConnectionSpec, Session
+from sqlite_lockprobe.probe.capi import Emit
+from sqlite_lockprobe.sources.run.scenario import SQL_ACTIONS, Group, Scenario, Step
+from sqlite_lockprobe.sources.run.workers.session import CallRun, ConnectionSpec, Session
 
 
 @dataclass

@@ -12,11 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlite_lockprobe.analysis import Analysis, analyze
+from sqlite_lockprobe.diagnose.analysis import Analysis, analyze
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.runner import Progress, RunResult, run_scenario
-from sqlite_lockprobe.scenario import Scenario, builtin_names, load_scenario
-from sqlite_lockprobe.thresholds import Thresholds
+from sqlite_lockprobe.sources.run.runner import Progress, RunResult, run_scenario
+from sqlite_lockprobe.sources.run.scenario import Scenario, builtin_names, load_scenario
+from sqlite_lockprobe.sources.run.thresholds import Thresholds
 
 # Names of the checks, as they appear in the table, the JUnit test cases and the JSON.
 COMPLETED = "completed"

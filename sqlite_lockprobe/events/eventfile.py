@@ -198,7 +198,7 @@ def decode_records(
     """Recorded tuples (an event file's chunk, the in-process recorder's ring) as event
     dicts: short records expanded by the keys given before them, keys themselves and
     anything that is not an event dropped."""
-    from sqlite_lockprobe.events import EVENT_FIELDS, to_dict
+    from sqlite_lockprobe.events.records import EVENT_FIELDS, to_dict
 
     if keys is None:
         keys = RecordKeys()

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlite_lockprobe import _inject
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.eventfile import FILE_PREFIX, FILE_SUFFIX, read_event_file
-from sqlite_lockprobe.events import merge_events
-from sqlite_lockprobe.tracer import ENV_COMMAND, ENV_DB, ENV_DIR, ENV_PARENT
+from sqlite_lockprobe.events.eventfile import FILE_PREFIX, FILE_SUFFIX, read_event_file
+from sqlite_lockprobe.events.records import merge_events
+from sqlite_lockprobe.probe import _inject
+from sqlite_lockprobe.probe.tracer import ENV_COMMAND, ENV_DB, ENV_DIR, ENV_PARENT
 
 INJECT_DIR = str(Path(_inject.__file__).resolve().parent)
 

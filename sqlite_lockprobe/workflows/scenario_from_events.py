@@ -22,11 +22,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlite_lockprobe.databases import journal_mode_set_by
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.scenario import JOURNAL_MODES, MAX_PROCESSES, MAX_SECONDS, _toml
-from sqlite_lockprobe.scenario_schema import schema_for
-from sqlite_lockprobe.sqltemplate import generalise_sql
+from sqlite_lockprobe.events.databases import journal_mode_set_by
+from sqlite_lockprobe.sources.run.scenario import JOURNAL_MODES, MAX_PROCESSES, MAX_SECONDS, _toml
+from sqlite_lockprobe.workflows.scenario_schema import schema_for
+from sqlite_lockprobe.workflows.sqltemplate import generalise_sql
 
 # Gaps shorter than this are the program's own overhead, not think time.
 THINK_TIME_MIN_S = 0.001

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.scenario import SQL_ACTIONS, Scenario
+from sqlite_lockprobe.sources.run.scenario import SQL_ACTIONS, Scenario
 
 _SAMPLE_PARAMS = {"worker": 0, "group": "g", "pid": 0, "iteration": 0}
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlite_lockprobe.diagnose.registry import pattern_ids
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.thresholds import Thresholds
+from sqlite_lockprobe.sources.run.thresholds import Thresholds
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -148,7 +148,11 @@ class Scenario:
 
 
 def builtin_dir() -> Path:
-    return Path(str(resources.files("sqlite_lockprobe") / "scenarios"))
+    """The built-in scenarios: installed, the package data of `sqlite_lockprobe.scenarios`
+    (setup.py maps it from the checkout's top-level `scenarios/`); in a checkout, that folder."""
+    package = Path(str(resources.files("sqlite_lockprobe")))
+    installed = package / "scenarios"
+    return installed if installed.is_dir() else package.parent / "scenarios"
 
 
 def builtin_names() -> list[str]:

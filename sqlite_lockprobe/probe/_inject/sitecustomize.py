@@ -43,13 +43,14 @@ def _remove_hook():
 
 
 def _load_lockprobe():
-    """Import sqlite_lockprobe from the directory above this one, without putting that
-    directory (lockprobe's own site-packages) on the program's sys.path."""
+    """Import sqlite_lockprobe from two directories above this one (sqlite_lockprobe/probe/
+    _inject), without putting its parent (lockprobe's own site-packages) on the program's
+    sys.path."""
     if "sqlite_lockprobe" in sys.modules:
         return
     import importlib.util
 
-    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     spec = importlib.util.spec_from_file_location(
         "sqlite_lockprobe",
         os.path.join(package_dir, "__init__.py"),
@@ -67,7 +68,7 @@ def _load_lockprobe():
 def _trace(dbapi2):
     try:
         _load_lockprobe()
-        from sqlite_lockprobe.tracer import install_from_environment
+        from sqlite_lockprobe.probe.tracer import install_from_environment
 
         install_from_environment(dbapi2)
     except Exception as exc:  # noqa: BLE001 - the program must run even if the probe cannot

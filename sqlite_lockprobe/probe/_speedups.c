@@ -935,7 +935,7 @@ static PyMappingMethods sl_as_mapping = {
 
 static PyTypeObject StatementListType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "sqlite_lockprobe._speedups.StatementList",
+    .tp_name = "sqlite_lockprobe.probe._speedups.StatementList",
     .tp_doc = "The statements SQLite's trace hook reported, kept by a compiled hook that "
               "runs without the GIL; a list of str to read.",
     .tp_basicsize = sizeof(StatementList),
@@ -1648,7 +1648,7 @@ rm_repr(RecordedMethod *self)
 
 static PyTypeObject RecordedMethodType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "sqlite_lockprobe._speedups.RecordedMethod",
+    .tp_name = "sqlite_lockprobe.probe._speedups.RecordedMethod",
     .tp_doc = "An instrumented execute/executemany/executescript/commit/rollback, recorded "
               "in C; calls it does not make itself go to its Python twin.",
     .tp_basicsize = sizeof(RecordedMethod),
@@ -1682,7 +1682,7 @@ static PyMethodDef speedups_methods[] = {
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "sqlite_lockprobe._speedups",
+    .m_name = "sqlite_lockprobe.probe._speedups",
     .m_doc = "The trace probe's per-call record, compiled (optional: traced.py has the "
              "Python twin).",
     .m_size = -1,

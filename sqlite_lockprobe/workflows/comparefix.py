@@ -8,10 +8,10 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlite_lockprobe.analysis import Analysis, analyze
+from sqlite_lockprobe.diagnose.analysis import Analysis, analyze
 from sqlite_lockprobe.findings import Advice, Finding
-from sqlite_lockprobe.runner import RunResult, run_scenario
-from sqlite_lockprobe.scenario import Group, Scenario
+from sqlite_lockprobe.sources.run.runner import RunResult, run_scenario
+from sqlite_lockprobe.sources.run.scenario import Group, Scenario
 
 # A scenario's signal/wait handshakes line up the contention of the original settings; a fix
 # can change who waits for whom (BEGIN IMMEDIATE takes the lock earlier), and a handshake

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 try:  # standard library only, but fcntl exists on Unix alone
-    from sqlite_lockprobe import locktable
+    from sqlite_lockprobe.probe import locktable
 except ImportError:  # pragma: no cover - not on Linux
     locktable = None  # type: ignore[assignment]
 
@@ -68,13 +68,13 @@ PURE_PYTHON_ENV = "LOCKPROBE_PURE_PYTHON"
 
 
 def compiled_speedups() -> Any:
-    """`sqlite_lockprobe._speedups`, the probe's compiled fast path, or None: not built for this
-    interpreter (a wheel carries the extension for one Python; a traced program may run
+    """`sqlite_lockprobe.probe._speedups`, the probe's compiled fast path, or None: not built
+    for this interpreter (a wheel carries the extension for one Python; a traced program may run
     another), or not wanted (LOCKPROBE_PURE_PYTHON=1: the pure-Python twin records the same)."""
     if os.environ.get(PURE_PYTHON_ENV) == "1":
         return None
     try:
-        from sqlite_lockprobe import _speedups
+        import sqlite_lockprobe.probe._speedups as _speedups
     except Exception:  # ImportError, or a broken build: the Python path works the same
         return None
     return _speedups

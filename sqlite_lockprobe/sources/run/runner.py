@@ -16,17 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.eventfile import FILE_SUFFIX, EventFile, read_event_file
-from sqlite_lockprobe.events import event_time, merge_events
-from sqlite_lockprobe.filesystems import filesystem_event
-from sqlite_lockprobe.gctuning import fewer_collections
-from sqlite_lockprobe.preparation import copy_database, prepare_database
-from sqlite_lockprobe.scenario import Scenario, event_names
-from sqlite_lockprobe.walsampler import WalSampler
-from sqlite_lockprobe.workers.coroutines import CoroutineGroups
-from sqlite_lockprobe.workers.processes import SPAWN, ProcessGroup
-from sqlite_lockprobe.workers.program import RunControl
-from sqlite_lockprobe.workers.threads import ThreadGroup
+from sqlite_lockprobe.events.eventfile import FILE_SUFFIX, EventFile, read_event_file
+from sqlite_lockprobe.events.records import event_time, merge_events
+from sqlite_lockprobe.probe.gctuning import fewer_collections
+from sqlite_lockprobe.sources.inspect.filesystems import filesystem_event
+from sqlite_lockprobe.sources.run.preparation import copy_database, prepare_database
+from sqlite_lockprobe.sources.run.scenario import Scenario, event_names
+from sqlite_lockprobe.sources.run.walsampler import WalSampler
+from sqlite_lockprobe.sources.run.workers.coroutines import CoroutineGroups
+from sqlite_lockprobe.sources.run.workers.processes import SPAWN, ProcessGroup
+from sqlite_lockprobe.sources.run.workers.program import RunControl
+from sqlite_lockprobe.sources.run.workers.threads import ThreadGroup
 
 # Time for every worker (spawned processes import first) to open its connection and report
 # ready before the run is abandoned.

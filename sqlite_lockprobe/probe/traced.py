@@ -8,7 +8,7 @@ The wrappers are on the program's hot path. Where the base method is sqlite3's o
 `*args, **kwargs` signature cost about 1,400 instructions a call (../shared/TRACE-COST.md).
 Calls of any other shape go through a closure, as they come.
 
-Where `sqlite_lockprobe._speedups` is built for this interpreter (and LOCKPROBE_PURE_PYTHON is
+Where `sqlite_lockprobe.probe._speedups` is built for this interpreter (and LOCKPROBE_PURE_PYTHON is
 not 1), the fixed wrappers and commit/rollback are its compiled twin, `RecordedMethod`: it
 makes the common call and its short record in C and hands every other call to the Python
 wrapper it replaces, so both record the same events (docs/trace.md, "The compiled fast path").
@@ -21,11 +21,11 @@ import time
 import types
 from typing import TYPE_CHECKING, Any
 
-from sqlite_lockprobe.eventfile import TRACE_OPS
-from sqlite_lockprobe.probe import compiled_speedups
+from sqlite_lockprobe.events.eventfile import TRACE_OPS
+from sqlite_lockprobe.probe.capi import compiled_speedups
 
 if TYPE_CHECKING:
-    from sqlite_lockprobe.tracer import Tracer
+    from sqlite_lockprobe.probe.tracer import Tracer
 
 # The calls recorded, by number: a trace record's key carries it in its low bits.
 OP_EXECUTE, OP_EXECUTEMANY, OP_EXECUTESCRIPT, OP_COMMIT, OP_ROLLBACK = range(len(TRACE_OPS))
@@ -134,8 +134,8 @@ def _compiled(
     takes the calls of a shape the compiled one does not make (keywords, other counts)."""
     if RecordedMethod is None:
         return twin
-    from sqlite_lockprobe.callsite import USER
-    from sqlite_lockprobe.tracer import LONG_CALL_NS, StatementBudget  # loaded by now
+    from sqlite_lockprobe.probe.callsite import USER
+    from sqlite_lockprobe.probe.tracer import LONG_CALL_NS, StatementBudget  # loaded by now
 
     sites = tracer.call_sites
     return RecordedMethod(

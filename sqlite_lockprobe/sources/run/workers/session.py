@@ -14,9 +14,9 @@ from pathlib import Path
 from threading import get_ident
 from typing import Any, Literal
 
-from sqlite_lockprobe.eventfile import CALL_KEY
-from sqlite_lockprobe.probe import ConnectionProbe, Emit, error_codes
-from sqlite_lockprobe.resultcodes import SQLITE_BUSY
+from sqlite_lockprobe.events.eventfile import CALL_KEY
+from sqlite_lockprobe.events.resultcodes import SQLITE_BUSY
+from sqlite_lockprobe.probe.capi import ConnectionProbe, Emit, error_codes
 
 IsolationLevel = Literal["DEFERRED", "IMMEDIATE", "EXCLUSIVE"]
 _ISOLATION: dict[str, IsolationLevel] = {

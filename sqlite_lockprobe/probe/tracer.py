@@ -27,17 +27,17 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from sqlite_lockprobe.callsite import CallSites
-from sqlite_lockprobe.eventfile import TRACE_KEY, TRACE_OP_BITS, TRACE_OPS, EventFile
-from sqlite_lockprobe.probe import ConnectionProbe, error_codes, load_capi, take_all
-from sqlite_lockprobe.traced import (
+from sqlite_lockprobe.events.eventfile import TRACE_KEY, TRACE_OP_BITS, TRACE_OPS, EventFile
+from sqlite_lockprobe.probe.callsite import CallSites
+from sqlite_lockprobe.probe.capi import ConnectionProbe, error_codes, load_capi, take_all
+from sqlite_lockprobe.probe.traced import (
     NO_ARG,
     PROBE_PATH,
     SQL_BITS,
     connection_subclass,
     cursor_subclass,
 )
-from sqlite_lockprobe.tracewal import TraceWal
+from sqlite_lockprobe.probe.tracewal import TraceWal
 
 ENV_DIR = "LOCKPROBE_TRACE_DIR"
 ENV_DB = "LOCKPROBE_TRACE_DB"
@@ -48,6 +48,8 @@ ENV_PARENT = "LOCKPROBE_TRACE_PARENT"
 ENV_NEXT_CONN = "LOCKPROBE_TRACE_NEXT_CONN"
 
 SQL_LIMIT = 4096
+# The whole package (probe/'s parent), not this folder: no frame of lockprobe's is a call site.
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _WORKER_CACHE_LIMIT = 10_000
 _KEY_CACHE_LIMIT = 100_000
 # A traced call that went through is recorded in short, (t0, t1, key + op, sql, stmts,
@@ -282,7 +284,7 @@ class Tracer:
         self._get_running_loop: Callable[[], Any] = _NO_LOOP
         self._states: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._thread_names: dict[str, int] = {}  # threads seen per label (_new_thread)
-        self.call_sites = CallSites((os.path.dirname(os.path.abspath(__file__)) + os.sep,))
+        self.call_sites = CallSites((PACKAGE_DIR,))
         self._site = self.call_sites.find
         self.wal = TraceWal(self.emit)  # samples on the event file's flusher tick
 

@@ -16,12 +16,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlite_lockprobe import dbfile, oslocks
-from sqlite_lockprobe.dbfile import DatabaseHeader, JournalHeader, ShmHeader, WalHeader
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.filesystems import network_filesystem_finding
 from sqlite_lockprobe.findings import Advice, Finding, sort_findings
-from sqlite_lockprobe.oslocks import Filesystem, ProcessInfo, SqliteLock
+from sqlite_lockprobe.sources.inspect import dbfile, oslocks
+from sqlite_lockprobe.sources.inspect.dbfile import (
+    DatabaseHeader,
+    JournalHeader,
+    ShmHeader,
+    WalHeader,
+)
+from sqlite_lockprobe.sources.inspect.filesystems import network_filesystem_finding
+from sqlite_lockprobe.sources.inspect.oslocks import Filesystem, ProcessInfo, SqliteLock
 
 EXIT_OWN_LOCKS = 9
 

@@ -11,10 +11,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from sqlite_lockprobe.eventfile import FILE_SUFFIX, EventFile
-from sqlite_lockprobe.gctuning import fewer_collections
-from sqlite_lockprobe.scenario import Group
-from sqlite_lockprobe.workers.program import (
+from sqlite_lockprobe.events.eventfile import FILE_SUFFIX, EventFile
+from sqlite_lockprobe.probe.gctuning import fewer_collections
+from sqlite_lockprobe.sources.run.scenario import Group
+from sqlite_lockprobe.sources.run.workers.program import (
     RunControl,
     run_worker_sync,
     worker_name,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sqlite_lockprobe.probe import Emit
-from sqlite_lockprobe.scenario import Group
-from sqlite_lockprobe.workers.program import RunControl, run_worker_sync, worker_name
-from sqlite_lockprobe.workers.session import Session
+from sqlite_lockprobe.probe.capi import Emit
+from sqlite_lockprobe.sources.run.scenario import Group
+from sqlite_lockprobe.sources.run.workers.program import RunControl, run_worker_sync, worker_name
+from sqlite_lockprobe.sources.run.workers.session import Session
 
 
 class ThreadGroup:

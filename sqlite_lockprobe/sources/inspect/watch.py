@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlite_lockprobe.inspection import Inspection, inspect_database
+from sqlite_lockprobe.sources.inspect.inspection import Inspection, inspect_database
 
 
 @dataclass(frozen=True)

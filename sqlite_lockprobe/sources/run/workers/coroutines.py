@@ -15,9 +15,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlite_lockprobe.probe import Emit
-from sqlite_lockprobe.scenario import Group
-from sqlite_lockprobe.workers.program import (
+from sqlite_lockprobe.probe.capi import Emit
+from sqlite_lockprobe.sources.run.scenario import Group
+from sqlite_lockprobe.sources.run.workers.program import (
     Close,
     Open,
     RunControl,
@@ -27,7 +27,7 @@ from sqlite_lockprobe.workers.program import (
     worker_name,
     worker_program,
 )
-from sqlite_lockprobe.workers.session import CallRun, Session
+from sqlite_lockprobe.sources.run.workers.session import CallRun, Session
 
 _WAIT_POLL_SECONDS = 0.005
 

@@ -15,20 +15,7 @@ from typing import Any
 
 import psutil
 
-# The decoding and the filesystem checks are standard library only (the probe uses them too);
-# they are re-exported here, where inspect and its tests have always found them.
-from sqlite_lockprobe.filesystems import (  # noqa: F401
-    NETWORK_FILESYSTEMS,
-    NETWORK_FUSE,
-    Filesystem,
-    MountEntry,
-    filesystem_of,
-    is_network_filesystem,
-    mount_for,
-    network_filesystem_reason,
-    parse_mountinfo,
-)
-from sqlite_lockprobe.locktable import (  # noqa: F401
+from sqlite_lockprobe.probe.locktable import (  # noqa: F401
     _DB_PROBES,
     _SHM_PROBES,
     DB_LOCK_LEVELS,
@@ -52,6 +39,20 @@ from sqlite_lockprobe.locktable import (  # noqa: F401
     parse_proc_locks,
     probe_locks,
     proc_locks_for,
+)
+
+# The decoding and the filesystem checks are standard library only (the probe uses them too);
+# they are re-exported here, where inspect and its tests have always found them.
+from sqlite_lockprobe.sources.inspect.filesystems import (  # noqa: F401
+    NETWORK_FILESYSTEMS,
+    NETWORK_FUSE,
+    Filesystem,
+    MountEntry,
+    filesystem_of,
+    is_network_filesystem,
+    mount_for,
+    network_filesystem_reason,
+    parse_mountinfo,
 )
 
 # ---- reading the table from outside (inspect) -------------------------------------------------

@@ -7,14 +7,14 @@ from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Any
 
-from sqlite_lockprobe.databases import DatabaseInfo, DatabaseLog
 from sqlite_lockprobe.diagnose.activity import ActivityCounter
 from sqlite_lockprobe.diagnose.detectors import diagnose
 from sqlite_lockprobe.diagnose.model import OsLock, Timeline
+from sqlite_lockprobe.diagnose.stats import RunSummary, summarize
 from sqlite_lockprobe.diagnose.timeline import build_timeline
+from sqlite_lockprobe.events.databases import DatabaseInfo, DatabaseLog
 from sqlite_lockprobe.findings import Finding
-from sqlite_lockprobe.gctuning import fewer_collections
-from sqlite_lockprobe.stats import RunSummary, summarize
+from sqlite_lockprobe.probe.gctuning import fewer_collections
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,9 @@ def with_process_details(timeline: Timeline) -> Timeline:
     }
     if not outside:
         return timeline
-    from sqlite_lockprobe.oslocks import process_info  # psutil: only when there is someone
+    from sqlite_lockprobe.sources.inspect.oslocks import (
+        process_info,  # psutil: only when there is someone
+    )
 
     infos = {pid: process_info(pid) for pid in sorted(outside)}
 

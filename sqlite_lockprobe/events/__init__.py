@@ -1,0 +1,1 @@
+"""Events: the schema, the records, the per-process event files."""

@@ -1,0 +1,1 @@
+"""The probe: runs inside the program (standard library only)."""

@@ -1,0 +1,1 @@
+"""The sources of events: run a scenario, trace a program, inspect a file."""

@@ -1,0 +1,1 @@
+"""`lockprobe inspect`: a database file's headers, OS locks, filesystem."""

@@ -1,0 +1,1 @@
+"""`lockprobe run`: scenarios, their preparation, the engine and its workers."""

@@ -1,0 +1,1 @@
+"""What combines sources, diagnosis and reports: check, compare-fix, scenario from events."""
