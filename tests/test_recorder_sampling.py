@@ -58,11 +58,16 @@ def give_up(waiter: sqlite3.Connection, holder: sqlite3.Connection) -> str:
     try:
         assert locked.wait(10)
         with pytest.raises(sqlite3.OperationalError) as failure:
-            waiter.execute("INSERT INTO t (v) VALUES (2)")
+            waiter.execute("INSERT INTO t (v) VALUES (2)")  # MARK: gives up
         return str(failure.value)
     finally:
         release.set()
         thread.join()
+
+
+def line_of_mark() -> int:
+    lines = Path(__file__).read_text().splitlines()
+    return next(n for n, line in enumerate(lines, 1) if "# MARK: gives up" in line)
 
 
 def report_patterns(tmp_path: Path, log: str) -> list[str]:
@@ -174,3 +179,20 @@ def test_an_unwritable_dump_place_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(LockprobeError, match="dump_signal needs dump_on_locked"):
         sqlite_lockprobe.record(dump_signal=signal.SIGTERM)
     assert recorder._active is None
+
+
+def test_a_give_up_behind_an_unsampled_holder_is_unexplained_never_healthy(db: Path) -> None:
+    with sqlite_lockprobe.record(sample=1 / 3) as rec:
+        sqlite3.connect(db).close()  # connection 0: the sampled one
+        holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        waiter = sqlite3.connect(db, timeout=0.1, isolation_level=None)
+        assert give_up(waiter, holder) == "database is locked"
+        holder.close()
+        waiter.close()
+    analysis = rec.analysis()
+    assert analysis.pattern_ids == ["unexplained-busy"]
+    assert any(n.startswith("sampled: 1 of 3 connections") for n in analysis.summary.notes)
+    [failed] = [e for e in rec.events() if e["k"] == "call"]
+    assert failed["err"] == 5 and failed["site"].endswith(
+        f"test_recorder_sampling.py:{line_of_mark()} give_up"
+    )
