@@ -300,7 +300,9 @@ class Recorder:
             tracer.record_into(_DISCARD)
             self._stopped = True
             if self.dump_signal is not None:
-                signal.signal(self.dump_signal, self._old_handler)
+                # None: a handler not set from Python; the default is the nearest we can give.
+                old = self._old_handler
+                signal.signal(self.dump_signal, signal.SIG_DFL if old is None else old)
             if self._dumper is not None:
                 self._dumper.stop()
             if _active is self:
