@@ -1,5 +1,7 @@
 """Trace overhead on a Django ORM loop: the same program run bare, under `lockprobe trace`, and
-with the floor of any Python-level probe, interleaved; the program times its own loop, so
+with the floor of any Python-level probe, and in process under the recorder (`record()`:
+every call; `record(sample=0.1, dump_on_locked=...)` with Django's connection one of the 9 in
+10 not sampled: busy handler only), interleaved; the program times its own loop, so
 start-up and the report are not counted.
 
     python benchmarks/bench_trace_django.py [--transactions 3000] [--rounds 9]
@@ -45,6 +47,14 @@ if mode == "floor":
             return result
 
     base.SQLiteCursorWrapper = Floor
+if mode in ("recorded", "sampled"):
+    import os, sqlite3, sqlite_lockprobe
+    options = {}
+    if mode == "sampled":  # the production set-up: dumps on, one connection in 10 recorded
+        options = {"sample": 0.1, "dump_on_locked": os.path.dirname(db)}
+    rec = sqlite_lockprobe.install(**options)
+    if mode == "sampled":
+        sqlite3.connect(db).close()  # connection 0 is the sampled one: Django's is not
 django.setup()
 from django.db import connection, models, transaction
 
@@ -66,7 +76,7 @@ for i in range(n):
 print(time.perf_counter() - start)
 """
 
-MODES = ("bare", "traced", "floor")
+MODES = ("bare", "traced", "floor", "recorded", "sampled")
 
 
 def run(program: Path, workdir: Path, mode: str, n: int) -> float:
@@ -102,11 +112,11 @@ def main() -> None:
               f"{args.rounds} rounds interleaved")  # fmt: skip
         print(f"  bare: median {args.transactions / bare:,.0f} transactions/s "
               f"({bare * 1e6 / calls:.1f} us per call)")  # fmt: skip
-        for mode in ("traced", "floor"):
+        for mode in MODES[1:]:
             ratios = [b / t for b, t in zip(times["bare"], times[mode], strict=True)]
             cost = (statistics.median(times[mode]) - bare) * 1e6 / calls
             print(
-                f"  {mode:6}: ratio {mode}/bare throughput median {statistics.median(ratios):.3f} "
+                f"  {mode:8}: ratio {mode}/bare throughput median {statistics.median(ratios):.3f} "
                 f"(rounds: {', '.join(f'{r:.3f}' for r in ratios)}); "
                 f"cost {cost:.2f} us per call"
             )

@@ -15,20 +15,26 @@ from __future__ import annotations
 import itertools
 import os
 import shlex
+import signal
 import sys
 import threading
+import time
 from collections import deque
 from dataclasses import replace
 from types import SimpleNamespace, TracebackType
 from typing import TYPE_CHECKING, Any
 
+from sqlite_lockprobe.dumps import DEFAULT_DUMP_INTERVAL, DEFAULT_DUMP_SECONDS, Dumper, dump_target
 from sqlite_lockprobe.errors import LockprobeError
 from sqlite_lockprobe.events.eventfile import TRACE_KEY, decode_records
 from sqlite_lockprobe.events.records import merge_events, write_events
 from sqlite_lockprobe.probe import tracer as _tracer_module
 from sqlite_lockprobe.probe.tracer import TraceConfig, Tracer
+from sqlite_lockprobe.sampling import SamplingTracer, sample_every
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sqlite_lockprobe.diagnose.analysis import Analysis
 
 DEFAULT_MAX_EVENTS = 100_000
@@ -147,6 +153,20 @@ class EventRing:
         return names + ring, max(0, appended - len(ring))
 
 
+class WatchedRing(EventRing):
+    """An EventRing that also tells `on_give_up` when a busy handler gives up (its `busy`
+    event's delay is 0: the call fails with SQLITE_BUSY). Runs inside the busy handler."""
+
+    def __init__(self, size: int, on_give_up: Callable[[], None]) -> None:
+        super().__init__(size)
+        self._on_give_up = on_give_up
+
+    def append(self, record: tuple[Any, ...]) -> None:
+        super().append(record)
+        if record[0] == "busy" and record[4] <= 0:
+            self._on_give_up()
+
+
 def _time_of(record: tuple[Any, ...]) -> int:
     """When a recorded event started: a short record's first field, else the one after the
     kind."""
@@ -160,13 +180,42 @@ class Recorder:
     one recorder at a time per process (see docs/api.md)."""
 
     def __init__(
-        self, db: str | os.PathLike[str] | None = None, max_events: int = DEFAULT_MAX_EVENTS
+        self,
+        db: str | os.PathLike[str] | None = None,
+        max_events: int = DEFAULT_MAX_EVENTS,
+        *,
+        sample: float = 1.0,
+        dump_on_locked: str | os.PathLike[str] | None = None,
+        dump_seconds: float = DEFAULT_DUMP_SECONDS,
+        dump_interval: float = DEFAULT_DUMP_INTERVAL,
+        dump_signal: int | None = None,
     ) -> None:
         if isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1:
             raise LockprobeError(f"max_events must be a whole number >= 1, not {max_events!r}")
         self.db = os.path.realpath(os.fspath(db)) if db is not None else None
         self.max_events = max_events
-        self._ring = EventRing(max_events)
+        self.sample = sample
+        self._every = sample_every(sample)
+        for name, value in (("dump_seconds", dump_seconds), ("dump_interval", dump_interval)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise LockprobeError(f"{name} must be a number of seconds >= 0, not {value!r}")
+        self._dump_target = dump_target(dump_on_locked) if dump_on_locked is not None else None
+        if dump_signal is not None and (
+            self._dump_target is None or not hasattr(signal, "pthread_kill")
+        ):
+            raise LockprobeError(
+                "dump_signal needs dump_on_locked (where dumps go) and a Unix signal"
+            )
+        self.dump_seconds = float(dump_seconds)
+        self.dump_interval = float(dump_interval)
+        self.dump_signal = dump_signal
+        self._dumper: Dumper | None = None
+        self._old_handler: Any = None
+        self._ring = (
+            EventRing(max_events)
+            if self._dump_target is None
+            else WatchedRing(max_events, self._locked)
+        )
         self._tracer: Tracer | None = None
         self._stopped = False
 
@@ -199,11 +248,45 @@ class Recorder:
                 parent_pid=os.getppid(),
                 source="record",
             )
-            tracer = Tracer(config, sink=self._ring)
+            if self._every == 1:
+                tracer = Tracer(config, sink=self._ring)
+            else:
+                tracer = SamplingTracer(config, self._ring, self._every)
+            if self.dump_signal is not None:
+                self._old_handler = signal.signal(self.dump_signal, self._signalled)
+            if self._dump_target is not None:
+                self._dumper = Dumper(
+                    self, self._dump_target, self.dump_seconds, self.dump_interval
+                )
             tracer.install(sqlite3, process_hooks=False)
             self._tracer = tracer
             _active = self
         return self
+
+    def _locked(self) -> None:
+        dumper = self._dumper
+        if dumper is not None and not self._stopped:
+            dumper.locked()
+
+    def _signalled(self, signum: int, frame: Any) -> None:
+        dumper = self._dumper
+        if dumper is not None:
+            dumper.signalled()
+
+    @property
+    def dumps(self) -> list[str]:
+        """The files dump_on_locked and dump_signal wrote so far, oldest first."""
+        return [str(p) for p in self._dumper.paths] if self._dumper else []
+
+    @property
+    def dumps_skipped(self) -> int:
+        """Give-ups that wrote no dump: within dump_interval of the last one."""
+        return self._dumper.skipped if self._dumper else 0
+
+    def settle_dumps(self) -> None:
+        """Return once every dump asked for so far is written (or skipped)."""
+        if self._dumper is not None:
+            self._dumper.settle()
 
     def stop(self) -> None:
         """Restore sqlite3.connect. Connections opened meanwhile stay instrumented (their
@@ -216,6 +299,12 @@ class Recorder:
             tracer.uninstall()
             tracer.record_into(_DISCARD)
             self._stopped = True
+            if self.dump_signal is not None:
+                # None: a handler not set from Python; the default is the nearest we can give.
+                old = self._old_handler
+                signal.signal(self.dump_signal, signal.SIG_DFL if old is None else old)
+            if self._dumper is not None:
+                self._dumper.stop()
             if _active is self:
                 _active = None
 
@@ -252,8 +341,11 @@ class Recorder:
         """The events kept, as event dicts in time order (what a saved log holds)."""
         return self._events()[0]
 
-    def _events(self) -> tuple[list[dict[str, Any]], int]:
+    def _events(self, seconds: float | None = None) -> tuple[list[dict[str, Any]], int]:
         records, dropped = self._ring.snapshot()
+        if seconds is not None:
+            since = time.monotonic_ns() - int(seconds * 1e9)
+            records = [r for r in records if r[0] in _NAMES or _time_of(r) >= since]
         return merge_events([decode_records(records)]), dropped
 
     def analysis(self) -> Analysis:
@@ -263,15 +355,25 @@ class Recorder:
 
         events, dropped = self._events()
         analysis = analyze(events)
-        if not dropped:
+        notes = analysis.summary.notes
+        if dropped:
+            notes = (*notes, dropped_note(dropped, self.max_events))
+        tracer = self._tracer
+        if isinstance(tracer, SamplingTracer) and tracer.unsampled:
+            notes = (*notes, sampled_note(tracer.sampled, tracer.unsampled))
+        if notes is analysis.summary.notes:
             return analysis
-        notes = (*analysis.summary.notes, dropped_note(dropped, self.max_events))
         return replace(analysis, summary=replace(analysis.summary, notes=notes))
 
     def save(self, path: str | os.PathLike[str]) -> int:
         """Write the events kept as a JSONL log (`lockprobe report PATH` reads it); returns
         how many events it holds."""
         return write_events(path, self.events())
+
+    def dump(self, path: str | os.PathLike[str], seconds: float | None = None) -> int:
+        """`save()` the events of the last `seconds` only (all kept ones when None), with the
+        name records they need; returns how many events the file holds."""
+        return write_events(path, self._events(seconds)[0])
 
 
 def dropped_note(dropped: int, kept: int) -> str:
@@ -281,17 +383,30 @@ def dropped_note(dropped: int, kept: int) -> str:
     )
 
 
+def sampled_note(sampled: int, unsampled: int) -> str:
+    return (
+        f"sampled: {sampled:,} of {sampled + unsampled:,} connections recorded call by call; "
+        f"the other {unsampled:,} only their waits and give-ups (no calls, transactions or "
+        "SQLITE_LOCKED errors), so a clean result covers the sampled connections alone"
+    )
+
+
 def install(
-    db: str | os.PathLike[str] | None = None, max_events: int = DEFAULT_MAX_EVENTS
+    db: str | os.PathLike[str] | None = None,
+    max_events: int = DEFAULT_MAX_EVENTS,
+    **options: Any,
 ) -> Recorder:
     """Start recording this process's sqlite3 connections (those to `db` alone if given),
-    keeping the last `max_events` events; `Recorder.stop()` ends it. Raises LockprobeError
-    when a recorder is already recording here."""
-    return Recorder(db, max_events).start()
+    keeping the last `max_events` events; `Recorder.stop()` ends it. `options`: sample,
+    dump_on_locked, dump_seconds, dump_interval, dump_signal (docs/api.md). Raises
+    LockprobeError when a recorder is already recording here."""
+    return Recorder(db, max_events, **options).start()
 
 
 def record(
-    db: str | os.PathLike[str] | None = None, max_events: int = DEFAULT_MAX_EVENTS
+    db: str | os.PathLike[str] | None = None,
+    max_events: int = DEFAULT_MAX_EVENTS,
+    **options: Any,
 ) -> Recorder:
     """`install()`, for a with-statement: recording stops when the block ends."""
-    return install(db, max_events)
+    return install(db, max_events, **options)
