@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlite_lockprobe.errors import LockprobeError
-from sqlite_lockprobe.probe.capi import ConnectionProbe
 from sqlite_lockprobe.events.resultcodes import SQLITE_BUSY
+from sqlite_lockprobe.probe.capi import ConnectionProbe
 from sqlite_lockprobe.probe.tracer import TraceConfig, Tracer, database_path
 
 
