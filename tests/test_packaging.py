@@ -59,6 +59,9 @@ def test_wheel_installed_outside_the_checkout_has_the_builtin_scenarios(tmp_path
             "install",
             "-q",
             "--no-deps",
+            # lockprobe may be installed where the dependencies are borrowed from (CI's own
+            # `pip install .`): pip would call the wheel installed already and skip it.
+            "--ignore-installed",
             str(wheel),
         ],
         check=True,
