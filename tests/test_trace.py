@@ -840,6 +840,24 @@ def test_database_path_follows_plain_names_uris_and_skips_memory_databases(tmp_p
     assert database_path("file:x.db", False) == os.path.realpath("file:x.db")
 
 
+def test_database_path_of_a_relative_name_follows_the_working_directory(
+    tmp_path, monkeypatch
+) -> None:
+    """Resolutions are kept per name: the same relative name in another working directory is
+    another file."""
+    from sqlite_lockprobe.probe.tracer import database_path
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    assert database_path("app.db", False) == str((first / "app.db").resolve())
+    monkeypatch.chdir(second)
+    assert database_path("app.db", False) == str((second / "app.db").resolve())
+    monkeypatch.chdir(first)
+    assert database_path("app.db", False) == str((first / "app.db").resolve())
+
+
 def test_read_header_tells_wal_from_rollback_without_opening_the_database(tmp_path) -> None:
     import sqlite3
 
