@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlite_lockprobe.errors import LockprobeError
 from sqlite_lockprobe.events.resultcodes import SQLITE_BUSY
+from sqlite_lockprobe.events.schema import call_event
 from sqlite_lockprobe.probe.capi import ConnectionProbe
 from sqlite_lockprobe.probe.tracer import TraceConfig, Tracer, database_path
 
@@ -166,9 +167,24 @@ class GiveUpEmit:
             now = time.monotonic_ns()
             message = "database is locked"
             tracer.emit(
-                ("call", start or record[1], now, self._conn_id, worker, thread, task,
-                 "execute", "", (), busy, SQLITE_BUSY, SQLITE_BUSY, message, in_txn, site, 0)
-            )  # fmt: skip
+                call_event(
+                    t0=start or record[1],
+                    t1=now,
+                    conn=self._conn_id,
+                    worker=worker,
+                    thread=thread,
+                    task=task,
+                    op="execute",
+                    sql="",
+                    stmts=(),
+                    busy=busy,
+                    err=SQLITE_BUSY,
+                    ext=SQLITE_BUSY,
+                    msg=message,
+                    in_txn=in_txn,
+                    site=site,
+                )
+            )
         except Exception:  # a recording problem must never surface in the program
             pass
 

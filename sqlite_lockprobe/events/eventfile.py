@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from sqlite_lockprobe.events.schema import SCHEMA, Schema
+
 FLUSH_SECONDS = 0.25
 FILE_PREFIX = "events-"
 FILE_SUFFIX = ".lpk"
@@ -165,6 +167,13 @@ class EventFile:
 def read_event_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """The events of one process's file, as event dicts; stops at a torn last chunk."""
     keys = RecordKeys()
+    for records in read_chunks(path):
+        yield from decode_records(records, keys)
+
+
+def read_chunks(path: str | os.PathLike[str]) -> Iterator[list[tuple[Any, ...]]]:
+    """The recorded tuples of one process's file, chunk by chunk, as written (short records
+    and keys included); stops at a torn last chunk."""
     with open(path, "rb") as src:
         data = src.read()
     offset = 0
@@ -178,7 +187,7 @@ def read_event_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         except (ValueError, EOFError, TypeError):
             return
         offset = end
-        yield from decode_records(records, keys)
+        yield records
 
 
 class RecordKeys:
@@ -193,39 +202,61 @@ class RecordKeys:
 
 
 def decode_records(
-    records: Iterable[Any], keys: RecordKeys | None = None
+    records: Iterable[Any], keys: RecordKeys | None = None, schema: Schema = SCHEMA
 ) -> Iterator[dict[str, Any]]:
     """Recorded tuples (an event file's chunk, the in-process recorder's ring) as event
     dicts: short records expanded by the keys given before them, keys themselves and
-    anything that is not an event dropped."""
-    from sqlite_lockprobe.events.records import EVENT_FIELDS, to_dict
+    anything that is not an event dropped. `schema`: the declaration the dicts follow."""
+    return _expand(records, keys, schema, schema.run_call_dict, schema.trace_call_dict, True)
 
+
+def full_records(
+    records: Iterable[Any], keys: RecordKeys | None = None, schema: Schema = SCHEMA
+) -> Iterator[tuple[Any, ...]]:
+    """The same events as full tuples, in the schema's order (`decode_records` builds their
+    dicts directly)."""
+    return _expand(records, keys, schema, schema.run_call, schema.trace_call, False)
+
+
+def _expand(
+    records: Iterable[Any],
+    keys: RecordKeys | None,
+    schema: Schema,
+    run_call: Callable[..., Any],
+    trace_call: Callable[..., Any],
+    as_dicts: bool,
+) -> Iterator[Any]:
     if keys is None:
         keys = RecordKeys()
     called_as, traced_as = keys.called_as, keys.traced_as
+    kinds = schema.keys
+    full = schema.to_dict if as_dicts else None
     for record in records:
         if not isinstance(record, tuple) or not record:
             continue
         kind = record[0]
         if type(kind) is int:
             if len(record) == 7:
-                call = _traced_call(record, traced_as)
+                call = _traced_call(record, traced_as, trace_call)
             else:
-                call = _short_call(record, called_as)
+                call = _short_call(record, called_as, run_call)
             if call is not None:
-                yield to_dict(call)
+                yield call
         elif kind == CALL_KEY:
             called_as[record[1]] = record[2:]
         elif kind == TRACE_KEY:
             traced_as[record[1]] = record[2:]
-        elif kind in EVENT_FIELDS:
-            yield to_dict(record)
+        elif kind in kinds:
+            yield record if full is None else full(record)
 
 
 def _short_call(
-    record: tuple[Any, ...], called_as: dict[int, tuple[Any, ...]]
-) -> tuple[Any, ...] | None:
-    """The full `call` record of a short one (see CALL_KEY), None for one that is not."""
+    record: tuple[Any, ...],
+    called_as: dict[int, tuple[Any, ...]],
+    run_call: Callable[..., Any],
+) -> Any:
+    """The full `call` record (tuple or dict: `run_call` makes it) of a short one (see
+    CALL_KEY; schema.RUN_CALL), None for one that is not."""
     busy: int | None
     stmts: tuple[str, ...] | None
     if len(record) == 4:
@@ -242,31 +273,17 @@ def _short_call(
     if not probed:
         busy, stmts = None, ()
     own = (sql,) if stmts is None else stmts
-    # In EVENT_FIELDS["call"] order; a call that went through has no error and no call site.
-    return (
-        "call",
-        t0,
-        t0 + duration,
-        conn,
-        worker,
-        thread,
-        task,
-        op,
-        sql,
-        own,
-        busy,
-        None,
-        None,
-        None,
-        in_txn,
-        None,
-    )
+    # schema.RUN_CALL.fills; a call that went through has no error and no call site.
+    return run_call(t0, t0 + duration, conn, worker, thread, task, op, sql, own, busy, in_txn)
 
 
 def _traced_call(
-    record: tuple[Any, ...], traced_as: dict[int, tuple[Any, ...]]
-) -> tuple[Any, ...] | None:
-    """The full `call` record of a traced program's short one (see TRACE_KEY)."""
+    record: tuple[Any, ...],
+    traced_as: dict[int, tuple[Any, ...]],
+    trace_call: Callable[..., Any],
+) -> Any:
+    """The full `call` record of a traced program's short one (see TRACE_KEY;
+    schema.TRACE_CALL)."""
     t0, t1, key, sql, stmts, in_txn, site = record
     who = traced_as.get(key >> TRACE_OP_BITS << TRACE_OP_BITS)
     if who is None:
@@ -274,8 +291,5 @@ def _traced_call(
     conn, worker, thread, task = who
     op = TRACE_OPS[key & ((1 << TRACE_OP_BITS) - 1)]
     own = (sql,) if stmts is None else stmts
-    # In EVENT_FIELDS["call"] order: it went through, so no error; it waited for nothing.
-    return (
-        "call", t0, t1, conn, worker, thread, task, op, sql, own, 0, None, None, None, in_txn,
-        site, 0,
-    )  # fmt: skip
+    # schema.TRACE_CALL.fills: it went through, so no error; it waited for nothing.
+    return trace_call(t0, t1, conn, worker, thread, task, op, sql, own, in_txn, site)

@@ -14,91 +14,13 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from sqlite_lockprobe.events.schema import SCHEMA
+
 EVENT_FORMAT = 1
 
-# Field names of each event kind, in tuple order after the kind itself.
-EVENT_FIELDS: dict[str, tuple[str, ...]] = {
-    # The run or traced program: what was run, against which database.
-    "meta": (
-        "t",
-        "pid",
-        "source",
-        "db",
-        "journal_mode",
-        "page_size",
-        "wal_autocheckpoint",
-        "python",
-        "sqlite",
-        "platform",
-        # trace only: which wrappers recorded the calls, "compiled" or "python" (traced.py).
-        "probe_path",
-        # run only: the scenario's synchronous setting (None: SQLite's default), which no
-        # call shows (`lockprobe scenario` keeps it).
-        "synchronous",
-    ),
-    # The filesystem the database lives on (network_reason set: NFS, SMB, 9p, remote FUSE...).
-    "filesystem": ("t", "db", "type", "mount_point", "source", "network_reason"),
-    # A worker (thread, process or asyncio task) started; identity of who does the calls.
-    "worker": ("t", "worker", "group", "kind", "pid", "thread", "task"),
-    # A connection was opened and (maybe) instrumented; `db` is the database file's real path
-    # (trace only; None for in-memory and temporary databases).
-    "open": (
-        "t",
-        "conn",
-        "worker",
-        "group",
-        "pid",
-        "timeout_ms",
-        "isolation",
-        "journal_mode",
-        "instrumented",
-        "reduced_reason",
-        "db",
-    ),
-    "close": ("t", "conn"),
-    # One application call into sqlite3 (execute, commit, rollback), with the statements
-    # SQLite ran for it, busy-handler calls during it, and its error codes if it failed.
-    "call": (
-        "t0",
-        "t1",
-        "conn",
-        "worker",
-        "thread",
-        "task",
-        "op",
-        "sql",
-        "stmts",
-        "busy",
-        "err",
-        "ext",
-        "msg",
-        "in_txn",
-        "site",
-        # Statements the call ran beyond the probe's budget, counted but not kept in stmts
-        # (tracer.StatementBudget; absent or 0: every statement is in stmts).
-        "folded",
-    ),
-    # A statement of conn left unfinished outside a transaction (a cursor not exhausted), seen
-    # while another connection of the same process waited: it keeps conn's read lock. site:
-    # where conn's thread was at that moment (trace only).
-    "unfinished": ("t", "conn", "sql", "site"),
-    # One busy-handler invocation: retry number n, then a sleep of delay_ms (0 = gave up).
-    "busy": ("t", "conn", "n", "delay_ms"),
-    # The OS lock table of database file `db` while conn waited (or right after it failed with
-    # SQLITE_BUSY): every process's SQLite locks on the file and its -shm, as dicts {pid, file,
-    # lock, kind} (plus name, cmdline, uid on each other process's first lock); source
-    # "/proc/locks", "F_GETLK" or "unavailable" (note says why).
-    "holders": ("t", "conn", "db", "source", "locks", "note"),
-    # A reading of the -wal file (bytes) and of the -shm header (frames) during the run, of
-    # database `db` (real path under trace; absent from logs before it was added). Under
-    # trace every process samples the databases it has open: samples of one file from
-    # several processes are readings of the same file.
-    "wal": ("t", "bytes", "mx_frame", "backfilled", "db"),
-    # The application's own time between calls (sleep / await steps), for the timeline.
-    "idle": ("t0", "t1", "worker", "conn", "what"),
-    # A worker ended; `error` names an unexpected failure (a crash, not a SQLite error).
-    "worker_end": ("t", "worker", "ops", "error"),
-}
+# Field names of each event kind, in tuple order after the kind itself (schema.py declares
+# them, with their types and defaults).
+EVENT_FIELDS = SCHEMA.fields
 
 
 def event_time(event: dict[str, Any]) -> int:
@@ -107,14 +29,8 @@ def event_time(event: dict[str, Any]) -> int:
     return int(t) if t is not None else 0
 
 
-# ("k", field, field, ...) per kind: a recorded tuple starts with its kind, so one zip builds
-# the whole dict.
-_KEYS = {kind: ("k", *fields) for kind, fields in EVENT_FIELDS.items()}
-
-
-def to_dict(record: tuple[Any, ...]) -> dict[str, Any]:
-    """A recorded tuple as a JSON-ready dict: {"k": kind, field: value, ...}."""
-    return dict(zip(_KEYS[record[0]], record, strict=False))
+# A recorded tuple as a JSON-ready dict: {"k": kind, field: value, ...}.
+to_dict = SCHEMA.to_dict
 
 
 class SkippedLines:

@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any
 
 from sqlite_lockprobe.events.eventfile import TRACE_KEY, TRACE_OP_BITS, TRACE_OPS, EventFile
+from sqlite_lockprobe.events.schema import call_event
 from sqlite_lockprobe.probe.callsite import CallSites
 from sqlite_lockprobe.probe.capi import ConnectionProbe, error_codes, load_capi, take_all
 from sqlite_lockprobe.probe.traced import (
@@ -776,24 +777,23 @@ class Tracer:
             state.last_thread = get_ident()
             state.ident = 0  # the next call finds its record key again
             self.emit(
-                (
-                    "call",
-                    t0,
-                    t1,
-                    state.conn_id,
-                    worker,
-                    thread,
-                    task,
-                    TRACE_OPS[op],
-                    _sql_text(sql),
-                    stmts,
-                    busy,
-                    err,
-                    ext,
-                    msg,
-                    in_txn,
-                    site,
-                    folded,
+                call_event(
+                    t0=t0,
+                    t1=t1,
+                    conn=state.conn_id,
+                    worker=worker,
+                    thread=thread,
+                    task=task,
+                    op=TRACE_OPS[op],
+                    sql=_sql_text(sql),
+                    stmts=stmts,
+                    busy=busy,
+                    err=err,
+                    ext=ext,
+                    msg=msg,
+                    in_txn=in_txn,
+                    site=site,
+                    folded=folded,
                 )
             )
             if special & _JOURNAL_MODE:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from sqlite_lockprobe.events.eventfile import CALL_KEY
 from sqlite_lockprobe.events.resultcodes import SQLITE_BUSY
+from sqlite_lockprobe.events.schema import run_call_event
 from sqlite_lockprobe.probe.capi import ConnectionProbe, Emit, error_codes
 
 IsolationLevel = Literal["DEFERRED", "IMMEDIATE", "EXCLUSIVE"]
@@ -298,23 +299,21 @@ class Session:
             if err == SQLITE_BUSY and probe.last_sample_ns < t0:
                 probe.sample_after_failure()  # refused without a wait: who holds it now?
         self.emit(
-            (
-                "call",
-                t0,
-                t1,
-                self.conn_id,
-                worker,
-                thread,
-                task,
-                op,
-                sql,
-                stmts,
-                busy,
-                err,
-                ext,
-                msg,
-                self.conn.in_transaction,
-                None,
+            run_call_event(
+                t0=t0,
+                t1=t1,
+                conn=self.conn_id,
+                worker=worker,
+                thread=thread,
+                task=task,
+                op=op,
+                sql=sql,
+                stmts=stmts,
+                busy=busy,
+                err=err,
+                ext=ext,
+                msg=msg,
+                in_txn=self.conn.in_transaction,
             )
         )
 
