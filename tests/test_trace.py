@@ -852,10 +852,16 @@ def test_database_path_of_a_relative_name_follows_the_working_directory(
     second.mkdir()
     monkeypatch.chdir(first)
     assert database_path("app.db", False) == str((first / "app.db").resolve())
+    # The same text with and without uri=True names two files.
+    assert database_path("file:app.db", True) == str((first / "app.db").resolve())
+    assert database_path("file:app.db", False) == str((first / "file:app.db").resolve())
     monkeypatch.chdir(second)
     assert database_path("app.db", False) == str((second / "app.db").resolve())
     monkeypatch.chdir(first)
     assert database_path("app.db", False) == str((first / "app.db").resolve())
+    # The same text with and without uri=True names two files.
+    assert database_path("file:app.db", True) == str((first / "app.db").resolve())
+    assert database_path("file:app.db", False) == str((first / "file:app.db").resolve())
 
 
 def test_read_header_tells_wal_from_rollback_without_opening_the_database(tmp_path) -> None:
