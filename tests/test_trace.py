@@ -727,10 +727,22 @@ def test_ctrl_c_in_a_terminal_reaches_the_program_and_the_report_follows(tmp_pat
     report = tmp_path / "report.json"
     argv = [sys.executable, "-m", "sqlite_lockprobe", "trace", "-q", "--json", str(report)]
     argv += ["--", sys.executable, str(program), str(tmp_path / "app.db")]
-    pid, master = pty.fork()
-    if pid == 0:  # the child: lockprobe in its own terminal session
-        os.chdir(tmp_path)
-        os.execv(sys.executable, argv)
+    # lockprobe in its own terminal session, the pty its controlling terminal. Started by a
+    # small launcher, not pty.fork(): a fork of this process (pytest-xdist's threads) may only
+    # exec, so the session is made in a fresh interpreter.
+    launcher = (
+        "import fcntl, os, sys, termios; os.setsid(); "
+        "fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    master, terminal = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-c", launcher, *argv],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        cwd=tmp_path,
+    )
+    os.close(terminal)
     output = b""
     try:
         deadline = time.monotonic() + SAFETY_TIMEOUT
@@ -746,10 +758,12 @@ def test_ctrl_c_in_a_terminal_reaches_the_program_and_the_report_follows(tmp_pat
             if not chunk:
                 break
             output += chunk
-        _, status = os.waitpid(pid, 0)
+        status = child.wait(timeout=SAFETY_TIMEOUT)
     finally:
         os.close(master)
-    assert os.waitstatus_to_exitcode(status) == 130, output
+        if child.poll() is None:
+            child.kill()
+    assert status == 130, output
     assert b"KeyboardInterrupt" in output
     data = json.loads(report.read_text())["trace"]
     assert data["interrupted"] is True and data["signal"] == signal.SIGINT
