@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -109,9 +110,8 @@ class SamplingTracer(Tracer):
         conn_id = f"c{os.getpid()}.{next(self._conn_numbers)}"
         timeout_ms = max(0, int(float(timeout) * 1000))
         emit = GiveUpEmit(self, conn, conn_id)
-        probe = emit.probe = ConnectionProbe(
-            conn, conn_id, emit, timeout_ms, trace_statements=False
-        )
+        probe = ConnectionProbe(conn, conn_id, emit, timeout_ms, trace_statements=False)
+        emit.probe = weakref.ref(probe)
         worker, _, _, _ = self._who()
         reason = None if probe.instrumented else probe.reduced_reason
         self.emit(
@@ -143,9 +143,11 @@ class GiveUpEmit:
 
     def __init__(self, tracer: Tracer, conn: Any, conn_id: str) -> None:
         self._tracer = tracer
-        self._conn = conn
+        self._conn = weakref.ref(conn)  # no cycle: a dropped connection closes at once
         self._conn_id = conn_id
-        self.probe: ConnectionProbe | None = None
+        # Weakly: the probe refers to this object (its emit), and a cycle would leave both
+        # to the cyclic collector once the connection is gone.
+        self.probe: weakref.ref[ConnectionProbe] | None = None
 
     def __call__(self, record: tuple[Any, ...]) -> None:
         tracer = self._tracer
@@ -153,13 +155,13 @@ class GiveUpEmit:
         if record[0] != "busy" or record[4] > 0:
             return
         try:
-            probe = self.probe
+            probe = self.probe() if self.probe is not None else None
             start = probe._wait_started_ns if probe is not None else 0
             busy = record[3] + 1
             if probe is not None:
                 probe.busy_unclaimed = 0
             try:
-                in_txn = bool(self._conn.in_transaction)
+                in_txn = bool(self._conn().in_transaction)  # type: ignore[union-attr]
             except Exception:
                 in_txn = False
             worker, thread, task, _ = tracer._who()

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -234,8 +236,9 @@ class ConnectionProbe:
         "on_sample",
         "_api",
         "_db",
-        "_callback",
-        "_conn",
+        "_number",
+        "_conn_ref",
+        "__weakref__",
     )
 
     def __init__(
@@ -261,8 +264,12 @@ class ConnectionProbe:
         # Called with this probe after each reading of the lock table during a wait: the
         # tracer then looks at the process's other connections (Tracer.look_at_readers).
         self.on_sample: Callable[[ConnectionProbe], None] | None = None
-        self._conn = conn
-        self._callback: Any = None
+        # Weakly where the class allows it (the traced and watched subclasses): a connection
+        # its program drops without close() is then freed, and closed, at once, as untraced;
+        # a reference back from its probe would leave it to the cyclic collector, holding its
+        # locks meanwhile.
+        self._conn_ref = _referent(conn)
+        self._number = 0  # this probe's entry in _PROBES, the busy handler's argument
         api, why = load_capi()
         self._api = api
         self._db = api.handle(conn) if api else 0
@@ -295,10 +302,17 @@ class ConnectionProbe:
         except Exception:  # an older build of the extension: the Python hook works the same
             return None
 
+    @property
+    def _conn(self) -> Any:
+        """The connection, None once it is gone."""
+        return self._conn_ref()
+
     def _install_busy_handler(self) -> None:
-        self._callback = _BusyCallback(self._on_busy)
+        if not self._number:
+            self._number = next(_probe_numbers)
+            _PROBES[self._number] = weakref.ref(self)
         assert self._api is not None
-        self._api.busy_handler(self._db, self._callback, None)
+        self._api.busy_handler(self._db, _BUSY_CALLBACK, self._number)
 
     def _on_busy(self, _arg: int | None, count: int) -> int:
         """Called by SQLite (GIL re-acquired by ctypes) before each retry of a busy lock."""
@@ -471,8 +485,9 @@ class ConnectionProbe:
 
     def detach(self) -> None:
         """Remove the hooks, restoring SQLite's default busy handler with the same timeout."""
-        with contextlib.suppress(sqlite3.ProgrammingError):  # closed: nothing to restore
-            self._conn.set_trace_callback(None)
+        conn = self._conn
+        with contextlib.suppress(sqlite3.ProgrammingError, AttributeError):  # closed or gone
+            conn.set_trace_callback(None)
         let_go = getattr(self.statements, "detach", None)  # the compiled hook, replaced above
         if let_go is not None:
             let_go()
@@ -480,15 +495,20 @@ class ConnectionProbe:
 
     def _restore_busy_timeout(self) -> None:
         """Give the connection SQLite's own busy handler back, with the same timeout, while it
-        is open: after this, SQLite holds no pointer to this probe's callback."""
-        if self._db and self._api is not None and self._api.handle(self._conn) == self._db:
-            self._api.busy_timeout(self._db, int(self.timeout_ms))
+        is open; and forget this probe's number (the shared callback then finds no probe)."""
+        conn = self._conn
+        api = self._api
+        if conn is not None and self._db and api is not None and api.handle(conn) == self._db:
+            api.busy_timeout(self._db, int(self.timeout_ms))
+        # A connection gone first (freed by its program) was closed by its deallocation.
         self._db = 0
+        _PROBES.pop(self._number, None)
 
     def __del__(self) -> None:
         # A probe dropped while its connection stays open (a caller that did not keep it, or
-        # detach): without this, SQLite would call a freed ctypes callback on its next wait.
-        # No SQL runs here (a collection may happen on any thread, mid-statement).
+        # detach): SQLite's own busy handler, with the same timeout, instead of a callback
+        # that would find no probe and give up at once. No SQL runs here (a collection may
+        # happen on any thread, mid-statement).
         with contextlib.suppress(Exception):  # interpreter shutdown: nothing left to protect
             self._restore_busy_timeout()
 
@@ -529,3 +549,29 @@ def take_all(statements: list[str]) -> tuple[str, ...]:
         except IndexError:  # another thread took the rest
             break
     return tuple(taken)
+
+
+def _referent(conn: Any) -> Callable[[], Any]:
+    """A weak reference to `conn`, or, for a class without weak references (a plain
+    sqlite3.Connection: the run engine's, a caller's), a strong one that answers the same."""
+    try:
+        return weakref.ref(conn)
+    except TypeError:
+        return lambda: conn
+
+
+# One busy callback for every probe: SQLite passes it the probe's number (the handler's
+# argument). No connection has a ctypes thunk of its own, so none can be freed while SQLite
+# still points at it, and no probe is left in a reference cycle through one for the cyclic
+# collector (a web app opens a connection per request).
+_PROBES: dict[int, weakref.ref[ConnectionProbe]] = {}
+_probe_numbers = itertools.count(1)
+
+
+def _dispatch_busy(number: int | None, count: int) -> int:
+    ref = _PROBES.get(number or 0)
+    probe = ref() if ref is not None else None
+    return probe._on_busy(number, count) if probe is not None else 0
+
+
+_BUSY_CALLBACK = _BusyCallback(_dispatch_busy)

@@ -286,7 +286,9 @@ def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
         return base_set_progress(self, both, n)
 
     namespace = {
-        "__slots__": ("_lockprobe",),
+        # Weakly referable (the probe refers back to its connection so): a connection its
+        # program drops is freed at once, as untraced.
+        "__slots__": ("_lockprobe",) + (() if base.__weakrefoffset__ else ("__weakref__",)),
         "__module__": base.__module__,
         "__qualname__": base.__qualname__,
         "__doc__": base.__doc__,

@@ -220,12 +220,14 @@ class StatementBudget:
     PROGRESS_OPS = 50_000
 
     def __init__(self, state: _Connection) -> None:
-        self.state = state
+        # Weakly: the state holds this budget, and a cycle would leave both (and the probe)
+        # to the cyclic collector once the connection is gone.
+        self.state = weakref.ref(state)
 
     def __call__(self) -> int:
         """The progress handler: 0 lets SQLite go on (it never interrupts anything)."""
         with contextlib.suppress(Exception):  # the program's statement must go on
-            statements = self.state.statements
+            statements = self.state().statements  # type: ignore[union-attr]
             if len(statements) > self.LIMIT:
                 self.fold(statements)
         return 0
@@ -243,7 +245,9 @@ class StatementBudget:
             kept_middle = kept_middle[: room // 2] + kept_middle[len(kept_middle) - room // 2 :]
         statements[self.FIRST : count - self.LAST] = kept_middle
         deduplicated = [s for i, s in enumerate(statements) if i == 0 or s != statements[i - 1]]
-        self.state.folded += count - len(deduplicated)
+        state = self.state()
+        if state is not None:
+            state.folded += count - len(deduplicated)
         statements[:] = deduplicated
 
 
