@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import sys
 import threading
 import time
@@ -26,7 +25,7 @@ from sqlite_lockprobe.errors import LockprobeError
 from sqlite_lockprobe.events.resultcodes import SQLITE_BUSY
 from sqlite_lockprobe.events.schema import call_event
 from sqlite_lockprobe.probe.capi import ConnectionProbe
-from sqlite_lockprobe.probe.tracer import TraceConfig, Tracer, database_path
+from sqlite_lockprobe.probe.tracer import TraceConfig, Tracer
 
 
 def sample_every(sample: float) -> int:
@@ -54,7 +53,7 @@ class SamplingTracer(Tracer):
         tracer = self
 
         def connect(*args: Any, **kwargs: Any) -> Any:
-            if tracer._capi_loader == threading.get_ident() or not tracer._recorded(args, kwargs):
+            if tracer._capi_loader == threading.get_ident() or not tracer.records(args, kwargs):
                 return original(*args, **kwargs)
             if next(tracer._opened) % tracer.every == 0:
                 tracer.sampled += 1
@@ -71,16 +70,6 @@ class SamplingTracer(Tracer):
         for name in ("__doc__", "__name__", "__qualname__", "__wrapped__"):
             setattr(connect, name, getattr(traced, name))
         return connect
-
-    def _recorded(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        """Whether connect()'s database is one this recorder records (the `db` filter)."""
-        database = args[0] if args else kwargs.get("database")
-        if database is None:
-            return False
-        uri = args[7] if len(args) > 7 else kwargs.get("uri", False)
-        with contextlib.suppress(Exception):
-            return self.config.db is None or database_path(database, bool(uri)) == self.config.db
-        return False
 
     def _with_watched_factory(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -100,37 +89,12 @@ class SamplingTracer(Tracer):
 
     def _watch(self, conn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Give an unsampled connection the busy handler and record its `open` event."""
-        database = args[0] if args else kwargs.get("database")
-        uri = args[7] if len(args) > 7 else kwargs.get("uri", False)
-        timeout = args[1] if len(args) > 1 else kwargs.get("timeout", 5.0)
-        path = database_path(database, bool(uri))
-        if self._first_db is None and path is not None:
-            self._first_db = path
-        self.recording  # noqa: B018 - the process's meta event comes first
-        conn_id = f"c{os.getpid()}.{next(self._conn_numbers)}"
-        timeout_ms = max(0, int(float(timeout) * 1000))
+        path, conn_id, timeout_ms = self.opening(args, kwargs)
         emit = GiveUpEmit(self, conn, conn_id)
         probe = ConnectionProbe(conn, conn_id, emit, timeout_ms, trace_statements=False)
         emit.probe = weakref.ref(probe)
-        worker, _, _, _ = self._who()
-        reason = None if probe.instrumented else probe.reduced_reason
-        self.emit(
-            (
-                "open",
-                time.monotonic_ns(),
-                conn_id,
-                worker,
-                "",
-                os.getpid(),
-                timeout_ms,
-                conn.isolation_level,
-                None,
-                probe.instrumented,
-                reason,
-                path,
-            )
-        )
-        conn._lockprobe_probe = probe  # lives as long as the connection (a cycle gc collects)
+        self.emit_open(conn, conn_id, timeout_ms, None, probe, path)
+        conn._lockprobe_probe = probe  # lives as long as the connection
 
 
 class GiveUpEmit:

@@ -371,11 +371,7 @@ class Tracer:
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """connect()'s arguments with `factory` replaced by its instrumented subclass, or
         unchanged for databases that are not recorded (or arguments connect() will refuse)."""
-        database = args[0] if args else kwargs.get("database")
-        uri = args[7] if len(args) > 7 else kwargs.get("uri", False)
-        if database is None:
-            return args, kwargs
-        if self.config.db is not None and database_path(database, bool(uri)) != self.config.db:
+        if not self.records(args, kwargs):
             return args, kwargs
         if not self._capi_ready:
             self._load_capi()
@@ -388,6 +384,60 @@ class Tracer:
             base = kwargs.get("factory", self._sqlite3.Connection)
             kwargs = {**kwargs, "factory": self.connection_class(base)}
         return args, kwargs
+
+    def records(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Whether connect()'s database is one this tracer records (a file, and the one of
+        the `db` filter when there is one)."""
+        database = args[0] if args else kwargs.get("database")
+        if database is None:
+            return False
+        uri = args[7] if len(args) > 7 else kwargs.get("uri", False)
+        try:
+            return self.config.db is None or database_path(database, bool(uri)) == self.config.db
+        except Exception:  # arguments connect() itself will refuse
+            return False
+
+    def opening(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str | None, str, int]:
+        """A connection being instrumented, from connect()'s arguments: its database file
+        (None: in memory), its id and its busy timeout in ms. The first database becomes the
+        process's, and its `meta` event is recorded first."""
+        database = args[0] if args else kwargs.get("database")
+        uri = args[7] if len(args) > 7 else kwargs.get("uri", False)
+        timeout = args[1] if len(args) > 1 else kwargs.get("timeout", 5.0)
+        path = database_path(database, bool(uri))
+        if self._first_db is None and path is not None:
+            self._first_db = path
+        self.recording  # noqa: B018 - the process's meta event comes first
+        conn_id = f"c{os.getpid()}.{next(self._conn_numbers)}"
+        return path, conn_id, max(0, int(float(timeout) * 1000))
+
+    def emit_open(
+        self,
+        conn: Any,
+        conn_id: str,
+        timeout_ms: int,
+        journal_mode: str | None,
+        probe: ConnectionProbe,
+        path: str | None,
+    ) -> None:
+        """The `open` event of an instrumented connection."""
+        worker, _, _, _ = self._who()
+        self.emit(
+            (
+                "open",
+                time.monotonic_ns(),
+                conn_id,
+                worker,
+                "",
+                os.getpid(),
+                timeout_ms,
+                conn.isolation_level,
+                journal_mode,
+                probe.instrumented,
+                None if probe.instrumented else probe.reduced_reason,
+                path,
+            )
+        )
 
     def _load_capi(self) -> None:
         """Load and self-test the C API once; its own scratch connection is not traced."""
@@ -509,35 +559,11 @@ class Tracer:
 
     def on_open(self, conn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Instrument a new connection and record its `open` event."""
-        database = args[0] if args else kwargs.get("database")
-        uri = args[7] if len(args) > 7 else kwargs.get("uri", False)
-        timeout = args[1] if len(args) > 1 else kwargs.get("timeout", 5.0)
-        path = database_path(database, bool(uri))
-        if self._first_db is None and path is not None:
-            self._first_db = path
-        self.recording  # noqa: B018 - the process's meta event comes first
-        conn_id = f"c{os.getpid()}.{next(self._conn_numbers)}"
-        timeout_ms = max(0, int(float(timeout) * 1000))
+        path, conn_id, timeout_ms = self.opening(args, kwargs)
         probe = ConnectionProbe(conn, conn_id, self.emit, timeout_ms=timeout_ms)
         state = _Connection(conn_id, probe, path)
         journal_mode, _ = read_header(path)
-        worker, _, _, _ = self._who()
-        self.emit(
-            (
-                "open",
-                time.monotonic_ns(),
-                conn_id,
-                worker,
-                "",
-                os.getpid(),
-                timeout_ms,
-                conn.isolation_level,
-                journal_mode,
-                probe.instrumented,
-                None if probe.instrumented else probe.reduced_reason,
-                path,
-            )
-        )
+        self.emit_open(conn, conn_id, timeout_ms, journal_mode, probe, path)
         self.keep_statement_budget(conn, state)
         self._states.add(state)
         probe.on_sample = self.look_at_readers
