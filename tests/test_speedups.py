@@ -521,3 +521,102 @@ def test_a_child_on_another_python_takes_the_python_path_and_the_report_says_mix
     calls = {e["sql"]: e["conn"] for e in traced.events if e["k"] == "call"}
     assert set(calls) == {"CREATE TABLE t (x)", "COMMIT", "INSERT INTO t VALUES (1)"}
     assert re.search(r"^probe +mixed: compiled in 1, python in 1 *$", traced.proc.stdout, re.M)
+
+
+# Threads that each make thousands of short calls, with calls recorded in full (PRAGMA) and busy
+# waits between them: the compiled path keeps its short records in C and the flusher writes
+# them as packed chunks, between the marshalled events Python appended.
+MANY_CALLS = """
+import sqlite3, sys, threading
+
+DB, PER_THREAD = sys.argv[1], int(sys.argv[2])
+setup = sqlite3.connect(DB, isolation_level=None)
+setup.execute("PRAGMA journal_mode=WAL")
+setup.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
+setup.close()
+start = threading.Barrier(3)
+
+
+def work():
+    conn = sqlite3.connect(DB, isolation_level=None, timeout=60)
+    start.wait()
+    for i in range(PER_THREAD):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (v) VALUES (?)", (i,))
+        conn.execute("COMMIT")
+        if i % 500 == 0:
+            conn.execute("PRAGMA busy_timeout = 60000")  # recorded in full, by Python
+    conn.close()
+
+
+threads = [threading.Thread(target=work, name=f"writer-{k}") for k in range(3)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+"""
+
+
+def chunk_kinds(path: Path) -> list[str]:
+    """'packed' or 'marshal' for each whole chunk of an event file, in order."""
+    from sqlite_lockprobe.events.eventfile import PACKED_MAGIC
+
+    data, offset, kinds = path.read_bytes(), 0, []
+    while offset + 8 <= len(data):
+        end = offset + 8 + int.from_bytes(data[offset : offset + 8], "little")
+        if end > len(data):
+            break
+        kinds.append("packed" if data.startswith(PACKED_MAGIC, offset + 8) else "marshal")
+        offset = end
+    return kinds
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_short_records_kept_in_c_are_written_packed_and_read_back_whole(
+    tmp_path, compiled, path: str
+) -> None:
+    from sqlite_lockprobe.events.eventfile import read_event_file
+    from sqlite_lockprobe.sources.trace import trace_environment
+
+    per_thread = 3_000
+    program = write_program(tmp_path, "many.py", MANY_CALLS)
+    trace_dir = tmp_path / "trace"
+    trace_dir.mkdir()
+    argv = [sys.executable, program.name, "app.db", str(per_thread)]
+    env = trace_environment(str(trace_dir), argv, None, environment(path))
+    proc = subprocess.run(
+        argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=SAFETY_TIMEOUT
+    )
+    assert proc.returncode == 0, proc.stderr
+    (events_file,) = trace_dir.glob("events-*.lpk")
+    kinds = chunk_kinds(events_file)
+    if path == "compiled":
+        assert kinds.count("packed") >= 1 and kinds.count("marshal") >= 1
+    else:
+        assert set(kinds) == {"marshal"}
+
+    events = list(read_event_file(events_file))
+    calls: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        if e["k"] == "call":
+            calls.setdefault(e["worker"], []).append(e)
+    writers = {f"writer-{k}" for k in range(3)}
+    assert set(calls) >= writers
+    for writer in writers:
+        mine = calls[writer]
+        sqls = [c["sql"] for c in mine]
+        assert sqls.count("INSERT INTO t (v) VALUES (?)") == per_thread
+        assert sqls.count("COMMIT") == per_thread
+        assert sqls.count("PRAGMA busy_timeout = 60000") == per_thread // 500
+        assert len(mine) == 3 * per_thread + per_thread // 500
+        # In the order they were made, each with what it ran (its own SQL, not a neighbour's).
+        assert [c["t0"] for c in mine] == sorted(c["t0"] for c in mine)
+        inserts = [c["stmts"] for c in mine if c["sql"].startswith("INSERT")]
+        assert all(len(s) == 1 and s[0].startswith("INSERT INTO t (v) VALUES (") for s in inserts)
+
+    # A process killed mid-write leaves a torn last chunk: what comes before it reads whole.
+    data = events_file.read_bytes()
+    torn = tmp_path / "torn.lpk"
+    torn.write_bytes(data[: len(data) - 10])
+    before = list(read_event_file(torn))
+    assert 0 < len(before) < len(events) and before == events[: len(before)]

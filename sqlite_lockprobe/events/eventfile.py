@@ -15,6 +15,7 @@ import _thread
 import contextlib
 import marshal
 import os
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -43,6 +44,13 @@ CALL_KEY = "K"
 TRACE_KEY = "T"
 TRACE_OPS = ("execute", "executemany", "executescript", "commit", "rollback")
 TRACE_OP_BITS = 3
+# The compiled probe keeps those short records in C and writes each batch of them as a packed
+# chunk: PACKED_MAGIC, u32 count, u32 n, then n bytes of marshal (a list: each object of the
+# records once), then `count` records of i64 t0, i64 t1 and five u32 indexes into that list
+# (key + op, sql, stmts, in_txn, site), little-endian. A marshal chunk never starts with "L".
+PACKED_MAGIC = b"LPK1"
+_PACKED_HEAD = struct.Struct("<4sII")
+_PACKED_RECORD = struct.Struct("<qq5I")
 
 
 class EventFile:
@@ -67,6 +75,9 @@ class EventFile:
         self._lock = _thread.allocate_lock()
         self._running: tuple[Any, Any] | None = None  # (stop, stopped) locks of the flusher
         self.tick: Callable[[], None] | None = None
+        # Set by the compiled probe (its pack_records): pending may then hold buffers of short
+        # records, each written as one packed chunk (see PACKED_MAGIC).
+        self.pack: Callable[[Any], bytes] | None = None
         self.written = 0
 
     @classmethod
@@ -78,8 +89,9 @@ class EventFile:
 
     @property
     def recorded(self) -> int:
-        """How many events were appended so far, written or not."""
-        return self.written + len(self.pending)
+        """How many events were appended so far, written or not (a buffer of records counts
+        as its records: its len)."""
+        return self.written + sum(1 if type(e) is tuple else len(e) for e in self.pending)
 
     def start_flusher(self) -> None:
         if self._running is not None:
@@ -135,14 +147,35 @@ class EventFile:
         del pending[:count]
         if not batch or self.fd < 0:
             return
-        self.written += len(batch)
-        data = marshal.dumps(batch, MARSHAL_VERSION)
-        chunk = len(data).to_bytes(8, "little") + data
+        self.written += sum(1 if type(e) is tuple else len(e) for e in batch)
+        if self.pack is None:
+            payloads = [marshal.dumps(batch, MARSHAL_VERSION)]
+        else:
+            payloads = self._packed(batch, self.pack)
+        chunk = b"".join(len(data).to_bytes(8, "little") + data for data in payloads)
         # The trace directory may be gone (lockprobe killed): the program goes on.
         with contextlib.suppress(OSError):
             view = memoryview(chunk)
             while view:
                 view = view[os.write(self.fd, view) :]
+
+    @staticmethod
+    def _packed(batch: list[Any], pack: Callable[[Any], bytes]) -> list[bytes]:
+        """The chunks of a batch that holds buffers of records: each buffer packed, the events
+        between them marshalled, in order."""
+        payloads: list[bytes] = []
+        events: list[tuple[Any, ...]] = []
+        for item in batch:
+            if type(item) is tuple:
+                events.append(item)
+                continue
+            if events:
+                payloads.append(marshal.dumps(events, MARSHAL_VERSION))
+                events = []
+            payloads.append(pack(item))
+        if events:
+            payloads.append(marshal.dumps(events, MARSHAL_VERSION))
+        return payloads
 
     def close(self) -> None:
         """Stop the flusher, write what is left, close the file."""
@@ -183,11 +216,29 @@ def read_chunks(path: str | os.PathLike[str]) -> Iterator[list[tuple[Any, ...]]]
         if end > len(data):
             return
         try:
-            records = marshal.loads(data[offset + 8 : end])
-        except (ValueError, EOFError, TypeError):
+            if data.startswith(PACKED_MAGIC, offset + 8):
+                records = unpack_records(data[offset + 8 : end])
+            else:
+                records = marshal.loads(data[offset + 8 : end])
+        except (ValueError, EOFError, TypeError, IndexError, struct.error):
             return
         offset = end
         yield records
+
+
+def unpack_records(payload: bytes) -> list[tuple[Any, ...]]:
+    """The short records of a packed chunk (written by the compiled probe's pack_records: see
+    PACKED_MAGIC), as the 7-tuples Tracer.record appends."""
+    _, count, table_size = _PACKED_HEAD.unpack_from(payload)
+    start = _PACKED_HEAD.size
+    table = marshal.loads(payload[start : start + table_size])
+    body = payload[start + table_size :]
+    if len(body) != count * _PACKED_RECORD.size:
+        raise ValueError("packed chunk: its records are not whole")
+    return [
+        (t0, t1, table[key_op], table[sql], table[stmts], table[in_txn], table[site])
+        for t0, t1, key_op, sql, stmts, in_txn, site in _PACKED_RECORD.iter_unpack(body)
+    ]
 
 
 class RecordKeys:

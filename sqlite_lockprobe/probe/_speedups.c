@@ -29,6 +29,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <marshal.h>
+#include <stdint.h>
+#include <sched.h>
 #include <time.h>
 #if PY_VERSION_HEX < 0x030B0000
 #include <frameobject.h>  /* PyFrameObject's fields, PyFrame_GetBack */
@@ -70,7 +73,7 @@ monotonic_ns(void)
 static PyObject *s_lockprobe, *s_connection, *s_in_transaction, *s_active, *s_statements,
     *s_probe, *s_ident, *s_key, *s_in_txn, *s_site, *s_folded, *s_busy_unclaimed,
     *s_recording, *s_recording_property, *s_get_running_loop, *s_key_method, *s_site_method,
-    *s_append;
+    *s_append, *s_pack;
 static PyObject *zero;      /* the int 0 (state.active after a call) */
 static PyObject *no_loop;   /* type(None): tracer._get_running_loop before asyncio loads */
 
@@ -170,9 +173,10 @@ enum {
     STATE_SITE, STATE_FOLDED, STATE_SLOTS
 };
 enum { PROBE_BUSY_UNCLAIMED, PROBE_SLOTS };
+enum { TRACER_RECORDING, TRACER_GET_RUNNING_LOOP, TRACER_SLOTS };
 
 static PyObject *conn_names[CONN_SLOTS], *cursor_names[CURSOR_SLOTS],
-    *state_names[STATE_SLOTS], *probe_names[PROBE_SLOTS];
+    *state_names[STATE_SLOTS], *probe_names[PROBE_SLOTS], *tracer_names[TRACER_SLOTS];
 
 /* ------------------------------------------------------------------- RecordedMethod */
 
@@ -195,7 +199,7 @@ typedef struct {
     Py_ssize_t budget;       /* tracer.StatementBudget.LIMIT */
     int on_connection;       /* a connection's method (else a cursor's) */
     /* caches */
-    SlotMap conn_map, cursor_map, state_map, probe_map;
+    SlotMap conn_map, cursor_map, state_map, probe_map, tracer_map;
     getter in_transaction;   /* Connection.in_transaction's C getter, for conn_map.type */
     void *in_transaction_closure;
     unsigned long ident_value;  /* the thread ident ident_obj holds */
@@ -205,6 +209,7 @@ typedef struct {
     PyObject *recording;     /* the last EventFile seen, and its append */
     PyObject *append;
     PyObject *append_list;   /* the list `append` appends to, when it is list.append */
+    int buffered;            /* `recording` flushes with pack_records: records are buffered */
     PyObject *tracer_dict;   /* tracer.__dict__: its plain attributes, read without getattr */
     PyObject *places;        /* tracer.call_sites' caches (see cached_site), or NULL */
     PyObject *sites;
@@ -253,6 +258,7 @@ rm_traverse(RecordedMethod *self, visitproc visit, void *arg)
     Py_VISIT(self->cursor_map.type);
     Py_VISIT(self->state_map.type);
     Py_VISIT(self->probe_map.type);
+    Py_VISIT(self->tracer_map.type);
     return 0;
 }
 
@@ -288,6 +294,7 @@ rm_clear(RecordedMethod *self)
     Py_CLEAR(self->cursor_map.type);
     Py_CLEAR(self->state_map.type);
     Py_CLEAR(self->probe_map.type);
+    Py_CLEAR(self->tracer_map.type);
     return 0;
 }
 
@@ -358,8 +365,13 @@ key_plus_op(RecordedMethod *self, PyObject *key)
 /* tracer.<name> for a plain instance attribute (_recording, _get_running_loop), read from
  * the instance dict: a getattr costs about twice as much. A new reference, or NULL. */
 static inline PyObject *
-tracer_attr(RecordedMethod *self, PyObject *name)
+tracer_attr(RecordedMethod *self, int index, PyObject *name)
 {
+    /* Tracer's hot attributes are slots (its __slots__): read at their offsets. */
+    slotmap_use(&self->tracer_map, Py_TYPE(self->tracer), tracer_names, TRACER_SLOTS, 0);
+    if (self->tracer_map.offset[index]) {
+        return slot_get(&self->tracer_map, self->tracer, index, name);
+    }
     if (self->tracer_dict != NULL) {
         PyObject *value = PyDict_GetItemWithError(self->tracer_dict, name);
         if (value != NULL) {
@@ -374,12 +386,323 @@ tracer_attr(RecordedMethod *self, PyObject *name)
 
 static PyCFunction list_append_function;  /* the C function of list.append */
 
-/* Append `record` to the tracer's recording, `(self._recording or self.recording).append`;
- * the EventFile's append (its list's append) is cached per EventFile. 0, or -1. */
-static int
-append_record(RecordedMethod *self, PyObject *record)
+/* ------------------------------------------------------------------ the record buffer */
+
+/* Short records kept as C structs until the flusher packs them (pack_records). Made as tuples,
+ * the 7-tuple and its two 64-bit ints cost about 350 instructions a call on the program's
+ * thread, and their marshal about 1,500 on the flusher's, which holds the GIL meanwhile: the
+ * program's thread waits for it after its next call into SQLite. Packed, a record costs about
+ * 100 in all (benchmarks/README.md, "trace").
+ *
+ * A RecordBuffer stands in an EventFile's pending list for the records it holds. A record goes
+ * into the buffer that is the list's last item, else into a new one appended to the list: the
+ * records keep their place among the events Python appends (a record key stays before every
+ * record that names it), and the flusher writes each buffer as a chunk of its own, in order.
+ * Everything here runs under the GIL. */
+
+#define BUFFER_RECORDS 4096
+
+typedef struct {
+    long long t0, t1;
+    PyObject *key_op, *sql, *stmts, *in_txn, *site;  /* strong references */
+} BufferedRecord;
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t used, size;
+    int sealed;  /* packed: records go to a new buffer */
+    BufferedRecord *records;
+} RecordBuffer;
+
+static PyTypeObject RecordBufferType;
+static PyObject *current_buffer;  /* the buffer records went to last (strong), or NULL */
+static PyObject *pack_function;  /* the module's pack_records */
+
+static void
+rb_release(RecordBuffer *self)
 {
-    PyObject *recording = tracer_attr(self, s_recording);
+    for (Py_ssize_t i = 0; i < self->used; i++) {
+        BufferedRecord *r = &self->records[i];
+        Py_XDECREF(r->key_op);
+        Py_XDECREF(r->sql);
+        Py_XDECREF(r->stmts);
+        Py_XDECREF(r->in_txn);
+        Py_XDECREF(r->site);
+    }
+    self->used = 0;
+}
+
+static void
+rb_dealloc(RecordBuffer *self)
+{
+    rb_release(self);
+    PyMem_Free(self->records);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t
+rb_length(RecordBuffer *self)
+{
+    return self->used;
+}
+
+static PySequenceMethods rb_as_sequence = {.sq_length = (lenfunc)rb_length};
+
+static PyTypeObject RecordBufferType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sqlite_lockprobe.probe._speedups.RecordBuffer",
+    .tp_doc = "Short trace records kept in C until the flusher packs them (pack_records).",
+    .tp_basicsize = sizeof(RecordBuffer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)rb_dealloc,
+    .tp_as_sequence = &rb_as_sequence,
+};
+
+/* Keep one short record in `list` (an EventFile's pending list). Takes the references to
+ * key_op and stmts; borrows the rest. 0, or -1 with an exception set. */
+static int
+buffer_record(PyObject *list, long long t0, long long t1, PyObject *key_op, PyObject *sql,
+              PyObject *stmts, PyObject *in_txn, PyObject *site)
+{
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    RecordBuffer *buffer = (RecordBuffer *)current_buffer;
+    if (buffer == NULL || buffer->sealed || buffer->used == BUFFER_RECORDS || n == 0 ||
+        PyList_GET_ITEM(list, n - 1) != current_buffer) {
+        buffer = PyObject_New(RecordBuffer, &RecordBufferType);
+        if (buffer == NULL) {
+            goto fail;
+        }
+        buffer->used = buffer->size = 0;
+        buffer->sealed = 0;
+        buffer->records = NULL;
+        if (PyList_Append(list, (PyObject *)buffer) < 0) {
+            Py_DECREF(buffer);
+            goto fail;
+        }
+        Py_XSETREF(current_buffer, (PyObject *)buffer);
+    }
+    if (buffer->used == buffer->size) {
+        Py_ssize_t size = buffer->size ? buffer->size * 4 : 16;
+        if (size > BUFFER_RECORDS) {
+            size = BUFFER_RECORDS;
+        }
+        BufferedRecord *records = PyMem_Realloc(buffer->records, size * sizeof(BufferedRecord));
+        if (records == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        buffer->records = records;
+        buffer->size = size;
+    }
+    BufferedRecord *r = &buffer->records[buffer->used++];
+    r->t0 = t0;
+    r->t1 = t1;
+    r->key_op = key_op;
+    r->sql = Py_NewRef(sql);
+    r->stmts = stmts;
+    r->in_txn = Py_NewRef(in_txn);
+    r->site = Py_NewRef(site);
+    return 0;
+fail:
+    Py_DECREF(key_op);
+    Py_DECREF(stmts);
+    return -1;
+}
+
+/* The 7-field short record (tracer.Tracer.record's) of its parts: steals key_op and stmts,
+ * borrows the rest. Untracked by the collector when it holds only atomic values. */
+static PyObject *
+short_record(long long t0, long long t1, PyObject *key_op, PyObject *sql, PyObject *stmts,
+             PyObject *in_txn, PyObject *site)
+{
+    PyObject *t0_obj = PyLong_FromLongLong(t0);
+    PyObject *t1_obj = PyLong_FromLongLong(t1);
+    PyObject *record = PyTuple_New(7);
+    if (t0_obj == NULL || t1_obj == NULL || record == NULL) {
+        Py_XDECREF(t0_obj);
+        Py_XDECREF(t1_obj);
+        Py_XDECREF(record);
+        Py_DECREF(key_op);
+        Py_DECREF(stmts);
+        return NULL;
+    }
+    int atomic = PyUnicode_CheckExact(sql) && (site == Py_None || PyUnicode_CheckExact(site)) &&
+                 (stmts == Py_None || !PyObject_GC_IsTracked(stmts)) && PyLong_CheckExact(key_op) &&
+                 PyBool_Check(in_txn);
+    PyTuple_SET_ITEM(record, 0, t0_obj);
+    PyTuple_SET_ITEM(record, 1, t1_obj);
+    PyTuple_SET_ITEM(record, 2, key_op);
+    PyTuple_SET_ITEM(record, 3, Py_NewRef(sql));
+    PyTuple_SET_ITEM(record, 4, stmts);
+    PyTuple_SET_ITEM(record, 5, Py_NewRef(in_txn));
+    PyTuple_SET_ITEM(record, 6, Py_NewRef(site));
+    if (atomic) {
+        PyObject_GC_UnTrack(record);
+    }
+    return record;
+}
+
+/* pack_records(buffer): the buffer's records as one packed chunk payload, and the buffer
+ * emptied (sealed: nothing more goes in). The flusher writes it as it is: marshal cost about
+ * 1,500 instructions a record and holds the GIL meanwhile, which the program's thread waits
+ * for after each call; this is about 100. Layout (eventfile.unpack_records reads it):
+ *   "LPK1", u32 count, u32 n: the magic, the number of records, the table's size;
+ *   n bytes: marshal (version 4) of a list, the table of the records' objects;
+ *   count records of 36 bytes: i64 t0, i64 t1, then five u32 indexes into the table for
+ *   key + op, sql, statements, in_txn and call site;
+ * all little-endian. The table holds each object once, by identity. */
+
+#define PACKED_MAGIC "LPK1"
+#define PACKED_HEAD 12
+#define PACKED_RECORD 36
+
+typedef struct {
+    PyObject *key;
+    uint32_t index;
+} TableSlot;
+
+typedef struct {
+    TableSlot *slots;
+    size_t mask;
+    size_t filled;
+    PyObject *objects;  /* list, in index order */
+} ObjectTable;
+
+static inline size_t
+pointer_hash(PyObject *p)
+{
+    return (size_t)(((uint64_t)(uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ULL >> 20);
+}
+
+/* The table index of `obj`, added when new. -1 with an exception set on failure. */
+static long long
+table_index(ObjectTable *table, PyObject *obj)
+{
+    size_t i = pointer_hash(obj) & table->mask;
+    while (table->slots[i].key != NULL) {
+        if (table->slots[i].key == obj) {
+            return table->slots[i].index;
+        }
+        i = (i + 1) & table->mask;
+    }
+    if ((table->filled + 1) * 2 > table->mask + 1) {  /* keep it at most half full */
+        size_t size = (table->mask + 1) * 2;
+        TableSlot *slots = PyMem_Calloc(size, sizeof(TableSlot));
+        if (slots == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (size_t j = 0; j <= table->mask; j++) {
+            PyObject *key = table->slots[j].key;
+            if (key != NULL) {
+                size_t k = pointer_hash(key) & (size - 1);
+                while (slots[k].key != NULL) {
+                    k = (k + 1) & (size - 1);
+                }
+                slots[k] = table->slots[j];
+            }
+        }
+        PyMem_Free(table->slots);
+        table->slots = slots;
+        table->mask = size - 1;
+        i = pointer_hash(obj) & table->mask;
+        while (table->slots[i].key != NULL) {
+            i = (i + 1) & table->mask;
+        }
+    }
+    Py_ssize_t index = PyList_GET_SIZE(table->objects);
+    if (PyList_Append(table->objects, obj) < 0) {
+        return -1;
+    }
+    table->slots[i].key = obj;  /* kept alive by the list */
+    table->slots[i].index = (uint32_t)index;
+    table->filled++;
+    return index;
+}
+
+static inline void
+put_u32(unsigned char *at, uint32_t v)
+{
+    at[0] = (unsigned char)v;
+    at[1] = (unsigned char)(v >> 8);
+    at[2] = (unsigned char)(v >> 16);
+    at[3] = (unsigned char)(v >> 24);
+}
+
+static inline void
+put_i64(unsigned char *at, long long value)
+{
+    uint64_t v = (uint64_t)value;
+    put_u32(at, (uint32_t)v);
+    put_u32(at + 4, (uint32_t)(v >> 32));
+}
+
+static PyObject *
+pack_records(PyObject *module, PyObject *arg)
+{
+    if (!Py_IS_TYPE(arg, &RecordBufferType)) {
+        PyErr_SetString(PyExc_TypeError, "pack_records: a RecordBuffer");
+        return NULL;
+    }
+    RecordBuffer *buffer = (RecordBuffer *)arg;
+    buffer->sealed = 1;
+    Py_ssize_t count = buffer->used;
+    PyObject *body = NULL, *marshalled = NULL, *result = NULL;
+    ObjectTable table = {PyMem_Calloc(64, sizeof(TableSlot)), 63, 0, PyList_New(0)};
+    if (table.slots == NULL || table.objects == NULL) {
+        if (table.slots == NULL) {
+            PyErr_NoMemory();
+        }
+        goto done;
+    }
+    body = PyBytes_FromStringAndSize(NULL, count * PACKED_RECORD);
+    if (body == NULL) {
+        goto done;
+    }
+    unsigned char *at = (unsigned char *)PyBytes_AS_STRING(body);
+    for (Py_ssize_t i = 0; i < count; i++, at += PACKED_RECORD) {
+        BufferedRecord *r = &buffer->records[i];
+        PyObject *fields[5] = {r->key_op, r->sql, r->stmts, r->in_txn, r->site};
+        put_i64(at, r->t0);
+        put_i64(at + 8, r->t1);
+        for (int f = 0; f < 5; f++) {
+            long long index = table_index(&table, fields[f]);
+            if (index < 0) {
+                goto done;
+            }
+            put_u32(at + 16 + 4 * f, (uint32_t)index);
+        }
+    }
+    marshalled = PyMarshal_WriteObjectToString(table.objects, 4);
+    if (marshalled == NULL) {
+        goto done;
+    }
+    Py_ssize_t table_size = PyBytes_GET_SIZE(marshalled);
+    result = PyBytes_FromStringAndSize(NULL, PACKED_HEAD + table_size + count * PACKED_RECORD);
+    if (result == NULL) {
+        goto done;
+    }
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    memcpy(out, PACKED_MAGIC, 4);
+    put_u32(out + 4, (uint32_t)count);
+    put_u32(out + 8, (uint32_t)table_size);
+    memcpy(out + PACKED_HEAD, PyBytes_AS_STRING(marshalled), (size_t)table_size);
+    memcpy(out + PACKED_HEAD + table_size, PyBytes_AS_STRING(body), (size_t)count * PACKED_RECORD);
+    rb_release(buffer);
+done:
+    PyMem_Free(table.slots);
+    Py_XDECREF(table.objects);
+    Py_XDECREF(body);
+    Py_XDECREF(marshalled);
+    return result;
+}
+
+/* Find the tracer's recording, `self._recording or self.recording`, and cache its append (its
+ * list's append) and whether it takes buffered records, per recording. 0, or -1. */
+static int
+use_recording(RecordedMethod *self)
+{
+    PyObject *recording = tracer_attr(self, TRACER_RECORDING, s_recording);
     if (recording == NULL) {
         return -1;
     }
@@ -401,11 +724,24 @@ append_record(RecordedMethod *self, PyObject *record)
             PyList_CheckExact(PyCFunction_GET_SELF(append))) {
             list = Py_NewRef(PyCFunction_GET_SELF(append));
         }
+        PyObject *pack = PyObject_GetAttr(recording, s_pack);
+        if (pack == NULL) {
+            PyErr_Clear();
+        }
+        self->buffered = list != NULL && pack != NULL && pack == pack_function;
+        Py_XDECREF(pack);
         Py_XSETREF(self->append, append);
         Py_XSETREF(self->append_list, list);
         Py_XSETREF(self->recording, Py_NewRef(recording));
     }
     Py_DECREF(recording);
+    return 0;
+}
+
+/* Append `record` to the recording use_recording found. 0, or -1. */
+static int
+append_record(RecordedMethod *self, PyObject *record)
+{
     if (self->append_list != NULL) {
         return PyList_Append(self->append_list, record);
     }
@@ -436,11 +772,31 @@ typedef int (*trace_callback)(unsigned, void *, void *, void *);
 typedef int (*trace_v2_function)(void *, unsigned, trace_callback, void *);
 typedef const char *(*sql_function)(void *);
 
+/* The buffer's lock. It is held only while a text is copied in or the buffer is taken out,
+ * by the thread that runs the statement and the thread that records the call (usually the
+ * same one), so it is almost never contended: a spin lock costs a few instructions where
+ * PyThread's lock (a semaphore) cost about 120 a use, three uses a call. */
+static inline void
+buffer_lock(int *lock)
+{
+    while (__atomic_exchange_n(lock, 1, __ATOMIC_ACQUIRE)) {
+        while (__atomic_load_n(lock, __ATOMIC_RELAXED)) {
+            sched_yield();  /* the holder may have been preempted mid-copy */
+        }
+    }
+}
+
+static inline void
+buffer_unlock(int *lock)
+{
+    __atomic_store_n(lock, 0, __ATOMIC_RELEASE);
+}
+
 /* The buffer the hook writes. Its own allocation: it lives until both the StatementList and
  * the hook's registration have let go of it (SQLite tells the hook when the connection closes:
  * the list may go first, or the connection). */
 typedef struct {
-    PyThread_type_lock lock;
+    int lock;         /* a spin lock (buffer_lock): held for a copy, rarely contended */
     int refs;
     int discard;      /* the list is gone: texts are not kept */
     char *texts;      /* statements, each NUL-terminated, back to back */
@@ -465,11 +821,7 @@ static PyTypeObject StatementListType;
 static void
 pending_release(Pending *p)
 {
-    PyThread_acquire_lock(p->lock, WAIT_LOCK);
-    int refs = --p->refs;
-    PyThread_release_lock(p->lock);
-    if (refs == 0) {
-        PyThread_free_lock(p->lock);
+    if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0) {
         free(p->texts);
         free(p);
     }
@@ -495,7 +847,7 @@ statement_traced(unsigned type, void *context, void *stmt, void *text)
         return 0;
     }
     size_t n = strlen((const char *)text) + 1;
-    PyThread_acquire_lock(p->lock, WAIT_LOCK);
+    buffer_lock(&p->lock);
     if (!p->discard) {
         if (p->used + n > p->size) {
             size_t size = p->size ? p->size * 2 : 512;
@@ -504,7 +856,7 @@ statement_traced(unsigned type, void *context, void *stmt, void *text)
             }
             char *texts = realloc(p->texts, size);
             if (texts == NULL) {  /* the statement is not kept; the call goes on */
-                PyThread_release_lock(p->lock);
+                buffer_unlock(&p->lock);
                 return 0;
             }
             p->texts = texts;
@@ -514,16 +866,16 @@ statement_traced(unsigned type, void *context, void *stmt, void *text)
         p->used += n;
         p->count++;
     }
-    PyThread_release_lock(p->lock);
+    buffer_unlock(&p->lock);
     return 0;
 }
 
 static inline Py_ssize_t
 sl_pending(StatementList *self)
 {
-    PyThread_acquire_lock(self->pending->lock, WAIT_LOCK);
+    buffer_lock(&self->pending->lock);
     Py_ssize_t count = self->pending->count;
-    PyThread_release_lock(self->pending->lock);
+    buffer_unlock(&self->pending->lock);
     return count;
 }
 
@@ -559,9 +911,9 @@ static int
 sl_take_in(StatementList *self)
 {
     Pending *p = self->pending;
-    PyThread_acquire_lock(p->lock, WAIT_LOCK);
+    buffer_lock(&p->lock);
     if (p->count == 0) {
-        PyThread_release_lock(p->lock);
+        buffer_unlock(&p->lock);
         return 0;
     }
     char *texts = p->texts;
@@ -570,7 +922,7 @@ sl_take_in(StatementList *self)
     p->texts = NULL;
     p->used = p->size = 0;
     p->count = 0;
-    PyThread_release_lock(p->lock);
+    buffer_unlock(&p->lock);
 
     int status = 0;
     size_t at = 0;
@@ -601,15 +953,15 @@ sl_take_all(StatementList *self, int keep_one)
 {
     Pending *p = self->pending;
     if (PyList_GET_SIZE(self->list) == 0) {
-        PyThread_acquire_lock(p->lock, WAIT_LOCK);
+        buffer_lock(&p->lock);
         Py_ssize_t count = p->count;
         if (count == 0 || (count == 1 && !keep_one)) {
             p->used = 0;  /* the buffer stays for the next statement */
             p->count = 0;
-            PyThread_release_lock(p->lock);
+            buffer_unlock(&p->lock);
             return count == 1 ? Py_NewRef(Py_None) : PyTuple_New(0);
         }
-        PyThread_release_lock(p->lock);
+        buffer_unlock(&p->lock);
     }
     PyObject *empty = PyList_New(0);
     if (empty == NULL) {
@@ -617,14 +969,14 @@ sl_take_all(StatementList *self, int keep_one)
     }
     PyObject *taken = self->list;  /* no Python code runs from here to the lock's release */
     self->list = empty;
-    PyThread_acquire_lock(p->lock, WAIT_LOCK);
+    buffer_lock(&p->lock);
     char *texts = p->texts;
     size_t used = p->used;
     Py_ssize_t count = p->count;
     p->texts = NULL;
     p->used = p->size = 0;
     p->count = 0;
-    PyThread_release_lock(p->lock);
+    buffer_unlock(&p->lock);
 
     size_t at = 0;
     for (Py_ssize_t i = 0; i < count && at < used; i++) {
@@ -692,10 +1044,10 @@ static int
 sl_clear_all(StatementList *self)
 {
     Pending *p = self->pending;
-    PyThread_acquire_lock(p->lock, WAIT_LOCK);
+    buffer_lock(&p->lock);
     p->used = 0;
     p->count = 0;
-    PyThread_release_lock(p->lock);
+    buffer_unlock(&p->lock);
     Py_ssize_t size = PyList_GET_SIZE(self->list);
     if (size == 0) {
         return 0;
@@ -727,13 +1079,6 @@ sl_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
-    self->pending->lock = PyThread_allocate_lock();
-    if (self->pending->lock == NULL) {
-        free(self->pending);
-        self->pending = NULL;
-        Py_DECREF(self);
-        return PyErr_NoMemory();
-    }
     self->pending->refs = 1;
     self->pending->sql = (sql_function)(uintptr_t)sql;
     self->db = (void *)(uintptr_t)db;
@@ -751,13 +1096,13 @@ sl_dealloc(StatementList *self)
     }
     Pending *p = self->pending;
     if (p != NULL) {
-        PyThread_acquire_lock(p->lock, WAIT_LOCK);
+        buffer_lock(&p->lock);
         p->discard = 1;  /* still registered (the connection is open): keep nothing more */
         free(p->texts);
         p->texts = NULL;
         p->used = p->size = 0;
         p->count = 0;
-        PyThread_release_lock(p->lock);
+        buffer_unlock(&p->lock);
         pending_release(p);
     }
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -767,9 +1112,7 @@ static PyObject *
 sl_install(StatementList *self, PyObject *unused)
 {
     if (!self->registered) {
-        PyThread_acquire_lock(self->pending->lock, WAIT_LOCK);
-        self->pending->refs++;  /* the registration's */
-        PyThread_release_lock(self->pending->lock);
+        __atomic_add_fetch(&self->pending->refs, 1, __ATOMIC_ACQ_REL);  /* the registration's */
         int rc = self->trace_v2(self->db, TRACE_STMT | TRACE_CLOSE, statement_traced,
                                 self->pending);
         if (rc != 0) {
@@ -1091,7 +1434,7 @@ same_thread(PyObject *ident, PyObject *current, unsigned long tid)
 static inline int
 loop_running(RecordedMethod *self)
 {
-    PyObject *get = tracer_attr(self, s_get_running_loop);
+    PyObject *get = tracer_attr(self, TRACER_GET_RUNNING_LOOP, s_get_running_loop);
     if (get == NULL) {
         return -1;
     }
@@ -1118,7 +1461,7 @@ record_call(RecordedMethod *self, PyObject *state, PyObject *conn, PyObject *sql
     PyObject *in_txn = NULL, *statements = NULL, *probe = NULL, *busy = NULL, *folded = NULL;
     PyObject *key = NULL, *site = NULL, *stmts = NULL, *record = NULL;
     PyObject *t0_obj = NULL, *t1_obj = NULL, *key_op = NULL, *result = NULL;
-    int status = -1, full, stmts_tracked = 0;
+    int status = -1, full;
     Py_ssize_t count;
 
     slotmap_use(&self->state_map, Py_TYPE(state), state_names, STATE_SLOTS, 1);
@@ -1148,11 +1491,6 @@ record_call(RecordedMethod *self, PyObject *state, PyObject *conn, PyObject *sql
     if (count < 0) {
         goto done;
     }
-    t0_obj = PyLong_FromLongLong(t0);
-    t1_obj = PyLong_FromLongLong(t1);
-    if (t0_obj == NULL || t1_obj == NULL) {
-        goto done;
-    }
     if ((full = truth(busy)) < 0) {
         goto done;
     }
@@ -1162,6 +1500,11 @@ record_call(RecordedMethod *self, PyObject *state, PyObject *conn, PyObject *sql
     if (full || count > self->budget || t1 - t0 > self->long_call_ns) {
         /* Recorded in full: Tracer.record hands it to _record_full, from the frame the
          * Python wrapper would have (the call site is found a fixed number of frames up). */
+        t0_obj = PyLong_FromLongLong(t0);
+        t1_obj = PyLong_FromLongLong(t1);
+        if (t0_obj == NULL || t1_obj == NULL) {
+            goto done;
+        }
         PyObject *args[] = {self->record, state, conn, self->op, sql, t0_obj, t1_obj, ident};
         result = PyObject_Vectorcall(self->stand_in, args, 8, NULL);
         if (result != NULL) {
@@ -1273,28 +1616,23 @@ record_call(RecordedMethod *self, PyObject *state, PyObject *conn, PyObject *sql
     }
     if (stmts != Py_None) {
         untrack_if_atomic(stmts);
-        stmts_tracked = PyObject_GC_IsTracked(stmts);
     }
     key_op = key_plus_op(self, key);
     if (key_op == NULL) {
         goto done;
     }
-    record = PyTuple_New(7);
-    if (record == NULL) {
+    if (use_recording(self) < 0) {
         goto done;
     }
-    PyTuple_SET_ITEM(record, 0, t0_obj);
-    PyTuple_SET_ITEM(record, 1, t1_obj);
-    PyTuple_SET_ITEM(record, 2, key_op);
-    PyTuple_SET_ITEM(record, 3, Py_NewRef(sql));
-    PyTuple_SET_ITEM(record, 4, stmts);
-    PyTuple_SET_ITEM(record, 5, Py_NewRef(in_txn));
-    PyTuple_SET_ITEM(record, 6, Py_NewRef(site));
-    t0_obj = t1_obj = key_op = stmts = NULL;  /* the tuple's now */
-    /* Its ints and bool are atomic; sql and site are strs (or None) in the common case. */
-    if (PyUnicode_CheckExact(sql) && (site == Py_None || PyUnicode_CheckExact(site)) &&
-        !stmts_tracked && PyLong_CheckExact(PyTuple_GET_ITEM(record, 2)) && PyBool_Check(in_txn)) {
-        PyObject_GC_UnTrack(record);
+    if (self->buffered) {
+        status = buffer_record(self->append_list, t0, t1, key_op, sql, stmts, in_txn, site);
+        key_op = stmts = NULL;  /* the buffer's now */
+        goto done;
+    }
+    record = short_record(t0, t1, key_op, sql, stmts, in_txn, site);
+    key_op = stmts = NULL;  /* the record's now */
+    if (record == NULL) {
+        goto done;
     }
     status = append_record(self, record);
 
@@ -1677,6 +2015,8 @@ speedups_monotonic_ns(PyObject *module, PyObject *unused)
 static PyMethodDef speedups_methods[] = {
     {"monotonic_ns", speedups_monotonic_ns, METH_NOARGS,
      "The clock the records are timed with (time.monotonic_ns()'s)."},
+    {"pack_records", pack_records, METH_O,
+     "A RecordBuffer's records as one packed chunk payload (EventFile.pack)."},
     {NULL},
 };
 
@@ -1709,7 +2049,7 @@ PyInit__speedups(void)
         intern(&s_recording_property, "recording") < 0 ||
         intern(&s_get_running_loop, "_get_running_loop") < 0 ||
         intern(&s_key_method, "_key") < 0 || intern(&s_site_method, "_site") < 0 ||
-        intern(&s_append, "append") < 0) {
+        intern(&s_append, "append") < 0 || intern(&s_pack, "pack") < 0) {
         return NULL;
     }
     conn_names[CONN_LOCKPROBE] = s_lockprobe;
@@ -1724,6 +2064,8 @@ PyInit__speedups(void)
     state_names[STATE_SITE] = s_site;
     state_names[STATE_FOLDED] = s_folded;
     probe_names[PROBE_BUSY_UNCLAIMED] = s_busy_unclaimed;
+    tracer_names[TRACER_RECORDING] = s_recording;
+    tracer_names[TRACER_GET_RUNNING_LOOP] = s_get_running_loop;
     PyObject *list = PyList_New(0);
     PyObject *append = list ? PyObject_GetAttrString(list, "append") : NULL;
     Py_XDECREF(list);
@@ -1735,7 +2077,7 @@ PyInit__speedups(void)
     zero = PyLong_FromLong(0);
     no_loop = (PyObject *)Py_TYPE(Py_None);
     if (zero == NULL || PyType_Ready(&RecordedMethodType) < 0 ||
-        PyType_Ready(&StatementListType) < 0) {
+        PyType_Ready(&StatementListType) < 0 || PyType_Ready(&RecordBufferType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&speedups_module);
@@ -1745,6 +2087,11 @@ PyInit__speedups(void)
     Py_INCREF(&RecordedMethodType);
     if (PyModule_AddObject(module, "RecordedMethod", (PyObject *)&RecordedMethodType) < 0) {
         Py_DECREF(&RecordedMethodType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    pack_function = PyObject_GetAttrString(module, "pack_records");
+    if (pack_function == NULL) {
         Py_DECREF(module);
         return NULL;
     }

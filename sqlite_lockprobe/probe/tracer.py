@@ -30,7 +30,13 @@ from typing import Any
 from sqlite_lockprobe.events.eventfile import TRACE_KEY, TRACE_OP_BITS, TRACE_OPS, EventFile
 from sqlite_lockprobe.events.schema import call_event
 from sqlite_lockprobe.probe.callsite import CallSites
-from sqlite_lockprobe.probe.capi import ConnectionProbe, error_codes, load_capi, take_all
+from sqlite_lockprobe.probe.capi import (
+    ConnectionProbe,
+    compiled_speedups,
+    error_codes,
+    load_capi,
+    take_all,
+)
 from sqlite_lockprobe.probe.traced import (
     NO_ARG,
     PROBE_PATH,
@@ -280,6 +286,10 @@ def _ends_or_begins(statement: str) -> bool:
 class Tracer:
     """Patches sqlite3.connect in this interpreter and records what every connection does."""
 
+    # Read on every call by the compiled method (_speedups.c), at their slot offsets: a
+    # lookup in the instance dict cost about 100 instructions each.
+    __slots__ = ("_recording", "_get_running_loop", "__dict__", "__weakref__")
+
     def __init__(self, config: TraceConfig, sink: Any = None) -> None:
         self.config = config
         # Where events go instead of an event file in config.trace_dir: anything with
@@ -481,6 +491,8 @@ class Tracer:
             atexit.register(self.flush_at_exit)
             _wrap_os_exits(self)
         recording.tick = self.wal.tick
+        # The compiled probe keeps its short records in C, and the flusher packs them.
+        recording.pack = getattr(compiled_speedups(), "pack_records", None)
         recording.start_flusher()
         return recording
 
