@@ -147,10 +147,11 @@ class EventFile:
         del pending[:count]
         if not batch or self.fd < 0:
             return
-        self.written += sum(1 if type(e) is tuple else len(e) for e in batch)
         if self.pack is None:
+            self.written += len(batch)
             payloads = [marshal.dumps(batch, MARSHAL_VERSION)]
-        else:
+        else:  # few items: mostly buffers of records
+            self.written += sum(1 if type(e) is tuple else len(e) for e in batch)
             payloads = self._packed(batch, self.pack)
         chunk = b"".join(len(data).to_bytes(8, "little") + data for data in payloads)
         # The trace directory may be gone (lockprobe killed): the program goes on.
@@ -166,13 +167,17 @@ class EventFile:
         payloads: list[bytes] = []
         events: list[tuple[Any, ...]] = []
         for item in batch:
-            if type(item) is tuple:
+            packed = None
+            if type(item) is not tuple:
+                with contextlib.suppress(TypeError):  # not a buffer: an event as any other
+                    packed = pack(item)
+            if packed is None:
                 events.append(item)
                 continue
             if events:
                 payloads.append(marshal.dumps(events, MARSHAL_VERSION))
                 events = []
-            payloads.append(pack(item))
+            payloads.append(packed)
         if events:
             payloads.append(marshal.dumps(events, MARSHAL_VERSION))
         return payloads
