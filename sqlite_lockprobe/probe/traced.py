@@ -198,6 +198,7 @@ def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
     cursor_classes = tracer._cursor_classes  # instrumented cursor class per factory class
     call = tracer.call
     no_factory = object()
+    default_cursor = tracer.cursor_class(cursor_base)  # what cursor() with no factory makes
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         self._lockprobe = None
@@ -215,6 +216,11 @@ def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
         return call(state, self, self, _bound(base_exit, args, kwargs), op, sql, NO_ARG, NO_ARG)
 
     def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not args and not kwargs:
+            # The common call: Python 3.10's Connection.execute makes one per call.
+            if self._lockprobe is None:
+                return base_cursor(self)
+            return base_cursor(self, default_cursor)
         if self._lockprobe is None or len(args) + len(kwargs) > 1:
             return base_cursor(self, *args, **kwargs)
         factory = args[0] if args else kwargs.get("factory", no_factory)
