@@ -381,6 +381,14 @@ import functools, sqlite3, sys
 conn = sqlite3.connect(sys.argv[1])
 conn.execute("CREATE TABLE t (x)")
 cur = conn.cursor()
+closed = sqlite3.connect(sys.argv[1])
+closed.close()
+
+
+class Cur(sqlite3.Cursor):
+    pass
+
+
 calls = {
     "keyword sql": lambda: conn.execute(sql="SELECT 1"),
     "keyword parameters": lambda: cur.execute("SELECT ?", parameters=(1,)),
@@ -398,6 +406,14 @@ calls = {
         "INSERT INTO t VALUES (?)", ((i,) for i in range(3))).rowcount,
     "cursor through the class": lambda: type(cur).execute(cur, "SELECT 5").fetchone(),
     "commit through the class": lambda: type(conn).commit(conn),
+    "cursor of a factory": lambda: conn.cursor(factory=Cur).execute("SELECT 6").fetchone(),
+    "cursor of that factory again": lambda: conn.cursor(factory=Cur).execute("SELECT 6").fetchone(),
+    "cursor of a factory by position": lambda: conn.cursor(Cur).execute("SELECT 7").fetchone(),
+    "cursor of a factory function": lambda: type(conn.cursor(lambda c: Cur(c))).__name__,
+    "cursor of a factory not callable": lambda: conn.cursor(factory=[1]),
+    "cursor with another keyword": lambda: conn.cursor(kind=Cur),
+    "cursor with two arguments": lambda: conn.cursor(Cur, 2),
+    "cursor of a closed connection": lambda: closed.cursor(),
 }
 for name, call in calls.items():
     try:
@@ -418,7 +434,7 @@ def test_calls_of_any_shape_behave_as_untraced(tmp_path, compiled) -> None:
         check=True,
     ).stdout
     results = [line for line in untraced.splitlines() if "->" in line]
-    assert sum("raised TypeError" in line for line in results) == 9
+    assert sum("raised TypeError" in line for line in results) == 12
     runs = dict(trace_both(tmp_path, ODD_SHAPES, "app.db"))
     for path, traced in runs.items():
         out = traced.proc.stdout.splitlines()
@@ -427,7 +443,12 @@ def test_calls_of_any_shape_behave_as_untraced(tmp_path, compiled) -> None:
     # ...and the compiled one hands a shape it does not take to sqlite3 itself: its message too.
     assert runs["compiled"].proc.stdout.startswith(untraced)
     recorded = {e["sql"] for e in runs["compiled"].events if e["k"] == "call"}
-    assert {"SELECT 2", "SELECT ?", "SELECT :a", "SELECT 5", "COMMIT"} <= recorded
+    assert {"SELECT 2", "SELECT ?", "SELECT :a", "SELECT 5", "SELECT 6", "SELECT 7", "COMMIT"} <= (
+        recorded
+    )
+    # A factory's second cursor is made by the compiled cursor() and its calls recorded too.
+    sixes = [e for e in runs["compiled"].events if e["k"] == "call" and e["sql"] == "SELECT 6"]
+    assert len(sixes) == 2
 
 
 def test_the_terminal_report_says_which_probe_path_ran(tmp_path, compiled) -> None:

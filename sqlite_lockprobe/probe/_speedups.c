@@ -2004,6 +2004,168 @@ static PyTypeObject RecordedMethodType = {
     .tp_repr = (reprfunc)rm_repr,
 };
 
+/* ------------------------------------------------------------------- CursorMethod */
+
+/* The instrumented connection's `cursor`, compiled: the twin of traced.py's Python `cursor`
+ * for the calls programs make all the time, `cursor()` and `cursor(factory=Known)` (Django
+ * makes one per query, and Python 3.10's Connection.execute one per call). It hands
+ * sqlite3's own method the instrumented class of the factory when one is made already; any
+ * other call (another shape, a connection not instrumented, a factory seen for the first time
+ * or not a class) goes to the Python `cursor`, which decides as before. A Python method with
+ * `*args, **kwargs` cost about 4,000 instructions a call on Django's ORM loop. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *twin;           /* the Python cursor(): every call this one does not make */
+    PyObject *base;           /* the base class's cursor (sqlite3's own method) */
+    PyObject *classes;        /* the tracer's instrumented cursor class per factory class */
+    PyObject *default_class;  /* the instrumented class of sqlite3.Cursor */
+    SlotMap conn_map;
+} CursorMethod;
+
+static PyObject *s_factory;
+
+static PyObject *
+cm_vectorcall(CursorMethod *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *factory;
+    if (nargs == 1 && nkw == 0) {
+        factory = NULL;
+    }
+    else if (nargs == 2 && nkw == 0) {
+        factory = args[1];
+    }
+    else if (nargs == 1 && nkw == 1 && PyTuple_GET_ITEM(kwnames, 0) == s_factory) {
+        factory = args[1];  /* the keyword, interned as every identifier in code is */
+    }
+    else {
+        return delegate(self->twin, args, nargsf, kwnames);
+    }
+    PyObject *conn = args[0];
+    slotmap_use(&self->conn_map, Py_TYPE(conn), conn_names, 1, 0);
+    PyObject *state = slot_get(&self->conn_map, conn, CONN_LOCKPROBE, s_lockprobe);
+    if (state == NULL) {
+        PyErr_Clear();
+        return delegate(self->twin, args, nargsf, kwnames);
+    }
+    int instrumented = state != Py_None;
+    Py_DECREF(state);
+    PyObject *known = self->default_class;
+    if (factory != NULL) {
+        known = PyDict_GetItemWithError(self->classes, factory);  /* borrowed */
+        if (known == NULL) {
+            PyErr_Clear();  /* not hashable, or not seen yet */
+        }
+    }
+    if (!instrumented || known == NULL) {
+        return delegate(self->twin, args, nargsf, kwnames);
+    }
+    PyObject *call[] = {conn, known};
+    return PyObject_Vectorcall(self->base, call, 2, NULL);
+}
+
+static int
+cm_traverse(CursorMethod *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->twin);
+    Py_VISIT(self->base);
+    Py_VISIT(self->classes);
+    Py_VISIT(self->default_class);
+    Py_VISIT(self->conn_map.type);
+    return 0;
+}
+
+static int
+cm_clear(CursorMethod *self)
+{
+    Py_CLEAR(self->twin);
+    Py_CLEAR(self->base);
+    Py_CLEAR(self->classes);
+    Py_CLEAR(self->default_class);
+    Py_CLEAR(self->conn_map.type);
+    return 0;
+}
+
+static void
+cm_dealloc(CursorMethod *self)
+{
+    PyObject_GC_UnTrack(self);
+    cm_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+cm_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"twin", "base", "classes", "default_class", NULL};
+    PyObject *twin, *base, *classes, *default_class;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!O:CursorMethod", names, &twin, &base,
+                                     &PyDict_Type, &classes, &default_class)) {
+        return NULL;
+    }
+    CursorMethod *self = (CursorMethod *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)cm_vectorcall;
+    self->twin = Py_NewRef(twin);
+    self->base = Py_NewRef(base);
+    self->classes = Py_NewRef(classes);
+    self->default_class = Py_NewRef(default_class);
+    return (PyObject *)self;
+}
+
+static PyObject *
+cm_get_base_attr(CursorMethod *self, void *name)
+{
+    return PyObject_GetAttrString(self->base, (const char *)name);
+}
+
+static PyGetSetDef cm_getset[] = {
+    {"__name__", (getter)cm_get_base_attr, NULL, NULL, "__name__"},
+    {"__qualname__", (getter)cm_get_base_attr, NULL, NULL, "__qualname__"},
+    {"__doc__", (getter)cm_get_base_attr, NULL, NULL, "__doc__"},
+    {"__text_signature__", (getter)cm_get_base_attr, NULL, NULL, "__text_signature__"},
+    {NULL},
+};
+
+static PyMemberDef cm_members[] = {
+    {"__wrapped__", T_OBJECT_, offsetof(CursorMethod, base), READONLY_, "sqlite3's own method"},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(CursorMethod, vectorcall), READONLY_},
+    {"twin", T_OBJECT_, offsetof(CursorMethod, twin), READONLY_,
+     "the Python cursor(), which makes the calls this one does not"},
+    {NULL},
+};
+
+static PyObject *
+cm_repr(CursorMethod *self)
+{
+    return PyUnicode_FromFormat("<instrumented method %R>", self->base);
+}
+
+static PyTypeObject CursorMethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sqlite_lockprobe.probe._speedups.CursorMethod",
+    .tp_doc = "An instrumented connection's cursor(): the instrumented cursor class of a "
+              "known factory, in C; other calls go to its Python twin.",
+    .tp_basicsize = sizeof(CursorMethod),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+                Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_new = cm_new,
+    .tp_dealloc = (destructor)cm_dealloc,
+    .tp_traverse = (traverseproc)cm_traverse,
+    .tp_clear = (inquiry)cm_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(CursorMethod, vectorcall),
+    .tp_descr_get = rm_descr_get,
+    .tp_getset = cm_getset,
+    .tp_members = cm_members,
+    .tp_repr = (reprfunc)cm_repr,
+};
+
 /* ------------------------------------------------------------------------- the module */
 
 static PyObject *
@@ -2049,7 +2211,8 @@ PyInit__speedups(void)
         intern(&s_recording_property, "recording") < 0 ||
         intern(&s_get_running_loop, "_get_running_loop") < 0 ||
         intern(&s_key_method, "_key") < 0 || intern(&s_site_method, "_site") < 0 ||
-        intern(&s_append, "append") < 0 || intern(&s_pack, "pack") < 0) {
+        intern(&s_append, "append") < 0 || intern(&s_pack, "pack") < 0 ||
+        intern(&s_factory, "factory") < 0) {
         return NULL;
     }
     conn_names[CONN_LOCKPROBE] = s_lockprobe;
@@ -2077,7 +2240,8 @@ PyInit__speedups(void)
     zero = PyLong_FromLong(0);
     no_loop = (PyObject *)Py_TYPE(Py_None);
     if (zero == NULL || PyType_Ready(&RecordedMethodType) < 0 ||
-        PyType_Ready(&StatementListType) < 0 || PyType_Ready(&RecordBufferType) < 0) {
+        PyType_Ready(&StatementListType) < 0 || PyType_Ready(&RecordBufferType) < 0 ||
+        PyType_Ready(&CursorMethodType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&speedups_module);
@@ -2092,6 +2256,12 @@ PyInit__speedups(void)
     }
     pack_function = PyObject_GetAttrString(module, "pack_records");
     if (pack_function == NULL) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&CursorMethodType);
+    if (PyModule_AddObject(module, "CursorMethod", (PyObject *)&CursorMethodType) < 0) {
+        Py_DECREF(&CursorMethodType);
         Py_DECREF(module);
         return NULL;
     }

@@ -38,6 +38,7 @@ get_ident = threading.get_ident
 monotonic_ns = time.monotonic_ns
 _C_METHOD = (types.MethodDescriptorType, types.BuiltinFunctionType, types.WrapperDescriptorType)
 RecordedMethod = getattr(compiled_speedups(), "RecordedMethod", None)
+CursorMethod = getattr(compiled_speedups(), "CursorMethod", None)
 # Which wrappers record the calls in this process: the trace's `meta` event says so.
 PROBE_PATH = "python" if RecordedMethod is None else "compiled"
 
@@ -157,6 +158,16 @@ def _compiled(
     )
 
 
+def _compiled_cursor(
+    twin: Any, base_cursor: Any, cursor_classes: dict[type, type], default_cursor: type
+) -> Any:
+    """The connection's `cursor`: compiled where built (CursorMethod makes cursor() and
+    cursor(factory=Known) in C, and hands every other call to `twin`), else `twin`."""
+    if CursorMethod is None:
+        return twin
+    return CursorMethod(twin, base_cursor, cursor_classes, default_cursor)
+
+
 def _from_compiled(method: Any, *args: Any) -> Any:
     """`method(*args)`, called by the compiled wrapper for a failed call (Tracer.failed) or
     one recorded in full (Tracer.record): this frame stands where the Python wrapper's would,
@@ -197,7 +208,6 @@ def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
     cursor_base = tracer._sqlite3.Cursor
     cursor_classes = tracer._cursor_classes  # instrumented cursor class per factory class
     call = tracer.call
-    no_factory = object()
     default_cursor = tracer.cursor_class(cursor_base)  # what cursor() with no factory makes
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -221,18 +231,16 @@ def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
             if self._lockprobe is None:
                 return base_cursor(self)
             return base_cursor(self, default_cursor)
-        if self._lockprobe is None or len(args) + len(kwargs) > 1:
-            return base_cursor(self, *args, **kwargs)
-        factory = args[0] if args else kwargs.get("factory", no_factory)
+        if self._lockprobe is None or len(args) + len(kwargs) > 1 or kwargs.keys() - {"factory"}:
+            return base_cursor(self, *args, **kwargs)  # sqlite3 decides (and refuses)
+        factory = args[0] if args else kwargs["factory"]
         try:
             known = cursor_classes.get(factory)
         except TypeError:  # not hashable: not a class
             known = None
         if known is not None:  # a factory class seen before (Django's, on every query)
             return base_cursor(self, known)
-        if factory is no_factory:
-            factory = cursor_base
-        elif not (isinstance(factory, type) and issubclass(factory, cursor_base)):
+        if not (isinstance(factory, type) and issubclass(factory, cursor_base)):
             return base_cursor(self, *args, **kwargs)  # a factory function: left as it is
         return base_cursor(self, tracer.cursor_class(factory))
 
@@ -305,7 +313,7 @@ def connection_subclass(tracer: Tracer, base: type[Any]) -> type:
         "commit": _ending_method(tracer, base_commit, OP_COMMIT, "COMMIT"),
         "rollback": _ending_method(tracer, base_rollback, OP_ROLLBACK, "ROLLBACK"),
         "__exit__": __exit__,
-        "cursor": cursor,
+        "cursor": _compiled_cursor(cursor, base_cursor, cursor_classes, default_cursor),
         "close": close,
         "set_trace_callback": set_trace_callback,
         "set_progress_handler": set_progress_handler,
