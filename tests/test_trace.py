@@ -654,6 +654,30 @@ def test_an_existing_sitecustomize_still_runs(tmp_path) -> None:
     assert traced.report["trace"]["connections"] == 1
 
 
+@pytest.mark.parametrize(
+    "first", ["sqlite_lockprobe.probe.tracer", "sqlite_lockprobe.probe.capi", "sqlite_lockprobe"]
+)
+def test_a_program_that_imports_lockprobe_before_sqlite3_is_traced(tmp_path, first: str) -> None:
+    # A program that uses lockprobe itself (the recorder, its own probe) and is traced too:
+    # lockprobe's modules are loaded before sqlite3, and none of them imports sqlite3 while
+    # half loaded (the injected hook would then find the probe half loaded, and give up).
+    source = f"""
+    import {first}
+    import sqlite3
+    conn = sqlite3.connect("app.db")
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    """
+    traced = trace_python(tmp_path, "prog.py", source)
+    assert traced.proc.returncode == 0, traced.proc.stderr
+    assert "not active" not in traced.proc.stderr
+    assert traced.report["trace"]["connections"] == 1
+    assert [e["sql"] for e in traced.events if e["k"] == "call"] == [
+        "CREATE TABLE t (x)",
+        "COMMIT",
+    ]
+
+
 def test_the_probe_needs_only_the_standard_library(tmp_path) -> None:
     # A bare virtual environment: no click, rich or psutil, and no lockprobe installed.
     bare = tmp_path / "bare"

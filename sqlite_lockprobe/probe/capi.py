@@ -16,16 +16,19 @@ the probe still traces statements and says its wait detail is reduced.
 
 from __future__ import annotations
 
+import _sqlite3  # sqlite3's C module: importing it runs no hook (see SqliteCApi.self_test)
 import contextlib
 import ctypes
 import itertools
 import os
-import sqlite3
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import sqlite3
 
 try:  # standard library only, but fcntl exists on Unix alone
     from sqlite_lockprobe.probe import locktable
@@ -89,8 +92,6 @@ class SqliteCApi:
     dynamically linked libsqlite3 is found without guessing its path."""
 
     def __init__(self) -> None:
-        import _sqlite3
-
         lib = ctypes.CDLL(_sqlite3.__file__)
         vp, c_int, c_char_p = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
         self.busy_handler = lib.sqlite3_busy_handler
@@ -152,6 +153,11 @@ class SqliteCApi:
     def self_test(self) -> None:
         """Check the object layout on a scratch connection before trusting it on real ones:
         the handle must answer like the Python object does."""
+        # Imported here, not with this module: a program that imports lockprobe's probe
+        # itself (before sqlite3) under `lockprobe trace` must not set off the injected
+        # sqlite3 hook while the probe's own modules are half loaded.
+        import sqlite3
+
         major, minor, patch = sqlite3.sqlite_version_info
         if self.libversion_number() != major * 1_000_000 + minor * 1000 + patch:
             raise OSError("the libsqlite3 reached through ctypes is not the one sqlite3 uses")
@@ -486,7 +492,7 @@ class ConnectionProbe:
     def detach(self) -> None:
         """Remove the hooks, restoring SQLite's default busy handler with the same timeout."""
         conn = self._conn
-        with contextlib.suppress(sqlite3.ProgrammingError, AttributeError):  # closed or gone
+        with contextlib.suppress(_sqlite3.ProgrammingError, AttributeError):  # closed or gone
             conn.set_trace_callback(None)
         let_go = getattr(self.statements, "detach", None)  # the compiled hook, replaced above
         if let_go is not None:
