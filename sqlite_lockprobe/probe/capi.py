@@ -72,10 +72,23 @@ _BUSY_MARKS = (BUSY_MARK, BUSY_MARK)
 PURE_PYTHON_ENV = "LOCKPROBE_PURE_PYTHON"
 
 
+_NOT_LOOKED_UP: Any = object()
+_speedups_found: Any = _NOT_LOOKED_UP
+
+
 def compiled_speedups() -> Any:
     """`sqlite_lockprobe.probe._speedups`, the probe's compiled fast path, or None: not built
     for this interpreter (a wheel carries the extension for one Python; a traced program may run
-    another), or not wanted (LOCKPROBE_PURE_PYTHON=1: the pure-Python twin records the same)."""
+    another), or not wanted (LOCKPROBE_PURE_PYTHON=1: the pure-Python twin records the same).
+    Looked up once per process: every new connection asks (the environment lookup and the
+    import statement cost a connection about 4 us)."""
+    global _speedups_found
+    if _speedups_found is _NOT_LOOKED_UP:
+        _speedups_found = _find_speedups()
+    return _speedups_found
+
+
+def _find_speedups() -> Any:
     if os.environ.get(PURE_PYTHON_ENV) == "1":
         return None
     try:
