@@ -91,7 +91,7 @@ class EventFile:
     def recorded(self) -> int:
         """How many events were appended so far, written or not (a buffer of records counts
         as its records: its len)."""
-        return self.written + sum(1 if type(e) is tuple else len(e) for e in self.pending)
+        return self.written + _count(self.pending)
 
     def start_flusher(self) -> None:
         if self._running is not None:
@@ -151,7 +151,7 @@ class EventFile:
             self.written += len(batch)
             payloads = [marshal.dumps(batch, MARSHAL_VERSION)]
         else:  # few items: mostly buffers of records
-            self.written += sum(1 if type(e) is tuple else len(e) for e in batch)
+            self.written += _count(batch)
             payloads = self._packed(batch, self.pack)
         chunk = b"".join(len(data).to_bytes(8, "little") + data for data in payloads)
         # The trace directory may be gone (lockprobe killed): the program goes on.
@@ -200,6 +200,11 @@ class EventFile:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _count(events: list[Any]) -> int:
+    """How many events a list holds, a buffer of records counting as its records (its len)."""
+    return sum(1 if type(e) is tuple else len(e) for e in events)
 
 
 def read_event_file(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

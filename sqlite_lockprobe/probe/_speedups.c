@@ -182,13 +182,23 @@ static PyObject *conn_names[CONN_SLOTS], *cursor_names[CURSOR_SLOTS],
 
 #define PLAIN_CACHE 8
 
+/* What both compiled methods (RecordedMethod, CursorMethod) start with: method descriptors
+ * with vectorcall that stand in for sqlite3's own method (`base`) and hand every call they do
+ * not make themselves to their Python wrapper (`twin`). */
+#define STAND_IN_HEAD           \
+    PyObject_HEAD               \
+    vectorcallfunc vectorcall;  \
+    PyObject *twin;             \
+    PyObject *base;
+
 typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *twin;          /* the Python wrapper: every call this one does not make itself */
+    STAND_IN_HEAD
+} StandIn;
+
+typedef struct {
+    STAND_IN_HEAD
     PyObject *odd;           /* the Python wrapper for call shapes sqlite3 does not take */
     PyObject *tracer;
-    PyObject *base;          /* sqlite3's own method */
     PyObject *sql;           /* "COMMIT" / "ROLLBACK" for an ending method; NULL: SQL given */
     PyObject *op;            /* the op number (traced.OP_*) as an int */
     PyObject *sql_bits;      /* traced.SQL_BITS */
@@ -210,7 +220,6 @@ typedef struct {
     PyObject *append;
     PyObject *append_list;   /* the list `append` appends to, when it is list.append */
     int buffered;            /* `recording` flushes with pack_records: records are buffered */
-    PyObject *tracer_dict;   /* tracer.__dict__: its plain attributes, read without getattr */
     PyObject *places;        /* tracer.call_sites' caches (see cached_site), or NULL */
     PyObject *sites;
     PyObject *user_kind;
@@ -244,7 +253,6 @@ rm_traverse(RecordedMethod *self, visitproc visit, void *arg)
     Py_VISIT(self->append);
     Py_VISIT(self->ident_obj);
     Py_VISIT(self->append_list);
-    Py_VISIT(self->tracer_dict);
     Py_VISIT(self->places);
     Py_VISIT(self->sites);
     Py_VISIT(self->user_kind);
@@ -281,7 +289,6 @@ rm_clear(RecordedMethod *self)
     Py_CLEAR(self->append);
     Py_CLEAR(self->ident_obj);
     Py_CLEAR(self->append_list);
-    Py_CLEAR(self->tracer_dict);
     Py_CLEAR(self->places);
     Py_CLEAR(self->sites);
     Py_CLEAR(self->user_kind);
@@ -362,26 +369,14 @@ key_plus_op(RecordedMethod *self, PyObject *key)
     return key_op;
 }
 
-/* tracer.<name> for a plain instance attribute (_recording, _get_running_loop), read from
- * the instance dict: a getattr costs about twice as much. A new reference, or NULL. */
+/* tracer.<name> for one of its hot attributes (_recording, _get_running_loop): slots of
+ * Tracer's (its __slots__), read at their offsets; getattr on any other object. A new
+ * reference, or NULL. */
 static inline PyObject *
 tracer_attr(RecordedMethod *self, int index, PyObject *name)
 {
-    /* Tracer's hot attributes are slots (its __slots__): read at their offsets. */
     slotmap_use(&self->tracer_map, Py_TYPE(self->tracer), tracer_names, TRACER_SLOTS, 0);
-    if (self->tracer_map.offset[index]) {
-        return slot_get(&self->tracer_map, self->tracer, index, name);
-    }
-    if (self->tracer_dict != NULL) {
-        PyObject *value = PyDict_GetItemWithError(self->tracer_dict, name);
-        if (value != NULL) {
-            return Py_NewRef(value);
-        }
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
-    }
-    return PyObject_GetAttr(self->tracer, name);
+    return slot_get(&self->tracer_map, self->tracer, index, name);
 }
 
 static PyCFunction list_append_function;  /* the C function of list.append */
@@ -1879,7 +1874,7 @@ python:
 }
 
 static PyObject *
-rm_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+stand_in_descr_get(PyObject *self, PyObject *obj, PyObject *type)
 {
     if (obj == NULL || obj == Py_None) {
         return Py_NewRef(self);
@@ -1945,35 +1940,29 @@ rm_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         self->sites = Py_NewRef(sites);
         self->user_kind = Py_NewRef(user_kind);
     }
-    /* The tracer's own attributes: its __dict__, when it has one (a Tracer does). */
-    self->tracer_dict = PyObject_GenericGetDict(tracer, NULL);
-    if (self->tracer_dict != NULL && !PyDict_CheckExact(self->tracer_dict)) {
-        Py_CLEAR(self->tracer_dict);
-    }
-    PyErr_Clear();
     return (PyObject *)self;
 }
 
-/* Names, docs and introspection come from the base method, as the Python wrapper's do not. */
+/* Names, docs and introspection come from the base method, as the Python wrapper's do not
+ * (for both compiled methods: their StandIn head). */
 static PyObject *
-rm_get_base_attr(RecordedMethod *self, void *name)
+stand_in_base_attr(StandIn *self, void *name)
 {
     return PyObject_GetAttrString(self->base, (const char *)name);
 }
 
-static PyGetSetDef rm_getset[] = {
-    {"__name__", (getter)rm_get_base_attr, NULL, NULL, "__name__"},
-    {"__qualname__", (getter)rm_get_base_attr, NULL, NULL, "__qualname__"},
-    {"__doc__", (getter)rm_get_base_attr, NULL, NULL, "__doc__"},
-    {"__text_signature__", (getter)rm_get_base_attr, NULL, NULL, "__text_signature__"},
+static PyGetSetDef stand_in_getset[] = {
+    {"__name__", (getter)stand_in_base_attr, NULL, NULL, "__name__"},
+    {"__qualname__", (getter)stand_in_base_attr, NULL, NULL, "__qualname__"},
+    {"__doc__", (getter)stand_in_base_attr, NULL, NULL, "__doc__"},
+    {"__text_signature__", (getter)stand_in_base_attr, NULL, NULL, "__text_signature__"},
     {NULL},
 };
 
-static PyMemberDef rm_members[] = {
-    {"__wrapped__", T_OBJECT_, offsetof(RecordedMethod, base), READONLY_,
-     "sqlite3's own method"},
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(RecordedMethod, vectorcall), READONLY_},
-    {"twin", T_OBJECT_, offsetof(RecordedMethod, twin), READONLY_,
+static PyMemberDef stand_in_members[] = {
+    {"__wrapped__", T_OBJECT_, offsetof(StandIn, base), READONLY_, "sqlite3's own method"},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(StandIn, vectorcall), READONLY_},
+    {"twin", T_OBJECT_, offsetof(StandIn, twin), READONLY_,
      "the Python wrapper, which makes the calls this one does not"},
     {NULL},
 };
@@ -1998,9 +1987,9 @@ static PyTypeObject RecordedMethodType = {
     .tp_clear = (inquiry)rm_clear,
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(RecordedMethod, vectorcall),
-    .tp_descr_get = rm_descr_get,
-    .tp_getset = rm_getset,
-    .tp_members = rm_members,
+    .tp_descr_get = stand_in_descr_get,
+    .tp_getset = stand_in_getset,
+    .tp_members = stand_in_members,
     .tp_repr = (reprfunc)rm_repr,
 };
 
@@ -2015,10 +2004,7 @@ static PyTypeObject RecordedMethodType = {
  * `*args, **kwargs` cost about 4,000 instructions a call on Django's ORM loop. */
 
 typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *twin;           /* the Python cursor(): every call this one does not make */
-    PyObject *base;           /* the base class's cursor (sqlite3's own method) */
+    STAND_IN_HEAD             /* twin: the Python cursor(); base: sqlite3's cursor() */
     PyObject *classes;        /* the tracer's instrumented cursor class per factory class */
     PyObject *default_class;  /* the instrumented class of sqlite3.Cursor */
     SlotMap conn_map;
@@ -2119,28 +2105,6 @@ cm_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-cm_get_base_attr(CursorMethod *self, void *name)
-{
-    return PyObject_GetAttrString(self->base, (const char *)name);
-}
-
-static PyGetSetDef cm_getset[] = {
-    {"__name__", (getter)cm_get_base_attr, NULL, NULL, "__name__"},
-    {"__qualname__", (getter)cm_get_base_attr, NULL, NULL, "__qualname__"},
-    {"__doc__", (getter)cm_get_base_attr, NULL, NULL, "__doc__"},
-    {"__text_signature__", (getter)cm_get_base_attr, NULL, NULL, "__text_signature__"},
-    {NULL},
-};
-
-static PyMemberDef cm_members[] = {
-    {"__wrapped__", T_OBJECT_, offsetof(CursorMethod, base), READONLY_, "sqlite3's own method"},
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(CursorMethod, vectorcall), READONLY_},
-    {"twin", T_OBJECT_, offsetof(CursorMethod, twin), READONLY_,
-     "the Python cursor(), which makes the calls this one does not"},
-    {NULL},
-};
-
-static PyObject *
 cm_repr(CursorMethod *self)
 {
     return PyUnicode_FromFormat("<instrumented method %R>", self->base);
@@ -2160,9 +2124,9 @@ static PyTypeObject CursorMethodType = {
     .tp_clear = (inquiry)cm_clear,
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(CursorMethod, vectorcall),
-    .tp_descr_get = rm_descr_get,
-    .tp_getset = cm_getset,
-    .tp_members = cm_members,
+    .tp_descr_get = stand_in_descr_get,
+    .tp_getset = stand_in_getset,
+    .tp_members = stand_in_members,
     .tp_repr = (reprfunc)cm_repr,
 };
 

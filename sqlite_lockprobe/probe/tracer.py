@@ -1093,9 +1093,9 @@ def _wrap_os_exits(tracer: Tracer) -> None:
         setattr(os, original.__name__, wrapper)
 
 
+_PYTHON_VERSION = "{}.{}.{}".format(*sys.version_info[:3])  # in each meta event
 # SQL the hot path must not just record, by a bit each (classified once per SQL text: a
 # text that is none of these maps to 0 in `_special`).
-_PYTHON_VERSION = "{}.{}.{}".format(*sys.version_info[:3])
 _READS_BUSY_TIMEOUT = 1  # runs with SQLite's own busy handler (see _reporting_busy_timeout)
 _MENTIONS_TIMEOUT = 2  # may set busy_timeout: the probe follows it
 _JOURNAL_MODE = 4  # may change the journal mode: read it again from the header
