@@ -290,6 +290,50 @@ def test_terminal_timeline_shows_holder_and_waiter_rows_within_80_columns() -> N
     assert "█ write lock" in window[-1] and "░ waiting" in window[-1]
 
 
+# One connection used by two threads in turn (a pool's connection, handed from request to
+# request): the thread that waited and failed, then another that made the connection's last
+# call. The worst wait is named after the thread that waited.
+SHARED_CONNECTION = """
+import sqlite3, sys, threading
+holder = sqlite3.connect(sys.argv[1], isolation_level=None)
+holder.execute("CREATE TABLE t (x)")
+holder.execute("BEGIN IMMEDIATE")
+holder.execute("INSERT INTO t VALUES (1)")
+shared = sqlite3.connect(sys.argv[1], timeout=0.05, check_same_thread=False)
+
+
+def waits():
+    try:
+        shared.execute("INSERT INTO t VALUES (2)")
+    except sqlite3.OperationalError as exc:
+        print("waiter:", exc)
+
+
+def calls_last():
+    shared.execute("SELECT count(*) FROM t").fetchone()
+
+
+for name, target in (("waiter", waits), ("later", calls_last)):
+    thread = threading.Thread(target=target, name=name)
+    thread.start()
+    thread.join()
+    if name == "waiter":
+        holder.execute("COMMIT")
+"""
+
+
+def test_the_worst_wait_is_named_after_the_worker_that_waited(tmp_path) -> None:
+    from tests.test_trace import trace_python
+
+    traced = trace_python(tmp_path, "shared.py", SHARED_CONNECTION, "app.db")
+    assert "waiter: database is locked" in traced.proc.stdout
+    lines = traced.proc.stdout.splitlines()
+    (title,) = [line for line in lines if line.startswith("Worst wait:")]
+    assert title.startswith("Worst wait: waiter (")
+    rows = lines[lines.index(title) + 1 : lines.index(title) + 3]
+    assert {row.split()[0] for row in rows} == {"waiter", "MainThread"}, rows
+
+
 def test_terminal_timeline_marks_the_readers_a_commit_waited_for() -> None:
     window = window_lines(rendered_report("rollback-readers"))
     assert all(len(line) <= 80 for line in window), window

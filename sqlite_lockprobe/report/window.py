@@ -64,7 +64,13 @@ def choose_window(timeline: Timeline, max_rows: int = MAX_ROWS) -> WorstWindow |
             break
         if w.t0 < end and start < w.t1:
             roles.setdefault(w.waiter.conn, "waited")
-    return WorstWindow(worst, holds, start, end, roles, worker_names(timeline), timeline.origin_ns)
+    # A connection can serve several workers (a pool's, one shared by threads): in this
+    # window it is named after the worker that waited or held here, not its last caller.
+    names = worker_names(timeline)
+    names[worst.waiter.conn] = worst.waiter.worker
+    for h in holds:
+        names[h.holder.conn] = h.holder.worker
+    return WorstWindow(worst, holds, start, end, roles, names, timeline.origin_ns)
 
 
 def worker_names(timeline: Timeline) -> dict[str, str]:
